@@ -1,0 +1,5 @@
+import sys
+
+from distx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""Every check that needs no MPI, run by `distx validate` and before every run.
+
+Beyond the schema (script.py): roles and ranks for the world size, what tasks refer to
+(roles, arrays, kernels and their arguments, values), and coordination that can never
+complete (see `coordination.py`).
+"""
+
+from __future__ import annotations
+
+from distx.coordination import check_coordination, produced_values
+from distx.data import check_data_files
+from distx.errors import UserError
+from distx.expand import referenced_names
+from distx.kernels import PARTITION_NAMES, KernelLibrary
+from distx.roles import RolePlan, check_rank_syntax, plan_roles
+from distx.runtime import AUTOMATIC
+from distx.schema import is_reference, suggestion
+from distx.script import COORDINATOR, Script, TaskSpec
+from distx.tasks import TASKS
+
+HALO_NAMES = {"above", "below", "step"}
+
+
+def check_script(script: Script, size: int, overrides: dict | None = None) -> RolePlan:
+    """Raise UserError for the first problem found; return the role plan for `size`."""
+    check_rank_syntax(script)
+    plan = plan_roles(script, size)
+    check_data_files(script)
+    sweeps = [spec for spec in script.tasks() if spec.task == "Run.Sweep"]
+    if len(sweeps) > 1:
+        raise script.error(sweeps[1].where, "a script runs at most one Run.Sweep",
+                           "put the kernels of both sweeps into one kernel with several "
+                           "Outputs, or use two scripts")
+    kernels = KernelLibrary(script.kernels_dir)
+    for spec in script.tasks():
+        _check_task(script, plan, spec, kernels)
+    _check_references(script, overrides or {})
+    check_coordination(script, plan)
+    return plan
+
+
+def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelLibrary) -> None:
+    config = spec.config
+    task_type = TASKS[spec.task]
+    if task_type.coordinator_only and spec.role != COORDINATOR:
+        raise script.error((*spec.where, "Task"), f"{spec.task} runs on the coordinator only",
+                           "move it to Roles.coordinator")
+    if spec.task == "Run.AddMilestone" and config["Milestone"] in AUTOMATIC:
+        raise script.error((*spec.where, "Config", "Milestone"),
+                           f"milestone {config['Milestone']} is reached automatically",
+                           f"choose another name (automatic: {', '.join(AUTOMATIC)})")
+    if "From" in config or spec.task in ("Remote.WaitForMilestone", "Remote.GetValue"):
+        _check_from(script, plan, spec)
+    if spec.task == "Run.Sweep" and script.experiments is None:
+        raise script.error(spec.where, "Run.Sweep needs an Experiments section",
+                           "add Experiments: {Keyfields: {...}}")
+    for position, name in enumerate(config.get("Inputs", [])):
+        if is_reference(name):
+            continue
+        if name not in script.data:
+            raise script.error((*spec.where, "Config", "Inputs", position),
+                               f"no array '{name}' in Data." + suggestion(name, script.data),
+                               f"declare it under Data: (arrays: {', '.join(script.data)})")
+    if "Kernel" in config and not is_reference(config["Kernel"]):
+        _check_kernel(script, spec, kernels)
+
+
+def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:
+    target = spec.config.get("From")
+    where = (*spec.where, "Config", "From")
+    if target is None:
+        others = [name for name in script.roles if name != spec.role]
+        if len(others) != 1:
+            raise script.error((*spec.where, "Config"), f"{spec.task} needs From: there are "
+                               f"{len(others)} other roles", f"add From: (one of "
+                               f"{', '.join(others) or 'none'}, or a rank number)")
+        return
+    if is_reference(target):
+        return
+    try:
+        plan.resolve(target)
+    except ValueError as error:
+        hint = suggestion(target, plan.ranks_of) if isinstance(target, str) else ""
+        raise script.error(where, str(error) + "." + hint,
+                           "name a role of Roles or a rank of this run") from None
+
+
+def _check_kernel(script: Script, spec: TaskSpec, kernels: KernelLibrary) -> None:
+    config = spec.config
+    where = (*spec.where, "Config", "Kernel")
+    try:
+        kernel = kernels.get(config["Kernel"])
+    except UserError as error:
+        raise _with_task_place(script, where, error) from None
+    given = set(config.get("Inputs", [])) | set(config.get("Args", {})) | set(PARTITION_NAMES)
+    if spec.task == "Run.Sweep":
+        keyfields = set(script.experiments.keyfields) | ({"fold"} if script.experiments.folds
+                                                         else set())
+        clash = keyfields & (set(config.get("Args", {})) | set(config.get("Inputs", [])))
+        if clash:
+            raise script.error((*spec.where, "Config"), f"{', '.join(sorted(clash))} is both "
+                               "a keyfield and an input or argument", "rename one of them")
+        given |= keyfields
+    if spec.task == "Run.Iterate":
+        given |= HALO_NAMES
+    try:
+        kernel.check_arguments(given)
+    except UserError as error:
+        raise _with_task_place(script, where, error) from None
+
+
+def _with_task_place(script: Script, where: tuple, error: UserError) -> UserError:
+    """The kernel's own file and line, plus the script line of the task that names it."""
+    place = f" ({error.file}" + (f", line {error.line}" if error.line else "") + ")" \
+        if error.file else ""
+    return script.error(where, error.what + place, error.fix)
+
+
+def _check_references(script: Script, overrides: dict) -> None:
+    known = set(script.parameters) | set(overrides) | published_names(script)
+    for spec in script.tasks():
+        for name in sorted(referenced_names(spec.config) - known):
+            raise script.error((*spec.where, "Config"), f"@[{name}] is never published by any "
+                               "task, and is no Parameter or --set value",
+                               f"publish it, pass --set {name}=VALUE or write @[{name}:default]")
+
+
+def published_names(script: Script) -> set[str]:
+    names: set[str] = set()
+    for spec in script.tasks():
+        names |= produced_values(spec)
+    return names

@@ -1,0 +1,119 @@
+"""A safe evaluator for Run.Evaluate: arithmetic, comparisons, boolean logic, a few functions.
+
+The expression is parsed with `ast` and walked node by node; only the node kinds listed
+here are accepted, so there is no attribute access, no subscripting of objects, no
+comprehension, no import and no call of anything but the whitelisted functions. Python's
+`eval` is never used (ELCM's Run.Evaluate used it).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+from distx.errors import TaskFailed
+
+_BINARY = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_}
+_COMPARE = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+FUNCTIONS = {
+    "abs": abs, "min": min, "max": max, "round": round, "int": int, "float": float,
+    "sqrt": math.sqrt, "exp": math.exp, "log": math.log, "log10": math.log10,
+    "sin": math.sin, "cos": math.cos, "tan": math.tan, "floor": math.floor, "ceil": math.ceil,
+}
+CONSTANTS = {"pi": math.pi, "e": math.e, "true": True, "false": False}
+_MAX_POWER = 10_000
+
+
+def evaluate(expression: str, names: Mapping[str, Any] | None = None) -> Any:
+    """Evaluate `expression`; bare names are looked up in `names`, then in CONSTANTS."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as error:
+        raise TaskFailed(f"cannot parse expression {expression!r}: {error.msg}") from None
+    try:
+        return _Evaluator(dict(names or {})).visit(tree.body)
+    except (ArithmeticError, ValueError, TypeError) as error:
+        raise TaskFailed(f"cannot evaluate {expression!r}: {error}") from None
+
+
+class _Evaluator:
+    def __init__(self, names: dict[str, Any]) -> None:
+        self.names = names
+
+    def visit(self, node: ast.AST) -> Any:
+        method = getattr(self, "visit_" + type(node).__name__, None)
+        if method is None:
+            raise TaskFailed(f"'{ast.unparse(node)}' is not allowed in an expression "
+                             "(only numbers, strings, names, arithmetic, comparisons, "
+                             "and/or/not, if-else and the functions "
+                             f"{', '.join(sorted(FUNCTIONS))})")
+        return method(node)
+
+    def visit_Constant(self, node: ast.Constant) -> Any:
+        if not isinstance(node.value, (int, float, str, bool)) or node.value is None:
+            raise TaskFailed(f"constant {node.value!r} is not allowed in an expression")
+        return node.value
+
+    def visit_Name(self, node: ast.Name) -> Any:
+        if node.id in self.names:
+            return self.names[node.id]
+        if node.id in CONSTANTS:
+            return CONSTANTS[node.id]
+        raise TaskFailed(f"unknown name '{node.id}' in expression")
+
+    def visit_BinOp(self, node: ast.BinOp) -> Any:
+        operation = _BINARY.get(type(node.op))
+        if operation is None:
+            raise TaskFailed(f"operator in '{ast.unparse(node)}' is not allowed")
+        left, right = self.visit(node.left), self.visit(node.right)
+        if operation is operator.pow and isinstance(right, (int, float)) and right > _MAX_POWER:
+            raise TaskFailed(f"exponent {right} is too large")
+        return operation(left, right)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
+        operation = _UNARY.get(type(node.op))
+        if operation is None:
+            raise TaskFailed(f"operator in '{ast.unparse(node)}' is not allowed")
+        return operation(self.visit(node.operand))
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> Any:
+        result = None
+        for value_node in node.values:
+            result = self.visit(value_node)
+            if isinstance(node.op, ast.And) and not result:
+                return result
+            if isinstance(node.op, ast.Or) and result:
+                return result
+        return result
+
+    def visit_Compare(self, node: ast.Compare) -> bool:
+        left = self.visit(node.left)
+        for op, right_node in zip(node.ops, node.comparators):
+            operation = _COMPARE.get(type(op))
+            if operation is None:
+                raise TaskFailed(f"comparison in '{ast.unparse(node)}' is not allowed")
+            right = self.visit(right_node)
+            if not operation(left, right):
+                return False
+            left = right
+        return True
+
+    def visit_IfExp(self, node: ast.IfExp) -> Any:
+        return self.visit(node.body) if self.visit(node.test) else self.visit(node.orelse)
+
+    def visit_Call(self, node: ast.Call) -> Any:
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS or node.keywords:
+            raise TaskFailed(f"call '{ast.unparse(node)}' is not allowed "
+                             f"(functions: {', '.join(sorted(FUNCTIONS))})")
+        return FUNCTIONS[node.func.id](*(self.visit(arg) for arg in node.args))

@@ -1,0 +1,84 @@
+"""Variable expansion of task configs: `@[Name]`, `@[Name:default]` and built-ins `@{Rank}`.
+
+`@[...]` looks a name up in the rank's values (published or fetched values, script
+Parameters, `--set` overrides). Only the first `:` splits name from default, so a default
+may itself contain `:` (ELCM broke on that). A string that is exactly one reference keeps
+the value's type (a number stays a number, an array stays an array); inside longer text the
+value is formatted, and passed through `quote` when one is given (Run.CliExecute quotes for
+the shell).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from distx.errors import TaskFailed
+
+REFERENCE = re.compile(r"@\[([^\]]*)\]|@\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand(config: Any, values: Mapping[str, Any], builtins: Mapping[str, Any],
+           quote: Callable[[str], str] | None = None) -> Any:
+    """Return `config` with every reference in its strings replaced (dicts and lists deep)."""
+    if isinstance(config, str):
+        return _expand_text(config, values, builtins, quote)
+    if isinstance(config, dict):
+        return {key: expand(item, values, builtins, quote) for key, item in config.items()}
+    if isinstance(config, list):
+        return [expand(item, values, builtins, quote) for item in config]
+    return config
+
+
+def referenced_names(config: Any) -> set[str]:
+    """Names used as `@[Name]` without a default anywhere in `config` (for validation)."""
+    if isinstance(config, str):
+        found = set()
+        for match in REFERENCE.finditer(config):
+            if match.group(1) is not None and ":" not in match.group(1):
+                found.add(match.group(1).strip())
+        return found
+    if isinstance(config, dict):
+        return set().union(*(referenced_names(item) for item in config.values()))
+    if isinstance(config, list):
+        return set().union(*(referenced_names(item) for item in config))
+    return set()
+
+
+def _expand_text(text: str, values: Mapping[str, Any], builtins: Mapping[str, Any],
+                 quote: Callable[[str], str] | None) -> Any:
+    whole = REFERENCE.fullmatch(text)
+    if whole and quote is None:
+        return _resolve(whole, values, builtins)
+
+    def replace(match: re.Match) -> str:
+        formatted = _format(_resolve(match, values, builtins))
+        return quote(formatted) if quote else formatted
+
+    return REFERENCE.sub(replace, text)
+
+
+def _resolve(match: re.Match, values: Mapping[str, Any], builtins: Mapping[str, Any]) -> Any:
+    reference, builtin = match.group(1), match.group(2)
+    if builtin is not None:
+        if builtin not in builtins:
+            known = ", ".join(f"@{{{name}}}" for name in sorted(builtins))
+            raise TaskFailed(f"unknown built-in @{{{builtin}}} (known: {known})")
+        return builtins[builtin]
+    name, has_default, default = reference.partition(":")
+    name = name.strip()
+    if name in values:
+        return values[name]
+    if has_default:
+        return default
+    raise TaskFailed(f"@[{name}] is not defined on this rank: publish it first, fetch it with "
+                     f"Remote.GetValue, pass --set {name}=VALUE, or write @[{name}:default]")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return repr(value)
+    if hasattr(value, "tolist"):
+        return str(value.tolist())
+    return str(value)

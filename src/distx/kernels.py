@@ -1,0 +1,162 @@
+"""Kernels: `module.function` from the script's kernels folder, numba-compiled or plain Python.
+
+A kernel is called with keyword arguments: the local partitions named in `Inputs`, the
+experiment's keyfields, `Args`, and, if it asks for them by name, `row_offset` (global index
+of its first row) and `global_rows` (rows of the whole array) of its first input. Only the
+names its signature takes are passed unless it takes `**kwargs`. A `@numba.njit(cache=True)`
+kernel compiles once per machine; every rank and every later run reuses the cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distx.errors import TaskFailed, UserError
+from distx.schema import suggestion
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+PARTITION_NAMES = ("row_offset", "global_rows")
+
+
+@dataclass
+class Kernel:
+    name: str
+    function: Any
+    parameters: dict[str, inspect.Parameter]
+    file: str
+    line: int
+
+    @property
+    def place(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def check_arguments(self, available: set[str]) -> None:
+        """Raise UserError if the kernel needs an argument that will not be given."""
+        if any(p.kind is p.VAR_KEYWORD for p in self.parameters.values()):
+            return
+        missing = [name for name, parameter in self.parameters.items()
+                   if parameter.default is parameter.empty
+                   and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD,
+                                          parameter.KEYWORD_ONLY)
+                   and name not in available]
+        if missing:
+            raise UserError(f"kernel {self.name} takes {', '.join(missing)} but the task "
+                            f"gives only {', '.join(sorted(available)) or 'nothing'}",
+                            file=self.file, line=self.line,
+                            fix="name them in Inputs, Args or the Keyfields, or give them "
+                            "defaults")
+
+    def call(self, arguments: Mapping[str, Any]) -> Any:
+        """Call with the arguments the kernel takes; its errors become TaskFailed."""
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in self.parameters.values())
+        chosen = {key: value for key, value in arguments.items()
+                  if takes_all or key in self.parameters}
+        try:
+            return self.function(**chosen)
+        except Exception as error:
+            raise TaskFailed(f"kernel {self.name} ({self.place}) raised "
+                             f"{type(error).__name__}: {error}\n"
+                             + "".join(traceback.format_exception(error))) from error
+
+
+class KernelLibrary:
+    """Kernels of one kernels folder, each module imported once per process."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._modules: dict[str, Any] = {}
+        self._kernels: dict[str, Kernel] = {}
+
+    def get(self, name: str) -> Kernel:
+        if name not in self._kernels:
+            self._kernels[name] = self._load(name)
+        return self._kernels[name]
+
+    def _load(self, name: str) -> Kernel:
+        module_name, dot, function_name = name.rpartition(".")
+        if not dot or not module_name or not function_name:
+            raise UserError(f"kernel '{name}' must be written module.function",
+                            fix="e.g. montecarlo.count_inside for kernels/montecarlo.py")
+        module = self._module(module_name)
+        function = getattr(module, function_name, None)
+        if function is None or not callable(function):
+            public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                      and getattr(v, "__module__", None) == module.__name__
+                      or hasattr(v, "py_func")]
+            raise UserError(f"kernel module {module_name} has no function '{function_name}'."
+                            + suggestion(function_name, public), file=module.__file__,
+                            fix=f"define it or use one of: {', '.join(sorted(public))}")
+        python_function = getattr(function, "py_func", function)
+        try:
+            parameters = dict(inspect.signature(python_function).parameters)
+            file = inspect.getsourcefile(python_function) or module.__file__
+            line = inspect.getsourcelines(python_function)[1]
+        except (TypeError, ValueError, OSError):
+            parameters, file, line = {}, module.__file__, 0
+        return Kernel(name, function, parameters, file, line)
+
+    def _module(self, module_name: str) -> Any:
+        if module_name in self._modules:
+            return self._modules[module_name]
+        if not self.folder.is_dir():
+            raise UserError(f"the kernels folder {self.folder} does not exist",
+                            fix="create it, or set Kernels: to the folder holding your kernels")
+        path = self.folder.joinpath(*module_name.split(".")).with_suffix(".py")
+        if not path.is_file():
+            available = sorted(p.stem for p in self.folder.glob("*.py"))
+            raise UserError(f"no kernel module {module_name} ({path} does not exist)."
+                            + suggestion(module_name, available),
+                            fix=f"available modules: {', '.join(available) or 'none'}")
+        qualified = f"distx_kernels.{module_name}"
+        spec = importlib.util.spec_from_file_location(qualified, path)
+        module = importlib.util.module_from_spec(spec)
+        if str(self.folder) not in sys.path:
+            sys.path.insert(0, str(self.folder))
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as error:
+            raise UserError(f"syntax error in kernel module: {error.msg}", file=str(path),
+                            line=error.lineno, fix="correct the Python syntax") from None
+        except Exception as error:
+            frames = traceback.extract_tb(error.__traceback__)
+            line = next((f.lineno for f in reversed(frames) if f.filename == str(path)), None)
+            raise UserError(f"importing kernel module failed: {type(error).__name__}: {error}",
+                            file=str(path), line=line) from None
+        sys.modules[qualified] = module
+        self._modules[module_name] = module
+        return module
+
+
+def outputs_of(result: Any, names: list[str], kernel: Kernel) -> dict[str, Any]:
+    """Name the kernel's result: a scalar or array is one output, a tuple one per name."""
+    values = list(result) if isinstance(result, tuple) else [result]
+    if len(values) != len(names):
+        raise TaskFailed(f"kernel {kernel.name} ({kernel.place}) returned {len(values)} "
+                         f"value(s) but Outputs names {len(names)}: {', '.join(names)}")
+    named = {}
+    for name, value in zip(names, values):
+        if isinstance(value, np.ndarray):
+            named[name] = value
+        elif isinstance(value, (int, float, bool, np.integer, np.floating, np.bool_)):
+            named[name] = value.item() if isinstance(value, np.generic) else value
+        else:
+            raise TaskFailed(f"kernel {kernel.name} ({kernel.place}) returned "
+                             f"{type(value).__name__} for '{name}': return a number, a tuple "
+                             "of numbers or a numpy array")
+    return named
+
+
+def is_compile_error(error: BaseException) -> bool:
+    """True for numba typing/lowering errors: every later call would fail the same way."""
+    cause = error.__cause__ or error
+    return type(cause).__module__.startswith("numba.core.errors")

@@ -1,0 +1,213 @@
+"""Starting a run: checks on rank 0, the script to every rank, data, roles, the end.
+
+Under mpiexec/srun with N > 1 ranks every process runs `run`; rank 0 checks the script,
+makes the data and creates the results file before any rank starts its role, and shares
+the verdict, so bad input stops every rank with exit code 2 and no file written. With one
+process the coordinator plays every role itself: each other role runs as a virtual rank
+in a thread of the same process, talking through in-process queues.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import distx
+from distx import data
+from distx.checks import check_script
+from distx.coordinator import Coordinator
+from distx.errors import UserError
+from distx.results import ResultsFile
+from distx.runtime import RunInfo, Runtime
+from distx.script import Script, load_script, parse_script
+from distx.transport import LocalHub, MPITransport, Transport
+from distx.yamlsource import Source
+
+
+@dataclass
+class RunOptions:
+    script: str
+    output: str | None = None
+    overrides: dict = field(default_factory=dict)
+    timeout: float | None = None
+    overwrite: bool = False
+    verbose: bool = False
+    command_line: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    """Rank 0's outcome of the checks: everything needed to start, or the error."""
+
+    script: Script
+    arrays: dict[str, np.ndarray]
+    results: ResultsFile
+    run_id: str
+
+
+def run(options: RunOptions) -> int:
+    """Run the script on this process's MPI world; return the exit code."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        return _run_single_process(options)
+    return _run_mpi(MPITransport(comm), options)
+
+
+def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
+    script = load_script(options.script)
+    plan = check_script(script, size, options.overrides)
+    arrays = {name: data.materialize(spec, script) for name, spec in script.data.items()}
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    output = Path(options.output or script.output)
+    results = ResultsFile.create(output, options.overwrite, _attributes(script, options, run_id,
+                                                                        plan.size),
+                                 script.text, str(script.path), hosts)
+    return _Prepared(script, arrays, results, run_id)
+
+
+def _attributes(script: Script, options: RunOptions, run_id: str, size: int) -> dict:
+    from mpi4py import MPI
+
+    import h5py
+    import numba
+
+    return {
+        "name": script.name, "run_id": run_id, "started": time.time(), "ended": np.nan,
+        "world_size": size, "command_line": " ".join(options.command_line),
+        "script_sha256": script.sha256, "distx_version": distx.__version__,
+        "numpy_version": np.__version__, "numba_version": numba.__version__,
+        "h5py_version": h5py.__version__, "hdf5_version": h5py.version.hdf5_version,
+        "mpi4py_version": __import__("mpi4py").__version__,
+        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+        "python_version": sys.version.split()[0],
+    }
+
+
+def _info(script: Script, options: RunOptions, run_id: str, size: int,
+          hosts: list[str]) -> RunInfo:
+    from distx.roles import plan_roles
+
+    plan = plan_roles(script, size)
+    timeout = options.timeout if options.timeout is not None else script.timeout
+    temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
+    return RunInfo(script, plan, run_id, timeout, dict(options.overrides),
+                   tuple(hosts) if len(hosts) == plan.size else tuple(hosts[:1] * plan.size),
+                   temp_root, options.verbose)
+
+
+def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
+    hosts = transport.gather(socket.gethostname())
+    verdict: tuple
+    prepared = None
+    if transport.rank == 0:
+        try:
+            prepared = _prepare(options, transport.size, hosts)
+            verdict = ("ok", prepared.script.text, str(prepared.script.path), prepared.run_id,
+                       hosts)
+        except UserError as error:
+            verdict = ("error", str(error))
+    else:
+        verdict = None
+    verdict = transport.broadcast(verdict)
+    if verdict[0] == "error":
+        if transport.rank == 0:
+            raise UserError(verdict[1])
+        return 2
+    _, text, path, run_id, hosts = verdict
+    script = prepared.script if prepared else parse_script(Source(path, text))
+    info = _info(script, options, run_id, transport.size, hosts)
+    try:
+        if transport.rank == 0:
+            return _coordinate(transport, info, prepared)
+        return _work(transport, info)
+    except Exception:
+        traceback.print_exc()
+        print(f"distx: internal error on rank {transport.rank}; aborting the MPI job",
+              file=sys.stderr, flush=True)
+        if prepared is not None:
+            prepared.results.close("Errored", 1)
+        transport.comm.Abort(1)
+        return 1
+
+
+def _distribute(transport: Transport, runtime: Runtime, arrays: dict | None,
+                specs: dict) -> None:
+    layout = transport.broadcast(data.layouts(arrays, specs) if transport.rank == 0 else None)
+    runtime.partitions = data.distribute(transport, layout, runtime.info.plan.holders,
+                                         arrays, runtime.dispatch)
+
+
+def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int:
+    shapes = {name: array.shape for name, array in prepared.arrays.items()}
+    coordinator = Coordinator(transport, info, prepared.results, shapes)
+    coordinator.reach("Init")
+    coordinator.reach("PreRun")
+    _distribute(transport, coordinator, prepared.arrays, info.script.data)
+    prepared.arrays.clear()
+    return _finish(coordinator, prepared)
+
+
+def _work(transport: Transport, info: RunInfo) -> int:
+    runtime = Runtime(transport, info)
+    runtime.reach("Init")
+    runtime.reach("PreRun")
+    _distribute(transport, runtime, None, info.script.data)
+    runtime.run_as_worker()
+    shutil.rmtree(runtime.temp_folder, ignore_errors=True)
+    return runtime.exit_code
+
+
+def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
+    state, exit_code = coordinator.run_as_coordinator()
+    coordinator.transport.close()
+    prepared.results.close(state, exit_code)
+    shutil.rmtree(coordinator.info.temp_root, ignore_errors=True)
+    print(f"distx: {coordinator.info.script.name} {state.lower()} "
+          f"(exit code {exit_code}); results in {prepared.results.path}",
+          file=sys.stderr, flush=True)
+    return exit_code
+
+
+def _run_single_process(options: RunOptions) -> int:
+    host = socket.gethostname()
+    prepared = _prepare(options, 1, [host])
+    info = _info(prepared.script, options, prepared.run_id, 1, [host])
+    hub = LocalHub(info.plan.size)
+    shapes = {name: array.shape for name, array in prepared.arrays.items()}
+    coordinator = Coordinator(hub.transport(0), info, prepared.results, shapes)
+    others = [Runtime(hub.transport(rank), info) for rank in range(1, info.plan.size)]
+    layout = data.layouts(prepared.arrays, info.script.data)
+    partitions = data.split_locally(prepared.arrays, layout, info.plan.holders)
+    for runtime in (coordinator, *others):
+        runtime.partitions = partitions.get(runtime.rank, {})
+        runtime.reach("Init")
+        runtime.reach("PreRun")
+    threads = [threading.Thread(target=_virtual_rank, args=(runtime,), daemon=True,
+                                name=f"distx-rank{runtime.rank}") for runtime in others]
+    for thread in threads:
+        thread.start()
+    exit_code = _finish(coordinator, prepared)
+    for thread in threads:
+        thread.join()
+    return exit_code
+
+
+def _virtual_rank(runtime: Runtime) -> None:
+    try:
+        runtime.run_as_worker()
+    except Exception:
+        traceback.print_exc()
+        os._exit(1)

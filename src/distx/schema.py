@@ -1,0 +1,72 @@
+"""The value types a script may use, checked before anything runs.
+
+A string holding an `@[...]`/`@{...}` reference passes any type check: it is only known
+after expansion, just before its task runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Type:
+    name: str
+    accepts: Any  # callable(value) -> bool
+
+    def check(self, value: Any) -> bool:
+        return is_reference(value) or self.accepts(value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+STR = Type("a string", lambda v: isinstance(v, str))
+NUMBER = Type("a number", _number)
+POSITIVE = Type("a positive number", lambda v: _number(v) and v > 0)
+COUNT = Type("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool)
+             and v >= 0)
+BOOL = Type("true or false", lambda v: isinstance(v, bool))
+SCALAR = Type("a number or string", lambda v: isinstance(v, (int, float, str, bool)))
+ANY = Type("any value", lambda v: True)
+DICT = Type("a mapping", lambda v: isinstance(v, dict))
+STR_LIST = Type("a list of strings", lambda v: isinstance(v, list)
+                and all(isinstance(item, str) for item in v))
+FROM = Type("a role name or a rank number", lambda v: isinstance(v, (str, int))
+            and not isinstance(v, bool))
+REDUCE = Type("one of sum, min, max, mean, concat",
+              lambda v: v in ("sum", "min", "max", "mean", "concat"))
+SEVERITY = Type("one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+                lambda v: isinstance(v, str) and v.upper() in
+                ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+KEYS = Type("a list of names, or of [group, name] pairs",
+            lambda v: isinstance(v, list) and all(
+                isinstance(item, str) or (isinstance(item, list) and len(item) == 2
+                                          and isinstance(item[0], int)
+                                          and isinstance(item[1], str)) for item in v))
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys a mapping takes: required ones, optional ones, or any key (`free`)."""
+
+    required: dict[str, Type] = field(default_factory=dict)
+    optional: dict[str, Type] = field(default_factory=dict)
+    free: bool = False
+
+    def all(self) -> dict[str, Type]:
+        return {**self.required, **self.optional}
+
+
+def is_reference(value: Any) -> bool:
+    return isinstance(value, str) and ("@[" in value or "@{" in value)
+
+
+def suggestion(word: str, choices: Iterable[str]) -> str:
+    """' Did you mean X?' for the closest choice, or ''."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

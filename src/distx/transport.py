@@ -1,0 +1,207 @@
+"""Tagged point-to-point messages between ranks, over MPI or inside one process.
+
+Every message is (kind, body). The kind is the MPI tag (one tag per kind; MPI guarantees tags
+only up to 32767, so task ids travel in the body, never in the tag). The body is pickled
+with protocol 5 and its numpy arrays are taken out of band: they travel after the small
+header as raw buffers with the upper-case `Isend`/`Recv`, in chunks well below MPI's 2^31
+count limit, so an array is never pickled and any size works.
+
+A rank waiting for a message sleeps with exponential backoff (1 us doubling to 1 ms, as
+mpi4py.futures does) between `improbe` calls instead of spinning, so 8 ranks on 2 cores
+leave the CPU to the ranks that compute.
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+import queue
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+CHUNK_BYTES = 1 << 30
+_FIRST_PAUSE = 1e-6
+_LONGEST_PAUSE = 1e-3
+
+
+class Kind(enum.IntEnum):
+    """Message kinds; the value is the MPI tag."""
+
+    MILESTONE = 1        # every rank -> every rank: (name, time, detail)
+    VALUE_REQUEST = 2    # (request_id, key)
+    VALUE_REPLY = 3      # (request_id, found, value_or_reason)
+    EVENT = 4            # any rank -> rank 0: (kind, record) for the results file
+    SWEEP_START = 5      # rank 0 -> holders: (sweep_no, kernel, inputs, args, outputs)
+    SWEEP_READY = 6      # holder -> rank 0: (sweep_no, error_or_None)
+    SWEEP_TASKS = 7      # rank 0 -> holder: (sweep_no, [task ids])
+    SWEEP_RESULTS = 8    # holder -> rank 0: (sweep_no, [results], seconds)
+    CONTROL = 9          # rank 0 -> every rank: ("cancel",) or ("shutdown", exit_code)
+    HALO = 10            # holder -> neighbour holder: (name, step, side, rows)
+    DATA = 11            # rank 0 -> holder at start: (name, offset, block)
+    PAYLOAD = 100        # raw out-of-band buffers following a header
+
+
+@dataclass
+class Message:
+    source: int
+    kind: Kind
+    body: Any
+
+
+class Transport(ABC):
+    """What a rank needs from the world: who it is, send, receive, broadcast at start."""
+
+    rank: int
+    size: int
+
+    @abstractmethod
+    def send(self, dest: int, kind: Kind, body: Any) -> None:
+        """Queue `body` for `dest` without blocking."""
+
+    @abstractmethod
+    def receive(self, timeout: float | None) -> Message | None:
+        """The next message for this rank, or None when `timeout` seconds pass first."""
+
+    @abstractmethod
+    def broadcast(self, obj: Any) -> Any:
+        """Collective at start-up: rank 0's `obj` on every rank."""
+
+    @abstractmethod
+    def broadcast_array(self, array: np.ndarray) -> np.ndarray:
+        """Collective at start-up: fill `array` on every rank from rank 0's."""
+
+    @abstractmethod
+    def gather(self, obj: Any) -> list | None:
+        """Collective at start-up: every rank's `obj` on rank 0, None elsewhere."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Complete this rank's sends; after it the rank may exit."""
+
+
+class MPITransport(Transport):
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self._pending: list[tuple[Any, Any]] = []
+
+    def send(self, dest: int, kind: Kind, body: Any) -> None:
+        buffers: list[pickle.PickleBuffer] = []
+        header = pickle.dumps(body, protocol=5, buffer_callback=buffers.append)
+        raws = [buffer.raw() for buffer in buffers]
+        request = self.comm.isend((header, [raw.nbytes for raw in raws]), dest=dest, tag=kind)
+        self._pending.append((request, None))
+        for raw in raws:
+            for start in range(0, raw.nbytes, CHUNK_BYTES):
+                chunk = raw[start:start + CHUNK_BYTES]
+                request = self.comm.Isend([chunk, self._mpi.BYTE], dest=dest, tag=Kind.PAYLOAD)
+                self._pending.append((request, raw))
+        if len(self._pending) > 64:
+            self._complete_sends()
+
+    def receive(self, timeout: float | None) -> Message | None:
+        status = self._mpi.Status()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = _FIRST_PAUSE
+        while True:
+            probed = self.comm.improbe(self._mpi.ANY_SOURCE, self._mpi.ANY_TAG, status)
+            if probed is not None:
+                break
+            self._complete_sends()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None
+            time.sleep(pause if deadline is None else min(pause, deadline - now))
+            pause = min(pause * 2, _LONGEST_PAUSE)
+        source, tag = status.Get_source(), status.Get_tag()
+        header, sizes = probed.recv()
+        buffers = [self._receive_raw(source, size) for size in sizes]
+        return Message(source, Kind(tag), pickle.loads(header, buffers=buffers))
+
+    def _receive_raw(self, source: int, size: int) -> np.ndarray:
+        buffer = np.empty(size, dtype=np.uint8)
+        for start in range(0, size, CHUNK_BYTES):
+            chunk = buffer[start:start + CHUNK_BYTES]
+            self.comm.Recv([chunk, self._mpi.BYTE], source=source, tag=Kind.PAYLOAD)
+        return buffer
+
+    def _complete_sends(self) -> None:
+        self._pending = [(request, keep) for request, keep in self._pending
+                         if not request.Test()]
+
+    def broadcast(self, obj: Any) -> Any:
+        return self.comm.bcast(obj, root=0)
+
+    def broadcast_array(self, array: np.ndarray) -> np.ndarray:
+        flat = array.reshape(-1).view(np.uint8)
+        for start in range(0, flat.nbytes, CHUNK_BYTES):
+            self.comm.Bcast([flat[start:start + CHUNK_BYTES], self._mpi.BYTE], root=0)
+        return array
+
+    def gather(self, obj: Any) -> list | None:
+        return self.comm.gather(obj, root=0)
+
+    def close(self) -> None:
+        """Finish own sends while draining late arrivals, then a non-blocking barrier.
+
+        A rank may still owe a reply to a rank that stopped waiting for it; every rank
+        keeps receiving (and dropping) until all ranks are in the barrier, so no send is
+        left unmatched and no rank exits while another still sends to it.
+        """
+        while self._pending:
+            self.receive(timeout=0.001)
+        barrier = self.comm.Ibarrier()
+        pause = _FIRST_PAUSE
+        while not barrier.Test():
+            if self.receive(timeout=0) is None:
+                time.sleep(pause)
+                pause = min(pause * 2, _LONGEST_PAUSE)
+
+
+class LocalHub:
+    """The in-process world of a single-process run: one inbox per virtual rank."""
+
+    def __init__(self, size: int) -> None:
+        self.inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(size)]
+
+    def transport(self, rank: int) -> LocalTransport:
+        return LocalTransport(self, rank)
+
+
+class LocalTransport(Transport):
+    """Virtual ranks as threads of one process. Bodies are copied as MPI would copy them."""
+
+    def __init__(self, hub: LocalHub, rank: int) -> None:
+        self.hub = hub
+        self.rank = rank
+        self.size = len(hub.inboxes)
+
+    def send(self, dest: int, kind: Kind, body: Any) -> None:
+        copied = pickle.loads(pickle.dumps(body, protocol=5))
+        self.hub.inboxes[dest].put(Message(self.rank, kind, copied))
+
+    def receive(self, timeout: float | None) -> Message | None:
+        try:
+            return self.hub.inboxes[self.rank].get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def broadcast_array(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def gather(self, obj: Any) -> list | None:
+        return [obj] * self.size if self.rank == 0 else None
+
+    def close(self) -> None:
+        pass
