@@ -52,7 +52,7 @@ def _produced_milestones(spec: TaskSpec) -> set[str]:
 def check_coordination(script: Script, plan: RolePlan) -> None:
     sequences = {role: list(script.roles[role].sequence) if role in script.roles else []
                  for role in set(plan.role_of)}
-    for role, sequence in sequences.items():
+    for sequence in sequences.values():
         for spec in sequence:
             wait = _wait_of(script, plan, spec)
             if wait is not None:

@@ -48,8 +48,9 @@ def keyfield_values(name: str, spec: Any) -> list:
 def _range_values(name: str, spec: dict) -> list:
     unknown = set(spec) - {"start", "stop", "step"}
     if unknown or "stop" not in spec:
+        extra = f", unknown: {', '.join(sorted(unknown))}" if unknown else ""
         raise GridError(f"keyfield '{name}' range takes start, stop and step "
-                        f"(stop required{', unknown: ' + ', '.join(sorted(unknown)) if unknown else ''})")
+                        f"(stop required{extra})")
     start, stop, step = spec.get("start", 0), spec["stop"], spec.get("step", 1)
     for key, value in (("start", start), ("stop", stop), ("step", step)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):

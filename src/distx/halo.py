@@ -47,8 +47,8 @@ def iterate_with_halos(run: TaskRun, config: dict) -> None:
             runtime.transport.send(down, Kind.HALO, (name, step, "above", block[-halo:].copy()))
         needed = [(name, step, side) for side, rank in (("above", up), ("below", down))
                   if rank is not None]
-        runtime.wait_until(lambda: all(key in runtime.halos for key in needed),
-                           run.deadline(config), f"halo rows of step {step}")
+        runtime.wait_until(lambda needed=needed: all(key in runtime.halos for key in needed),
+                           run.timeout(config), f"halo rows of step {step}")
         above = runtime.halos.pop((name, step, "above")) if up is not None else nothing
         below = runtime.halos.pop((name, step, "below")) if down is not None else nothing
         kernel.call({**base, "above": above, "below": below, "step": step})

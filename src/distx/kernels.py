@@ -117,22 +117,33 @@ class KernelLibrary:
             raise UserError(f"no kernel module {module_name} ({path} does not exist)."
                             + suggestion(module_name, available),
                             fix=f"available modules: {', '.join(available) or 'none'}")
-        qualified = f"distx_kernels.{module_name}"
-        spec = importlib.util.spec_from_file_location(qualified, path)
+        loaded = sys.modules.get(module_name)
+        if loaded is not None:
+            if Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+                self._modules[module_name] = loaded
+                return loaded
+            raise UserError(f"kernel module name '{module_name}' is already taken by "
+                            f"{getattr(loaded, '__file__', None) or 'a built-in module'}",
+                            file=str(path), fix="rename the kernel module")
+        # The plain module name, as `import` from the kernels folder would give: numba's
+        # cache records it, so distx and the user's own imports share one cache.
+        spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         if str(self.folder) not in sys.path:
             sys.path.insert(0, str(self.folder))
+        sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
         except SyntaxError as error:
+            del sys.modules[module_name]
             raise UserError(f"syntax error in kernel module: {error.msg}", file=str(path),
                             line=error.lineno, fix="correct the Python syntax") from None
         except Exception as error:
+            del sys.modules[module_name]
             frames = traceback.extract_tb(error.__traceback__)
             line = next((f.lineno for f in reversed(frames) if f.filename == str(path)), None)
             raise UserError(f"importing kernel module failed: {type(error).__name__}: {error}",
                             file=str(path), line=line) from None
-        sys.modules[qualified] = module
         self._modules[module_name] = module
         return module
 

@@ -79,10 +79,9 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
 
 
 def _attributes(script: Script, options: RunOptions, run_id: str, size: int) -> dict:
-    from mpi4py import MPI
-
     import h5py
     import numba
+    from mpi4py import MPI
 
     return {
         "name": script.name, "run_id": run_id, "started": time.time(), "ended": np.nan,

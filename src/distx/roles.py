@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from distx.errors import UserError
 from distx.script import COORDINATOR, Script
 
 SERVE_ONLY = "-"

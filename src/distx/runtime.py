@@ -113,16 +113,16 @@ class Runtime:
                                f"from rank {message.source}")
         handler(message.source, message.body)
 
-    def wait_until(self, condition: Callable[[], bool], deadline: float | None, what: str,
-                   timeout: float | None = None) -> None:
-        """Serve messages until `condition()` holds; fail at the deadline or on cancel."""
+    def wait_until(self, condition: Callable[[], bool], timeout: float | None,
+                   what: str) -> None:
+        """Serve messages until `condition()` holds; fail after `timeout` s or on cancel."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not condition():
             if self.cancel_requested:
                 raise Cancelled(f"run cancelled while waiting for {what}")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                waited = f" after {timeout:g} s" if timeout else ""
-                raise TaskFailed(f"timed out{waited} waiting for {what}")
+                raise TaskFailed(f"timed out after {timeout:g} s waiting for {what}")
             self.serve_once(_SERVE_SLICE if remaining is None else min(remaining, _SERVE_SLICE))
 
     def sleep(self, seconds: float) -> None:
@@ -150,15 +150,14 @@ class Runtime:
         if name in TERMINAL:
             self.terminal[source] = (name, detail)
 
-    def wait_for_milestone(self, name: str, ranks: tuple[int, ...], deadline: float) -> None:
+    def wait_for_milestone(self, name: str, ranks: tuple[int, ...], timeout: float) -> None:
         def reached() -> bool:
             missing = [rank for rank in ranks if name not in self.milestones[rank]]
             for rank in missing:
                 self._fail_if_terminal(rank, f"without reaching milestone {name}")
             return not missing
-        self.wait_until(reached, deadline, f"milestone {name} from "
-                        + ", ".join(self.describe(rank) for rank in ranks),
-                        deadline - time.monotonic())
+        self.wait_until(reached, timeout, f"milestone {name} from "
+                        + ", ".join(self.describe(rank) for rank in ranks))
 
     def _fail_if_terminal(self, rank: int, outcome: str) -> None:
         if rank in self.terminal:
@@ -193,7 +192,7 @@ class Runtime:
         request_id, found, value = body
         self.replies[request_id] = (found, value, source)
 
-    def get_values(self, key: str, ranks: tuple[int, ...], deadline: float) -> list:
+    def get_values(self, key: str, ranks: tuple[int, ...], timeout: float) -> list:
         """The value `key` from each of `ranks` (in rank order), asking those not this one."""
         asked: dict[int, int] = {}
         for rank in ranks:
@@ -215,9 +214,8 @@ class Runtime:
                     self._fail_if_terminal(rank, f"before publishing '{key}'")
             return all(request_id in self.replies for request_id in asked.values())
         try:
-            self.wait_until(answered, deadline, f"value '{key}' from "
-                            + ", ".join(self.describe(rank) for rank in asked),
-                            deadline - time.monotonic())
+            self.wait_until(answered, timeout, f"value '{key}' from "
+                            + ", ".join(self.describe(rank) for rank in asked))
             return [self.values[key] if rank == self.rank else self.replies[asked[rank]][1]
                     for rank in ranks]
         finally:
@@ -361,8 +359,9 @@ class TaskRun:
         except ValueError as error:
             raise TaskFailed(str(error)) from None
 
-    def deadline(self, config: dict) -> float:
-        return time.monotonic() + float(config.get("Timeout", self.runtime.info.timeout))
+    def timeout(self, config: dict) -> float:
+        """The task's own Timeout, else the run's default (script Timeout or --timeout)."""
+        return float(config.get("Timeout", self.runtime.info.timeout))
 
     def readable_path(self, text: str, any_folder: bool) -> Path:
         """A path under the script's folder or the run's temp folder (unless AnyFolder)."""

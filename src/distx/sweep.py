@@ -75,7 +75,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
         sweep.run()
     finally:
         coordinator.active_sweep = None
-        sweep.progress.finish()
+        sweep.progress.finish(table, sweep.remaining)
         coordinator.results.flush()
     counts = table.counts()
     run.log(f"sweep finished: {counts.get('done', 0)} done, {counts.get('error', 0)} error")
@@ -273,9 +273,9 @@ class Progress:
         self.interval = 0.2 if self.live else 5.0
         self.text = ""
 
-    def update(self, table: ExperimentTable, remaining: int) -> None:
+    def update(self, table: ExperimentTable, remaining: int, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self.last < self.interval:
+        if now - self.last < self.interval and not force:
             return
         self.last = now
         finished = self.total - remaining
@@ -292,6 +292,8 @@ class Progress:
         else:
             print(self.text, file=sys.stderr, flush=True)
 
-    def finish(self) -> None:
-        if self.live and self.text:
+    def finish(self, table: ExperimentTable, remaining: int) -> None:
+        """The final counts, always shown (also in a batch log)."""
+        self.update(table, remaining, force=True)
+        if self.live:
             print(file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """The tasks a role's Sequence can run, with the Config keys each takes (ELCM names).
 
 Each task is a function of (run, config): `run` is the `TaskRun` of `runtime.py` (the rank,
-its log, its deadline), `config` the task's Config after variable expansion. Tasks that
+its log, its timeout), `config` the task's Config after variable expansion. Tasks that
 wait (for milestones, values, processes, halos, sweep results) wait through the runtime,
 so the rank keeps serving other ranks meanwhile.
 """
@@ -23,7 +23,18 @@ from distx.errors import TaskFailed
 from distx.evaluate import evaluate
 from distx.kernels import outputs_of
 from distx.schema import (
-    ANY, BOOL, COUNT, DICT, FROM, KEYS, POSITIVE, REDUCE, SEVERITY, STR, STR_LIST, Keys,
+    ANY,
+    BOOL,
+    COUNT,
+    DICT,
+    FROM,
+    KEYS,
+    POSITIVE,
+    REDUCE,
+    SEVERITY,
+    STR,
+    STR_LIST,
+    Keys,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +75,7 @@ def add_milestone(run: TaskRun, config: dict) -> None:
 def wait_for_milestone(run: TaskRun, config: dict) -> None:
     ranks = run.targets(config.get("From"))
     run.log(f"waiting for milestone {config['Milestone']} from ranks {list(ranks)}")
-    run.runtime.wait_for_milestone(config["Milestone"], ranks, run.deadline(config))
+    run.runtime.wait_for_milestone(config["Milestone"], ranks, run.timeout(config))
 
 
 @task("Run.Publish", Keys(free=True))
@@ -126,13 +137,14 @@ def _number_or_text(text: str) -> Any:
                                         **WAIT}))
 def get_value(run: TaskRun, config: dict) -> None:
     ranks = run.targets(config.get("From"))
-    gathered = run.runtime.get_values(config["Value"], ranks, run.deadline(config))
+    gathered = run.runtime.get_values(config["Value"], ranks, run.timeout(config))
+    names_one_rank = isinstance(config.get("From"), int) or str(config.get("From")).isdigit()
     if "Reduce" in config:
         value = reduce_values(gathered, config["Reduce"])
-    elif len(gathered) == 1:
+    elif names_one_rank:
         value = gathered[0]
     else:
-        value = gathered
+        value = gathered  # one per rank of the role, in rank order, whatever their number
     run.publish(config.get("PublishName", config["Value"]), value)
 
 
@@ -179,7 +191,7 @@ def cli_execute(run: TaskRun, config: dict) -> None:
                                    stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
         try:
-            run.runtime.wait_until(lambda: process.poll() is not None, run.deadline(config),
+            run.runtime.wait_until(lambda: process.poll() is not None, run.timeout(config),
                                    f"command {config['Parameters']!r}")
         finally:
             if process.poll() is None:
