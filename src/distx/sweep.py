@@ -239,8 +239,8 @@ class Sweep:
                 status: str, error: str) -> None:
         fields: dict[str, Any] = {"status": status, "attempts": entry.attempts,
                                   "start": entry.start, "end": end, "error": error}
-        if len(entry.ranks) == 1:
-            fields.update(rank=source, host=self.hosts[source])
+        if self.plan.parts == 1 or len(entry.ranks) == 1:
+            fields.update(rank=source, host=self.hosts[source])  # the attempt that decided
         else:
             fields.update(rank=-1, host=b"")
         if status == "done":
