@@ -8,7 +8,7 @@ complete (see `coordination.py`).
 from __future__ import annotations
 
 from distx.coordination import check_coordination, produced_values
-from distx.data import check_data_files
+from distx.data import check_data
 from distx.errors import UserError
 from distx.expand import referenced_names
 from distx.kernels import PARTITION_NAMES, KernelLibrary
@@ -25,7 +25,7 @@ def check_script(script: Script, size: int, overrides: dict | None = None) -> Ro
     """Raise UserError for the first problem found; return the role plan for `size`."""
     check_rank_syntax(script)
     plan = plan_roles(script, size)
-    check_data_files(script)
+    check_data(script)
     sweeps = [spec for spec in script.tasks() if spec.task == "Run.Sweep"]
     if len(sweeps) > 1:
         raise script.error(sweeps[1].where, "a script runs at most one Run.Sweep",

@@ -116,16 +116,30 @@ def _check_progress(script: Script, plan: RolePlan,
             if position[role] == len(sequence) and not milestones[role] >= set(ENDED):
                 milestones[role] |= set(ENDED)
                 advanced = True
-    stuck = [sequences[role][position[role]] for role in sorted(sequences)
-             if position[role] < len(sequences[role])]
+    stuck = {role: _wait_of(script, plan, sequences[role][position[role]])
+             for role in sorted(sequences) if position[role] < len(sequences[role])}
     if stuck:
-        waits = [_wait_of(script, plan, spec) for spec in stuck]
+        cycle = _cycle(stuck)
         described = "; ".join(
-            f"'{wait.spec.role}' (line {script.source.line(wait.spec.where)}) waits for "
-            f"{wait.kind} '{wait.name}' from {', '.join(wait.roles)}" for wait in waits)
-        raise script.error(stuck[0].where, f"roles wait on each other and can never "
-                           f"continue: {described}",
+            f"'{role}' (line {script.source.line(stuck[role].spec.where)}) waits for "
+            f"{stuck[role].kind} '{stuck[role].name}' from {', '.join(stuck[role].roles)}"
+            for role in cycle)
+        others = len(stuck) - len(cycle)
+        also = f" ({others} more role(s) wait on them)" if others else ""
+        raise script.error(stuck[cycle[0]].spec.where, "roles wait on each other and can "
+                           f"never continue: {described}{also}",
                            "reorder the sequences so that one side produces before it waits")
+
+
+def _cycle(stuck: dict[str, _Wait]) -> list[str]:
+    """Roles forming a cycle of waits. Every stuck role waits on a stuck role (what it
+    waits for comes later in a sequence that stopped), so following waits must loop."""
+    path: list[str] = []
+    role = next(iter(stuck))
+    while role not in path:
+        path.append(role)
+        role = next(target for target in stuck[role].roles if target in stuck)
+    return path[path.index(role):]
 
 
 def _satisfied(wait: _Wait, milestones: dict[str, set[str]], values: dict[str, set[str]]) -> bool:

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distx.errors import UserError
 from distx.transport import Kind, Message, Transport
 
 if TYPE_CHECKING:
@@ -54,24 +53,41 @@ def row_blocks(rows: int, parts: int) -> list[tuple[int, int]]:
 
 def materialize(spec: DataSpec, script: Script) -> np.ndarray:
     """Generate or load one array on rank 0 (errors name the script line)."""
-    array = _generate(spec, script) if spec.generate is not None else _load(spec, script)
-    if spec.partition == "rows" and array.ndim == 0:
-        raise script.error((*spec.where, "Partition"), f"array '{spec.name}' is 0-dimensional "
-                           "and has no rows to partition", "use Partition: replicate")
-    return array
+    if spec.generate is not None:
+        return _generate(spec, script)
+    return _with_source(spec, script, lambda source: np.array(source[()]))
+
+
+def check_data(script: Script) -> None:
+    """Validation without loading: files exist, hold a numeric array, rows to partition."""
+    for spec in script.data.values():
+        if spec.file is not None:
+            _with_source(spec, script, lambda source: None)
+        else:
+            _generation_dtype(spec, script)
+
+
+def _generation_dtype(spec: DataSpec, script: Script) -> np.dtype:
+    settings = spec.generate
+    where = (*spec.where, "Generate", "DType")
+    integers = settings["Distribution"] == "integers"
+    try:
+        dtype = np.dtype(settings.get("DType", "int64" if integers else "float64"))
+    except TypeError:
+        raise script.error(where, f"unknown dtype {settings['DType']!r}",
+                           "use e.g. float64, float32, int64, int32, uint8") from None
+    if integers and dtype.kind not in "iu":
+        raise script.error(where, "integers need an integer DType", "use e.g. int64 or uint8")
+    if dtype.kind not in "biuf":
+        raise script.error(where, f"dtype {dtype} is not numeric", "use e.g. float64 or int64")
+    return dtype
 
 
 def _generate(spec: DataSpec, script: Script) -> np.ndarray:
     settings = spec.generate
-    where = (*spec.where, "Generate")
+    dtype = _generation_dtype(spec, script)
     rng = np.random.default_rng(settings.get("Seed", 0))
     shape = tuple(settings["Shape"])
-    try:
-        dtype = np.dtype(settings.get("DType", "int64" if settings["Distribution"] == "integers"
-                                      else "float64"))
-    except TypeError:
-        raise script.error((*where, "DType"), f"unknown dtype {settings['DType']!r}",
-                           "use e.g. float64, float32, int64, int32, uint8") from None
     distribution = settings["Distribution"]
     if distribution == "uniform":
         return rng.uniform(settings.get("Low", 0.0), settings.get("High", 1.0), shape) \
@@ -79,48 +95,61 @@ def _generate(spec: DataSpec, script: Script) -> np.ndarray:
     if distribution == "normal":
         return rng.normal(settings.get("Mean", 0.0), settings.get("Std", 1.0), shape) \
             .astype(dtype, copy=False)
-    if dtype.kind not in "iu":
-        raise script.error((*where, "DType"), "integers need an integer DType")
     return rng.integers(settings.get("Low", 0), settings.get("High", 100), shape, dtype=dtype)
 
 
-def _load(spec: DataSpec, script: Script) -> np.ndarray:
+def _with_source(spec: DataSpec, script: Script, use: Callable) -> Any:
+    """Open the array a File names, check it, and return `use(array_like)`.
+
+    `.npy` files are memory-mapped (so checking reads only the header) and never unpickled;
+    HDF5 datasets are checked by their metadata before anything is read.
+    """
     where = (*spec.where, "File")
-    text = spec.file
-    file_part, colon, dataset = text.partition(":")
-    path = Path(file_part)
-    if not path.is_absolute():
-        path = script.folder / path
+    file_part, colon, dataset = spec.file.partition(":")
+    path = Path(file_part) if Path(file_part).is_absolute() else script.folder / file_part
     if not path.is_file():
         raise script.error(where, f"data file {path} does not exist",
                            "check the path (relative paths start at the script's folder)")
     if path.suffix == ".npy":
         try:
-            return np.load(path, allow_pickle=False, mmap_mode=None)
-        except ValueError as error:
-            raise script.error(where, f"{path} is not a plain .npy array: {error}") from None
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise script.error(where, f"{path} is not a plain numeric .npy array ({error})",
+                               "save it with numpy.save from a numeric array") from None
+        _check_array(spec, script, array.shape, array.dtype, str(path))
+        return use(array)
+    if not colon or not dataset:
+        raise script.error(where, f"'{spec.file}' names no dataset",
+                           "write file.h5:/path/to/dataset, or use a .npy file")
     import h5py
 
-    if not colon or not dataset:
-        raise script.error(where, f"'{text}' names no dataset",
-                           "write file.h5:/path/to/dataset, or use a .npy file")
     try:
-        with h5py.File(path, "r") as source:
-            if dataset not in source or not isinstance(source[dataset], h5py.Dataset):
-                names: list[str] = []
-                source.visit(lambda name: names.append("/" + name)
-                             if isinstance(source[name], h5py.Dataset) else None)
-                raise script.error(where, f"{path} has no dataset {dataset}",
-                                   f"datasets in the file: {', '.join(names) or 'none'}")
-            array = source[dataset][()]
+        source = h5py.File(path, "r")
     except OSError as error:
         raise script.error(where, f"{path} is not a readable HDF5 file ({error})",
                            "give an HDF5 file (file.h5:/dataset) or a .npy file") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
-        raise script.error(where, f"dataset {dataset} of {path} has dtype "
-                           f"{getattr(array, 'dtype', type(array))}, not a numeric array",
-                           "kernels take numeric arrays")
-    return array
+    with source:
+        node = source.get(dataset)
+        if not isinstance(node, h5py.Dataset):
+            names: list[str] = []
+            source.visititems(lambda name, item: names.append("/" + name)
+                              if isinstance(item, h5py.Dataset) else None)
+            raise script.error(where, f"{path} has no dataset {dataset}",
+                               f"datasets in the file: {', '.join(names) or 'none'}")
+        _check_array(spec, script, node.shape, node.dtype, f"{path}:{dataset}")
+        return use(node)
+
+
+def _check_array(spec: DataSpec, script: Script, shape: tuple, dtype: np.dtype,
+                 origin: str) -> None:
+    where = (*spec.where, "File")
+    if dtype.kind not in "biuf":
+        raise script.error(where, f"{origin} has dtype {dtype}, not a numeric array",
+                           "kernels take arrays of numbers (bool, int, uint, float)")
+    if spec.partition == "rows" and len(shape) == 0:
+        raise script.error((*spec.where, "Partition"), f"array '{spec.name}' is "
+                           "0-dimensional and has no rows to partition",
+                           "use Partition: replicate")
 
 
 def layouts(arrays: dict[str, np.ndarray], specs: dict[str, DataSpec]) -> list[Layout]:
@@ -179,16 +208,3 @@ def _receive_data(transport: Transport, dispatch: Callable[[Message], None]) -> 
         if message.kind == Kind.DATA:
             return message.body
         dispatch(message)
-
-
-def check_data_files(script: Script) -> None:
-    """Validation without loading: the files named in Data exist."""
-    for spec in script.data.values():
-        if spec.file is not None:
-            path = Path(spec.file.partition(":")[0])
-            path = path if path.is_absolute() else script.folder / path
-            if not path.is_file():
-                raise UserError(f"data file {path} does not exist", file=script.source.file,
-                                line=script.source.line((*spec.where, "File")),
-                                fix="check the path (relative paths start at the script's "
-                                "folder)")

@@ -28,7 +28,7 @@ class UserError(Exception):
             place = f"{place} ({self.where})" if place else self.where
         text = f"{place}: {self.what}" if place else self.what
         if self.fix:
-            text += f". Fix: {self.fix}"
+            text += ("" if text.endswith((".", "?", "!")) else ".") + f" Fix: {self.fix}"
         return text
 
 

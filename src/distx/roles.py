@@ -62,7 +62,7 @@ def parse_ranks(spec: Any, size: int | None) -> list[int]:
                 raise ValueError(f"rank range '{part}' ends before it starts")
             ranks.update(range(int(first), int(last) + 1))
         else:
-            ranks.update(range(int(first), max(size or 0, int(first) + 1)))
+            ranks.update(range(int(first), size if size is not None else int(first) + 1))
     return sorted(ranks)
 
 

@@ -54,8 +54,13 @@ class Source:
         try:
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark or error.context_mark
-            raise UserError(f"YAML syntax error: {error.problem or error.context}",
+            # The problem mark is where the parser gave up; when that is the end of the file
+            # (an unterminated quote or bracket) the context mark shows where it started.
+            mark = error.problem_mark
+            if mark is None or mark.index >= len(self.text.rstrip()):
+                mark = error.context_mark or mark
+            what = "; ".join(part for part in (error.context, error.problem) if part)
+            raise UserError(f"YAML syntax error: {what}",
                             file=self.file, line=mark.line + 1 if mark else None,
                             fix="correct the YAML syntax (indentation, quotes, colons)") from None
         except yaml.YAMLError as error:

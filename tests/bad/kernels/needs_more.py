@@ -1,0 +1,2 @@
+def kernel(samples, threshold, scale):
+    return samples.sum() * scale

@@ -1,0 +1,166 @@
+"""Pure functions: expansion, evaluation, grids, rank specs, row blocks, reductions."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distx.data import row_blocks
+from distx.errors import TaskFailed
+from distx.evaluate import evaluate
+from distx.expand import expand, referenced_names
+from distx.grid import GridError, build_experiments, experiment_id, keyfield_values
+from distx.roles import parse_ranks
+from distx.tasks import reduce_values
+
+BUILTINS = {"Rank": 3, "RunId": "r1"}
+
+
+def test_expansion_keeps_type_of_whole_reference_and_formats_inside_text():
+    values = {"n": 4, "x": 0.5, "arr": np.arange(3)}
+    assert expand("@[n]", values, BUILTINS) == 4
+    assert expand("@[arr]", values, BUILTINS) is values["arr"]
+    assert expand("n=@[n] x=@[x] r=@{Rank}", values, BUILTINS) == "n=4 x=0.5 r=3"
+    assert expand({"a": ["@[n]", {"b": "@{RunId}"}]}, values, BUILTINS) == \
+        {"a": [4, {"b": "r1"}]}
+
+
+def test_default_may_contain_colons_and_only_first_colon_splits():
+    assert expand("@[url:http://host:80/x]", {}, BUILTINS) == "http://host:80/x"
+    assert expand("@[url:http://host:80/x]", {"url": "set"}, BUILTINS) == "set"
+    assert expand("[@[empty:]]", {}, BUILTINS) == "[]"
+
+
+def test_undefined_value_and_unknown_builtin_fail_clearly():
+    with pytest.raises(TaskFailed, match=r"@\[missing\] is not defined.*--set missing=VALUE"):
+        expand("@[missing]", {}, BUILTINS)
+    with pytest.raises(TaskFailed, match=r"unknown built-in @\{Nope\}"):
+        expand("@{Nope}", {}, BUILTINS)
+
+
+def test_shell_quoting_of_expanded_values():
+    command = expand("echo @[v] @{Rank}", {"v": "; rm -rf ~"}, BUILTINS, shlex.quote)
+    assert shlex.split(command) == ["echo", "; rm -rf ~", "3"]
+
+
+def test_referenced_names_ignore_defaults():
+    assert referenced_names({"a": "@[x] @[y:1]", "b": ["@[z]"]}) == {"x", "z"}
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="]"), max_size=30),
+       st.text(max_size=30))
+def test_any_default_text_round_trips(default, value):
+    assert expand(f"@[k:{default}]", {}, {}) == default
+    assert expand(f"<@[k:{default}]>", {"k": value}, {}) == f"<{value}>"
+
+
+@given(st.text(max_size=40))
+def test_quoted_value_is_always_one_shell_word(value):
+    command = expand("cmd @[v]", {"v": value}, {}, shlex.quote)
+    assert shlex.split(command) == ["cmd", value]
+
+
+@pytest.mark.parametrize("expression, expected", [
+    ("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("7 // 2 + 7 % 2", 4), ("2 ** 10", 1024),
+    ("n / 4", 2.5), ("n > 3 and n < 20", True), ("not n == 10", False),
+    ("1 < n <= 10", True), ("'big' if n > 5 else 'small'", "big"),
+    ("max(1, n, 3) + abs(-2)", 12), ("round(sqrt(16) + pi, 2)", 7.14), ("true or x", True),
+])
+def test_safe_evaluator(expression, expected):
+    assert evaluate(expression, {"n": 10}) == expected
+
+
+@pytest.mark.parametrize("expression", [
+    "__import__('os').system('true')", "n.__class__", "open('/etc/passwd')",
+    "[x for x in range(3)]", "lambda: 1", "n[0]", "exec('1')", "2 ** 100000",
+    "{1: 2}", "f'{n}'",
+])
+def test_safe_evaluator_refuses_everything_else(expression):
+    with pytest.raises(TaskFailed):
+        evaluate(expression, {"n": 10})
+
+
+def test_evaluator_reports_bad_syntax_and_math_errors():
+    with pytest.raises(TaskFailed, match="cannot parse"):
+        evaluate("1 +", {})
+    with pytest.raises(TaskFailed, match="division by zero"):
+        evaluate("1 / 0", {})
+    with pytest.raises(TaskFailed, match="unknown name 'q'"):
+        evaluate("q + 1", {})
+
+
+def test_keyfield_ranges_exclude_stop_and_reject_bad_ranges():
+    assert keyfield_values("s", {"start": 0, "stop": 10, "step": 3}) == [0, 3, 6, 9]
+    assert keyfield_values("s", {"stop": 3}) == [0, 1, 2]
+    assert keyfield_values("x", {"start": 0.1, "stop": 0.4, "step": 0.1}) == [0.1, 0.2, 0.3]
+    assert keyfield_values("x", {"start": 5, "stop": 0, "step": -2}) == [5, 3, 1]
+    for bad, message in [({"start": 0, "stop": 5, "step": 0}, "step 0"),
+                         ({"start": 5, "stop": 1}, "is empty"), ([], "empty list"),
+                         ([1, 1], "same value twice"), ({"start": 0}, "stop required"),
+                         ("text", "must be a list")]:
+        with pytest.raises(GridError, match=message):
+            keyfield_values("k", bad)
+
+
+def test_grid_is_the_cartesian_product_with_folds_and_stable_ids():
+    grid = build_experiments({"a": [1, 2], "b": ["x", "y", "z"]}, folds=2)
+    assert len(grid) == 12
+    assert grid[0].keyfields == {"a": 1, "b": "x", "fold": 0}
+    assert grid[-1].keyfields == {"a": 2, "b": "z", "fold": 1}
+    assert len({e.id for e in grid}) == 12
+    assert grid[5].id == experiment_id({"fold": 1, "b": "z", "a": 1})
+
+
+@given(st.dictionaries(st.sampled_from("abcd"), st.lists(st.integers(-5, 5), min_size=1,
+                                                         max_size=4, unique=True),
+                       min_size=1, max_size=3),
+       st.one_of(st.none(), st.integers(2, 3)))
+def test_grid_covers_every_combination_once(keyfields, folds):
+    grid = build_experiments(keyfields, folds)
+    expected = int(np.prod([len(v) for v in keyfields.values()])) * (folds or 1)
+    assert len(grid) == expected
+    combos = {tuple(sorted(e.keyfields.items())) for e in grid}
+    assert len(combos) == expected and len({e.id for e in grid}) == expected
+    assert [e.index for e in grid] == list(range(expected))
+
+
+def test_rank_specs():
+    assert parse_ranks("1-", 5) == [1, 2, 3, 4]
+    assert parse_ranks("1-3", None) == [1, 2, 3]
+    assert parse_ranks("1,3, 5-6", None) == [1, 3, 5, 6]
+    assert parse_ranks([2, "4-5"], None) == [2, 4, 5]
+    assert parse_ranks(7, None) == [7]
+    for bad in ("a-b", "3-1", "-2", ""):
+        with pytest.raises(ValueError):
+            parse_ranks(bad, 4)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 64))
+def test_row_blocks_cover_every_row_once_balanced(rows, parts):
+    blocks = row_blocks(rows, parts)
+    assert len(blocks) == parts
+    assert blocks[0][0] == 0 and blocks[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    sizes = [stop - start for start, stop in blocks]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=10))
+def test_reductions_match_numpy(numbers):
+    assert reduce_values(numbers, "sum") == pytest.approx(float(np.sum(numbers)))
+    assert reduce_values(numbers, "min") == min(numbers)
+    assert reduce_values(numbers, "max") == max(numbers)
+    assert reduce_values(numbers, "mean") == pytest.approx(float(np.mean(numbers)))
+    assert list(reduce_values(numbers, "concat")) == numbers
+
+
+def test_weighted_mean_and_array_reductions():
+    assert reduce_values([1.0, 4.0], "mean", weights=[3, 1]) == pytest.approx(1.75)
+    arrays = [np.array([1, 5]), np.array([3, 2])]
+    assert list(reduce_values(arrays, "sum")) == [4, 7]
+    assert list(reduce_values(arrays, "max")) == [3, 5]
+    assert reduce_values([np.ones((2, 3)), np.zeros((1, 3))], "concat").shape == (3, 3)
