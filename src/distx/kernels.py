@@ -25,7 +25,7 @@ from distx.errors import TaskFailed, UserError
 from distx.schema import suggestion
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-PARTITION_NAMES = ("row_offset", "global_rows")
+PARTITION_NAMES = ("row_offset", "global_rows", "global_shape")
 
 
 @dataclass

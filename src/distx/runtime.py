@@ -247,7 +247,8 @@ class Runtime:
             arguments[name] = self.partitions[name].array
         if inputs:
             first = self.partitions[inputs[0]]
-            arguments.update(row_offset=first.offset, global_rows=first.global_shape[0])
+            arguments.update(row_offset=first.offset, global_rows=first.global_shape[0],
+                             global_shape=tuple(first.global_shape))
         arguments.update(args)
         return arguments
 

@@ -1,6 +1,7 @@
 """Kernels that report what a rank holds, to check partitioning against numpy."""
 
 import numba
+import numpy as np
 
 
 @numba.njit(cache=True)
@@ -18,3 +19,20 @@ def total(big):
     for value in big:
         result += value
     return result
+
+
+@numba.njit(cache=True)
+def counts(samples, bins):
+    """Histogram of values in [0, 1) with `bins` bins (an array output)."""
+    result = np.zeros(bins, dtype=np.int64)
+    for value in samples:
+        result[min(int(value * bins), bins - 1)] += 1
+    return result
+
+
+def wrong_kind(samples):
+    return "not a number"
+
+
+def shape_of(table, global_shape):
+    return global_shape[0] * 1000 + global_shape[1]
