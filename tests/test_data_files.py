@@ -26,10 +26,16 @@ Roles:
   workers:
     Sequence:
       - Task: Run.Kernel
-        Config: {{Kernel: probe.describe, Inputs: [table], Outputs: [offset, rows, table_sum, global_rows]}}
+        Config:
+          Kernel: probe.describe
+          Inputs: [table]
+          Outputs: [offset, rows, table_sum, global_rows]
       - {{Task: Run.Kernel, Config: {{Kernel: probe.shape_of, Inputs: [table], Publish: shape}}}}
       - Task: Run.Kernel
-        Config: {{Kernel: probe.replicated_sum, Inputs: [matrix], Outputs: [matrix_sum, matrix_rows]}}
+        Config:
+          Kernel: probe.replicated_sum
+          Inputs: [matrix]
+          Outputs: [matrix_sum, matrix_rows]
 """
 
 

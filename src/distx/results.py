@@ -83,7 +83,10 @@ class ResultsFile:
             raise UserError(f"results file {path} already exists",
                             fix="pass --overwrite to replace it, or --output to write elsewhere")
         path.parent.mkdir(parents=True, exist_ok=True)
-        file = h5py.File(path, "w", libver="latest")
+        # The original superblock format: a file whose writer was killed still opens. With
+        # libver="latest" HDF5 marks the file open-for-write and refuses to open it after a
+        # crash until `h5clear` is run.
+        file = h5py.File(path, "w")
         file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                            "state": "Running", "exit_code": -1, **attributes})
         script = file.create_dataset("script", data=script_text, dtype=TEXT)

@@ -36,3 +36,11 @@ def wrong_kind(samples):
 
 def shape_of(table, global_shape):
     return global_shape[0] * 1000 + global_shape[1]
+
+
+def slow_square(seed, pause):
+    """A task that takes `pause` seconds, to have a sweep in flight when it is killed."""
+    import time
+
+    time.sleep(pause)
+    return seed * seed

@@ -1,0 +1,65 @@
+"""A run killed at any moment leaves a results file that opens and keeps what finished."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from conftest import SCRIPTS, distx, mpiexec, text
+
+
+def rank_pids(marker: str) -> dict[int, int]:
+    """PMI rank -> pid of the processes whose command line contains `marker`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in command and "distx" in command:
+            for variable in environment:
+                if variable.startswith(b"PMI_RANK="):
+                    found[int(variable.split(b"=")[1])] = int(entry.name)
+    return found
+
+
+def wait_for(condition, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting for the run to start"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("victim, delay", [(0, 0.0), (0, 0.7), (0, 1.5), (1, 0.7)])
+def test_sigkill_of_a_rank_leaves_a_readable_file(tmp_path, victim, delay):
+    output = tmp_path / "out.h5"
+    command = [mpiexec(), "-n", "3", sys.executable, "-m", "distx",
+               str(SCRIPTS / "slow_sweep.yml"), "-o", str(output)]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(output.exists, 60)
+        time.sleep(delay)
+        os.kill(rank_pids(str(output))[victim], signal.SIGKILL)
+        job.wait(timeout=60)
+    finally:
+        job.kill()
+        for pid in rank_pids(str(output)).values():
+            os.kill(pid, signal.SIGKILL)
+    assert job.returncode != 0
+    with h5py.File(output, "r") as file:
+        assert text(file.attrs["state"]) == "Running"  # it never got to write its end
+        if "experiments" in file:
+            rows = file["experiments"][()]
+            done = rows[rows["status"] == b"done"]
+            assert (done["result"] == done["seed"] ** 2).all()
+    shown = distx("show", output)
+    assert shown.returncode == 0 and "state Running" in shown.stdout
