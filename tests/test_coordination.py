@@ -34,7 +34,7 @@ def test_every_coordination_task(tmp_path, ranks):
         for rank in side:
             assert found[(rank, "greeting")] == "hello:world"
             assert found[(rank, "token")] == f"t{rank}"
-            kept = file[f"files/rank{rank}/out/info-{rank}.txt"]
+            kept = file[f"files/run0/rank{rank}/out/info-{rank}.txt"]
             assert bytes(kept[()]).decode().strip() == f"token=t{rank} greeting=hello:world"
         message = f"sum={found[(0, 'rank_sum')]} missing=a:b:c size={size} role=coordinator"
         assert ("WARNING", message) in log_lines(file, 0)
@@ -118,4 +118,4 @@ def test_show_summarises_a_run(tmp_path):
     assert shown.returncode == 0
     assert "state Finished, exit code 0" in shown.stdout
     assert "rank 1 (side): Init PreRun Run Ready PostRun Finished" in shown.stdout
-    assert "rank1/out/info-1.txt" in shown.stdout
+    assert "run0/rank1/out/info-1.txt" in shown.stdout

@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="define a value for @[NAME] (repeatable)")
     run.add_argument("--timeout", type=float, help="default Timeout of waits, in seconds")
     run.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the results file: run only experiments not done")
+    run.add_argument("--force", action="store_true",
+                     help="with --resume: continue even if script, kernels or data changed")
+    run.add_argument("--grace", type=float, default=30.0, metavar="S",
+                     help="after SIGTERM/SIGINT/SIGUSR1, wait up to S s for tasks in flight")
     run.add_argument("-v", "--verbose", action="store_true", help="echo every log line")
     run.set_defaults(handler=_run)
 
@@ -82,7 +88,8 @@ def _run(arguments: argparse.Namespace) -> int:
 
     return run(RunOptions(arguments.script, arguments.output, _overrides(arguments.set),
                           arguments.timeout, arguments.overwrite, arguments.verbose,
-                          ["distx", *sys.argv[1:]]))
+                          ["distx", *sys.argv[1:]], arguments.resume, arguments.force,
+                          arguments.grace))
 
 
 def _validate(arguments: argparse.Namespace) -> int:

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from distx.sweep import Sweep
 
 
+STOPPED = 3  # exit code of a run stopped by a signal: --resume continues it
+
+
 class Coordinator(Runtime):
     def __init__(self, transport: Transport, info: RunInfo, results: ResultsFile,
                  data_shapes: dict[str, tuple[int, ...]]) -> None:
@@ -69,10 +72,14 @@ class Coordinator(Runtime):
     def run_as_coordinator(self) -> tuple[str, int]:
         """Run rank 0's sequence and end the run; return (final state, exit code)."""
         self.run_sequence()
-        self.wait_until(self._all_terminal, None, "every rank to finish its sequence")
+        self.wait_until(self._all_terminal, None, "every rank to finish its sequence",
+                        stoppable=False)
         states = {state for state, _ in self.terminal.values()}
         state = next((s for s in ("Errored", "Cancelled") if s in states), "Finished")
-        exit_code = 0 if state == "Finished" and not self.failed_experiments else 1
+        if state == "Errored" or (state == "Finished" and self.failed_experiments):
+            exit_code = 1
+        else:
+            exit_code = STOPPED if state == "Cancelled" else 0
         for rank in range(1, self.info.plan.size):
             self.transport.send(rank, Kind.CONTROL, ("shutdown", exit_code))
         self.exit_code = exit_code
@@ -80,7 +87,7 @@ class Coordinator(Runtime):
 
     def _all_terminal(self) -> bool:
         failed = any(state == "Errored" for state, _ in self.terminal.values())
-        if failed and not self.cancel_sent:
+        if (failed or self.stop_requested) and not self.cancel_sent:
             self.cancel_sent = True
             for rank in range(1, self.info.plan.size):
                 if rank not in self.terminal:

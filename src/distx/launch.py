@@ -10,25 +10,23 @@ in a thread of the same process, talking through in-process queues.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-import distx
-from distx import data
+from distx import data, provenance
 from distx.checks import check_script
-from distx.coordinator import Coordinator
+from distx.coordinator import STOPPED, Coordinator
 from distx.errors import UserError
-from distx.results import ResultsFile
+from distx.results import ResultsFile, RunIdentity
 from distx.runtime import RunInfo, Runtime
 from distx.script import Script, load_script, parse_script
 from distx.transport import LocalHub, MPITransport, Transport
@@ -44,6 +42,9 @@ class RunOptions:
     overwrite: bool = False
     verbose: bool = False
     command_line: list[str] = field(default_factory=list)
+    resume: bool = False
+    force: bool = False
+    grace: float = 30.0
 
 
 @dataclass
@@ -70,29 +71,18 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
     script = load_script(options.script)
     plan = check_script(script, size, options.overrides)
     arrays = {name: data.materialize(spec, script) for name, spec in script.data.items()}
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    output = Path(options.output or script.output)
-    results = ResultsFile.create(output, options.overwrite, _attributes(script, options, run_id,
-                                                                        plan.size),
-                                 script.text, str(script.path), hosts)
+    run_id = provenance.new_run_id()
+    identity = RunIdentity(
+        name=script.name, run_id=run_id, script_text=script.text,
+        script_path=str(script.path), script_sha256=script.sha256,
+        fingerprints=provenance.fingerprints(script),
+        attributes={"world_size": plan.size, "command_line": " ".join(options.command_line),
+                    **provenance.versions()},
+        hosts=list(hosts) if len(hosts) == plan.size else hosts[:1] * plan.size)
+    results = ResultsFile.open(Path(options.output or script.output), identity,
+                               overwrite=options.overwrite, resume=options.resume,
+                               force=options.force)
     return _Prepared(script, arrays, results, run_id)
-
-
-def _attributes(script: Script, options: RunOptions, run_id: str, size: int) -> dict:
-    import h5py
-    import numba
-    from mpi4py import MPI
-
-    return {
-        "name": script.name, "run_id": run_id, "started": time.time(), "ended": np.nan,
-        "world_size": size, "command_line": " ".join(options.command_line),
-        "script_sha256": script.sha256, "distx_version": distx.__version__,
-        "numpy_version": np.__version__, "numba_version": numba.__version__,
-        "h5py_version": h5py.__version__, "hdf5_version": h5py.version.hdf5_version,
-        "mpi4py_version": __import__("mpi4py").__version__,
-        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
-        "python_version": sys.version.split()[0],
-    }
 
 
 def _info(script: Script, options: RunOptions, run_id: str, size: int,
@@ -104,7 +94,7 @@ def _info(script: Script, options: RunOptions, run_id: str, size: int,
     temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
     return RunInfo(script, plan, run_id, timeout, dict(options.overrides),
                    tuple(hosts) if len(hosts) == plan.size else tuple(hosts[:1] * plan.size),
-                   temp_root, options.verbose)
+                   temp_root, options.verbose, options.grace)
 
 
 def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
@@ -149,9 +139,20 @@ def _distribute(transport: Transport, runtime: Runtime, arrays: dict | None,
                                          arrays, runtime.dispatch)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def _stop_on_signals(runtime: Runtime) -> None:
+    """SIGTERM, SIGINT and SIGUSR1 (Slurm's warning before a time limit) stop the run
+    gracefully: no new tasks, a bounded wait for those in flight, state Cancelled."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, lambda *_: runtime.on_signal())
+
+
 def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int:
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     coordinator = Coordinator(transport, info, prepared.results, shapes)
+    _stop_on_signals(coordinator)
     coordinator.reach("Init")
     coordinator.reach("PreRun")
     _distribute(transport, coordinator, prepared.arrays, info.script.data)
@@ -161,6 +162,7 @@ def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int
 
 def _work(transport: Transport, info: RunInfo) -> int:
     runtime = Runtime(transport, info)
+    _stop_on_signals(runtime)
     runtime.reach("Init")
     runtime.reach("PreRun")
     _distribute(transport, runtime, None, info.script.data)
@@ -174,8 +176,9 @@ def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
     coordinator.transport.close()
     prepared.results.close(state, exit_code)
     shutil.rmtree(coordinator.info.temp_root, ignore_errors=True)
+    hint = "; --resume continues it" if exit_code == STOPPED else ""
     print(f"distx: {coordinator.info.script.name} {state.lower()} "
-          f"(exit code {exit_code}); results in {prepared.results.path}",
+          f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
           file=sys.stderr, flush=True)
     return exit_code
 
@@ -187,6 +190,7 @@ def _run_single_process(options: RunOptions) -> int:
     hub = LocalHub(info.plan.size)
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     coordinator = Coordinator(hub.transport(0), info, prepared.results, shapes)
+    _stop_on_signals(coordinator)
     others = [Runtime(hub.transport(rank), info) for rank in range(1, info.plan.size)]
     layout = data.layouts(prepared.arrays, info.script.data)
     partitions = data.split_locally(prepared.arrays, layout, info.plan.holders)

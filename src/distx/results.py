@@ -1,27 +1,36 @@
-"""The results file: one HDF5 file per run, written by rank 0 alone.
+"""The results file: one HDF5 file per experiment, written by rank 0 alone, over one or more runs.
 
 Layout (documented in README.md):
     /                    attrs: format, format_version, name, run_id, state, exit_code,
-                         started, ended, world_size, command_line, script_sha256, versions
+                         started, ended, world_size, command_line, script_sha256,
+                         fingerprint_script/_kernels/_data, versions (of the latest run)
+    /runs                table: run, run_id, started, ended, state, exit_code, world_size,
+                         command_line (a row per run: the first and every --resume)
     /script              the script text (scalar string), attrs: path, sha256
-    /provenance/hosts    host name of every rank
+    /provenance/hosts    host name of every rank (latest run)
     /experiments         table: id, index, keyfields, status, attempts, rank, host, start,
                          end, error, one float64 column per output
+    /attempts            table: run, id, part, attempt, rank, host, start, end, status, error
     /experiment_arrays/<output>/<id>   array outputs, linked by experiment id
-    /milestones          table: rank, role, name, time, detail
-    /values              table: rank, role, key, time, kind, value (JSON or dataset path)
-    /value_arrays/rank<r>/<key>[.<n>]  published arrays
-    /tasks               table: rank, role, index, task, status, start, end, error
-    /logs                table: rank, role, index, time, severity, message
-    /files/rank<r>/<name>  kept files as uint8 datasets, attrs: role, index, source
-Rows are appended as they arrive and the file is flushed at most every FLUSH_SECONDS and at
-every state change, so a reader (h5py, pandas, h5dump, `distx show`) sees the run so far.
+    /milestones          table: run, rank, role, name, time, detail
+    /values              table: run, rank, role, key, time, kind, value (JSON or dataset path)
+    /value_arrays/run<n>/rank<r>/<key>[.<k>]  published arrays
+    /tasks               table: run, rank, role, index, task, status, start, end, error
+    /logs                table: run, rank, role, index, time, severity, message
+    /files/run<n>/rank<r>/<name>  kept files as uint8 datasets, attrs: role, index, source
+
+Durability: the file uses HDF5's original superblock format, which has no "open for
+writing" flag, so a file whose writer was killed still opens. Rows are buffered in memory
+and written, followed by a flush, at most FLUSH_SECONDS apart and at every failure,
+terminal milestone and end of sweep: a killed run loses at most that much, and whatever a
+reader sees as `done` is complete. `--resume` runs again whatever is not `done`.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,96 +44,158 @@ FORMAT = "distx-results"
 FORMAT_VERSION = 1
 FLUSH_SECONDS = 0.5
 TEXT = h5py.string_dtype()
-STATUSES = ("created", "running", "done", "error")
+FINGERPRINTS = ("script", "kernels", "data")
 
-MILESTONES = np.dtype([("rank", "i4"), ("role", TEXT), ("name", TEXT), ("time", "f8"),
-                       ("detail", TEXT)])
-VALUES = np.dtype([("rank", "i4"), ("role", TEXT), ("key", TEXT), ("time", "f8"),
-                   ("kind", TEXT), ("value", TEXT)])
-TASKS = np.dtype([("rank", "i4"), ("role", TEXT), ("index", "i4"), ("task", TEXT),
-                  ("status", TEXT), ("start", "f8"), ("end", "f8"), ("error", TEXT)])
-LOGS = np.dtype([("rank", "i4"), ("role", TEXT), ("index", "i4"), ("time", "f8"),
-                 ("severity", TEXT), ("message", TEXT)])
+RUNS = np.dtype([("run", "i4"), ("run_id", TEXT), ("started", "f8"), ("ended", "f8"),
+                 ("state", TEXT), ("exit_code", "i4"), ("world_size", "i4"),
+                 ("command_line", TEXT)])
+MILESTONES = np.dtype([("run", "i4"), ("rank", "i4"), ("role", TEXT), ("name", TEXT),
+                       ("time", "f8"), ("detail", TEXT)])
+VALUES = np.dtype([("run", "i4"), ("rank", "i4"), ("role", TEXT), ("key", TEXT),
+                   ("time", "f8"), ("kind", TEXT), ("value", TEXT)])
+TASKS = np.dtype([("run", "i4"), ("rank", "i4"), ("role", TEXT), ("index", "i4"),
+                  ("task", TEXT), ("status", TEXT), ("start", "f8"), ("end", "f8"),
+                  ("error", TEXT)])
+LOGS = np.dtype([("run", "i4"), ("rank", "i4"), ("role", TEXT), ("index", "i4"),
+                 ("time", "f8"), ("severity", TEXT), ("message", TEXT)])
+ATTEMPTS = np.dtype([("run", "i4"), ("id", "S16"), ("part", "i4"), ("attempt", "i4"),
+                     ("rank", "i4"), ("host", TEXT), ("start", "f8"), ("end", "f8"),
+                     ("status", TEXT), ("error", TEXT)])
+
+
+@dataclass
+class RunIdentity:
+    """What a run writes about itself, and what --resume compares."""
+
+    name: str
+    run_id: str
+    script_text: str
+    script_path: str
+    script_sha256: str
+    fingerprints: dict[str, str]
+    attributes: dict[str, Any]   # versions, world size, command line, ...
+    hosts: list[str]
 
 
 class AppendTable:
-    """A one-dimensional compound dataset that grows by appended rows."""
+    """A one-dimensional compound dataset; rows are buffered and written at `write()`."""
 
     def __init__(self, file: h5py.File, name: str, dtype: np.dtype) -> None:
-        self.dataset = file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
-                                           chunks=(1024,))
+        if name in file:
+            self.dataset = file[name]
+        else:
+            self.dataset = file.create_dataset(name, shape=(0,), maxshape=(None,),
+                                               dtype=dtype, chunks=(1024,))
+        self.pending: list[tuple] = []
 
     def append(self, rows: list[tuple]) -> None:
-        if not rows:
+        self.pending.extend(rows)
+
+    def write(self) -> None:
+        if not self.pending:
             return
         start = self.dataset.shape[0]
-        self.dataset.resize((start + len(rows),))
-        self.dataset[start:] = np.array(rows, dtype=self.dataset.dtype)
+        self.dataset.resize((start + len(self.pending),))
+        self.dataset[start:] = np.array(self.pending, dtype=self.dataset.dtype)
+        self.pending = []
 
 
 class ResultsFile:
-    """Rank 0's writer. Every method leaves the file consistent at the next flush."""
+    """Rank 0's writer for one run (a first run or a resume) of a results file."""
 
-    def __init__(self, path: Path, file: h5py.File) -> None:
+    def __init__(self, path: Path, file: h5py.File, run: int) -> None:
         self.path = path
         self.file = file
-        self.milestones = AppendTable(file, "milestones", MILESTONES)
-        self.values = AppendTable(file, "values", VALUES)
-        self.tasks = AppendTable(file, "tasks", TASKS)
-        self.logs = AppendTable(file, "logs", LOGS)
+        self.run = run
+        self.tables = {name: AppendTable(file, name, dtype) for name, dtype in (
+            ("milestones", MILESTONES), ("values", VALUES), ("tasks", TASKS),
+            ("logs", LOGS), ("attempts", ATTEMPTS))}
+        self.runs = AppendTable(file, "runs", RUNS)
         self.table: ExperimentTable | None = None
         self._array_counts: dict[str, int] = {}
         self._last_flush = time.monotonic()
 
+    # ----- opening -----------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, overwrite: bool, attributes: dict[str, Any], script_text: str,
-               script_path: str, hosts: list[str]) -> ResultsFile:
-        if path.exists() and not overwrite:
+    def open(cls, path: Path, identity: RunIdentity, *, overwrite: bool = False,
+             resume: bool = False, force: bool = False) -> ResultsFile:
+        """Create the file, or with `resume` continue an existing one of the same script."""
+        if path.exists() and resume:
+            file = _reopen(path, identity, force)
+        elif path.exists() and not overwrite:
             raise UserError(f"results file {path} already exists",
-                            fix="pass --overwrite to replace it, or --output to write elsewhere")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The original superblock format: a file whose writer was killed still opens. With
-        # libver="latest" HDF5 marks the file open-for-write and refuses to open it after a
-        # crash until `h5clear` is run.
-        file = h5py.File(path, "w")
-        file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
-                           "state": "Running", "exit_code": -1, **attributes})
-        script = file.create_dataset("script", data=script_text, dtype=TEXT)
-        script.attrs.update({"path": script_path, "sha256": attributes["script_sha256"]})
-        file.create_dataset("provenance/hosts", data=np.array(hosts, dtype=object), dtype=TEXT)
-        results = cls(path, file)
-        file.flush()
+                            fix="pass --resume to continue it, --overwrite to replace it, "
+                            "or --output to write elsewhere")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The original superblock format: a file whose writer was killed still opens.
+            # With libver="latest" HDF5 marks the file open-for-write and refuses to open
+            # it after a crash until `h5clear` is run.
+            file = h5py.File(path, "w")
+            file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
+        run = file["runs"].shape[0] if "runs" in file else 0
+        results = cls(path, file, run)
+        results._start(identity)
         return results
 
+    def _start(self, identity: RunIdentity) -> None:
+        file = self.file
+        file.attrs.update({
+            "name": identity.name, "run_id": identity.run_id, "state": "Running",
+            "exit_code": -1, "started": time.time(), "ended": np.nan,
+            "script_sha256": identity.script_sha256, **identity.attributes,
+            **{f"fingerprint_{key}": value for key, value in identity.fingerprints.items()}})
+        for name in ("script", "provenance/hosts"):
+            if name in file:
+                del file[name]
+        script = file.create_dataset("script", data=identity.script_text, dtype=TEXT)
+        script.attrs.update({"path": identity.script_path, "sha256": identity.script_sha256})
+        file.create_dataset("provenance/hosts", data=np.array(identity.hosts, dtype=object),
+                            dtype=TEXT)
+        self.runs.append([(self.run, identity.run_id, file.attrs["started"], np.nan,
+                           "Running", -1, identity.attributes.get("world_size", 0),
+                           identity.attributes.get("command_line", ""))])
+        self.flush()
+
+    # ----- writing -----------------------------------------------------------------------
     def maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
+        for table in (*self.tables.values(), self.runs):
+            table.write()
         if self.table is not None:
             self.table.write_dirty()
         self.file.flush()
         self._last_flush = time.monotonic()
 
     def close(self, state: str, exit_code: int) -> None:
-        self.file.attrs.update({"state": state, "exit_code": exit_code, "ended": time.time()})
+        ended = time.time()
         self.flush()
+        runs = self.runs.dataset
+        row = runs[self.run]
+        row["ended"], row["state"], row["exit_code"] = ended, state, exit_code
+        runs[self.run] = row
+        self.file.attrs.update({"state": state, "exit_code": exit_code, "ended": ended})
+        self.file.flush()
         self.file.close()
 
     # ----- records from every rank -------------------------------------------------------
     def record_milestone(self, rank: int, role: str, name: str, when: float,
                          detail: str) -> None:
-        self.milestones.append([(rank, role, name, when, detail)])
+        self.tables["milestones"].append([(self.run, rank, role, name, when, detail)])
         if name in ("Errored", "Cancelled", "Finished"):
             self.flush()
 
     def record_value(self, rank: int, record: dict) -> None:
         kind, text = self._encode_value(rank, record["key"], record["value"])
-        self.values.append([(rank, record["role"], record["key"], record["time"], kind, text)])
+        self.tables["values"].append([(self.run, rank, record["role"], record["key"],
+                                       record["time"], kind, text)])
 
     def _encode_value(self, rank: int, key: str, value: Any) -> tuple[str, str]:
         if isinstance(value, np.ndarray):
-            base = f"value_arrays/rank{rank}/{key.replace('/', '_')}"
+            base = f"value_arrays/run{self.run}/rank{rank}/{key.replace('/', '_')}"
             count = self._array_counts.get(base, 0)
             self._array_counts[base] = count + 1
             name = base if count == 0 else f"{base}.{count}"
@@ -136,65 +207,133 @@ class ResultsFile:
             return "text", repr(value)
 
     def record_task(self, rank: int, record: dict) -> None:
-        self.tasks.append([(rank, record["role"], record["index"], record["task"],
-                            record["status"], record["start"], record["end"],
-                            record["error"])])
-        self.logs.append([(rank, record["role"], record["index"], when, severity, text)
-                          for when, severity, text in record["log"]])
+        self.tables["tasks"].append([(self.run, rank, record["role"], record["index"],
+                                      record["task"], record["status"], record["start"],
+                                      record["end"], record["error"])])
+        self.tables["logs"].append([(self.run, rank, record["role"], record["index"], when,
+                                     severity, text) for when, severity, text in record["log"]])
         if record["status"] == "error":
             self.flush()
 
     def record_file(self, rank: int, record: dict) -> None:
-        name = f"files/rank{rank}/{record['name']}"
+        name = f"files/run{self.run}/rank{rank}/{record['name']}"
         if name in self.file:
             del self.file[name]
         dataset = self.file.create_dataset(name, data=record["data"])
         dataset.attrs.update({"role": record["role"], "index": record["index"],
                               "source": record["source"]})
 
-    # ----- experiments ---------------------------------------------------------------------
+    def record_attempt(self, experiment_id: str, part: int, attempt: int, rank: int,
+                       host: str, start: float, end: float, status: str, error: str) -> None:
+        self.tables["attempts"].append([(self.run, experiment_id, part, attempt, rank, host,
+                                         start, end, status, error)])
+
+    # ----- experiments -------------------------------------------------------------------
     def experiments(self, experiments: list[Experiment], outputs: list[str]) -> ExperimentTable:
         self.table = ExperimentTable(self.file, experiments, outputs)
         self.flush()
         return self.table
 
 
+def _reopen(path: Path, identity: RunIdentity, force: bool) -> h5py.File:
+    try:
+        file = h5py.File(path, "r+")
+    except BlockingIOError:
+        raise UserError(f"results file {path} is open in another process (a run still "
+                        "writing it?)", fix="wait for that run to end") from None
+    except OSError as error:
+        raise UserError(f"cannot resume {path}: not a writable HDF5 file ({error})",
+                        fix="give the results file of an earlier run, or drop --resume") \
+            from None
+    if file.attrs.get("format") != FORMAT:
+        file.close()
+        raise UserError(f"cannot resume {path}: not a distx results file",
+                        fix="give the results file of an earlier run, or drop --resume")
+    changed = [key for key in FINGERPRINTS
+               if file.attrs.get(f"fingerprint_{key}") != identity.fingerprints[key]]
+    if changed and not force:
+        file.close()
+        what = {"script": "the script (other than its grid)", "kernels": "the kernels",
+                "data": "the data"}
+        raise UserError(f"cannot resume {path}: "
+                        + " and ".join(what[key] for key in changed)
+                        + " changed since it was written, so its results would not match",
+                        fix="write to a new --output, or pass --force to resume anyway")
+    return file
+
+
 class ExperimentTable:
-    """The experiments table, kept in memory on rank 0 and written row ranges at a time."""
+    """The experiments table, kept in memory on rank 0 and written row ranges at a time.
+
+    On resume the rows of the file are kept as they are (same ids, positions, history);
+    experiments of the current grid that the file lacks are appended.
+    """
 
     def __init__(self, file: h5py.File, experiments: list[Experiment],
                  outputs: list[str]) -> None:
         self.file = file
         self.outputs = outputs
+        existing = file["experiments"][()] if "experiments" in file else None
+        known = {} if existing is None else {row_id.decode(): position for position, row_id
+                                              in enumerate(existing["id"])}
+        added = [e for e in experiments if e.id not in known]
         keyfields = list(experiments[0].keyfields) if experiments else []
-        columns = [("id", "S16"), ("index", "i8")]
-        columns += [(name, _column_type([e.keyfields[name] for e in experiments]))
-                    for name in keyfields]
-        columns += [("status", "S8"), ("attempts", "i4"), ("rank", "i4"), ("host", "S64"),
-                    ("start", "f8"), ("end", "f8"), ("error", TEXT)]
-        columns += [(name, "f8") for name in outputs]
-        self.rows = np.zeros(len(experiments), dtype=np.dtype(columns))
-        self.rows["id"] = [e.id for e in experiments]
-        self.rows["index"] = [e.index for e in experiments]
-        for name in keyfields:
-            self.rows[name] = [_cell(e.keyfields[name]) for e in experiments]
-        self.rows["status"] = b"created"
-        self.rows["rank"] = -1
+        dtype = self._dtype(keyfields, experiments, existing, outputs)
+        self.rows = np.zeros(len(known) + len(added), dtype=dtype)
         self.rows["error"] = ""
-        for name in ("start", "end", *outputs):
+        for name in outputs:
             self.rows[name] = np.nan
-        self.dataset = file.create_dataset("experiments", data=self.rows, maxshape=(None,),
-                                           chunks=True)
+        if existing is not None:
+            for name in dtype.names:
+                if name in existing.dtype.names:
+                    self.rows[name][:len(existing)] = existing[name]
+        self._fill_new(len(known), added, keyfields)
+        self.row_of = {row_id.decode(): position
+                       for position, row_id in enumerate(self.rows["id"])}
+        if existing is not None and existing.dtype == dtype:
+            self.dataset = file["experiments"]
+            self.dataset.resize((len(self.rows),))
+            self.dataset[len(existing):] = self.rows[len(existing):]
+        else:
+            if existing is not None:
+                del file["experiments"]
+            self.dataset = file.create_dataset("experiments", data=self.rows,
+                                               maxshape=(None,), chunks=True)
         self.dataset.attrs["keyfields"] = keyfields
         self.dataset.attrs["outputs"] = outputs
         self._dirty: tuple[int, int] | None = None
 
-    def update(self, index: int, **fields: Any) -> None:
-        row = self.rows[index]
+    @staticmethod
+    def _dtype(keyfields: list[str], experiments: list[Experiment],
+               existing: np.ndarray | None, outputs: list[str]) -> np.dtype:
+        columns = [("id", "S16"), ("index", "i8")]
+        for name in keyfields:
+            values = [e.keyfields[name] for e in experiments]
+            if existing is not None and name in existing.dtype.names:
+                values += [_python(v) for v in existing[name]]
+            columns.append((name, _column_type(values)))
+        columns += [("status", "S8"), ("attempts", "i4"), ("rank", "i4"), ("host", "S64"),
+                    ("start", "f8"), ("end", "f8"), ("error", TEXT)]
+        columns += [(name, "f8") for name in outputs]
+        return np.dtype(columns)
+
+    def _fill_new(self, first: int, added: list[Experiment], keyfields: list[str]) -> None:
+        new = self.rows[first:]
+        new["id"] = [e.id for e in added]
+        new["index"] = np.arange(first, first + len(added))
+        for name in keyfields:
+            new[name] = [_cell(e.keyfields[name]) for e in added]
+        new["status"] = b"created"
+        new["rank"] = -1
+        new["start"] = np.nan
+        new["end"] = np.nan
+
+    def update(self, position: int, **fields: Any) -> None:
+        row = self.rows[position]
         for name, value in fields.items():
             row[name] = value
-        low, high = self._dirty or (index, index + 1)
-        self._dirty = (min(low, index), max(high, index + 1))
+        low, high = self._dirty or (position, position + 1)
+        self._dirty = (min(low, position), max(high, position + 1))
 
     def set_output_array(self, experiment_id: str, output: str, array: np.ndarray) -> None:
         name = f"experiment_arrays/{output}/{experiment_id}"
@@ -209,8 +348,12 @@ class ExperimentTable:
             self._dirty = None
 
     def counts(self) -> dict[str, int]:
-        statuses, numbers = np.unique(self.rows["status"], return_counts=True)
-        return {status.decode(): int(number) for status, number in zip(statuses, numbers)}
+        return status_counts(self.rows)
+
+
+def status_counts(rows: np.ndarray) -> dict[str, int]:
+    statuses, numbers = np.unique(rows["status"], return_counts=True)
+    return {status.decode(): int(number) for status, number in zip(statuses, numbers)}
 
 
 def _column_type(values: list) -> str:
@@ -223,6 +366,13 @@ def _column_type(values: list) -> str:
     return f"S{max(len(str(v).encode()) for v in values)}"
 
 
+def _python(value: Any) -> Any:
+    """A table cell back as the Python value a keyfield holds."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _cell(value: Any) -> Any:
     return value.encode() if isinstance(value, str) else value
 
@@ -233,15 +383,25 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def open_results(path: str | Path) -> h5py.File:
-    """Open a results file for reading, or explain why it is not one."""
+def open_results(path: str | Path, tries: int = 20) -> h5py.File:
+    """Open a results file for reading (also while a run writes it), or explain why not.
+
+    A run may be in the middle of writing; then the file can look inconsistent for a
+    moment, so opening is retried a few times before giving up.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError("no such file", file=str(path), fix="give the path of a results file")
-    try:
-        file = h5py.File(path, "r", locking=False)
-    except OSError as error:
-        raise UserError(f"not a readable HDF5 file ({error})", file=str(path)) from None
+    for attempt in range(tries):
+        try:
+            file = h5py.File(path, "r", locking=False)
+            break
+        except OSError as error:
+            with path.open("rb") as raw:
+                looks_like_hdf5 = raw.read(8) == b"\x89HDF\r\n\x1a\n"
+            if attempt == tries - 1 or not looks_like_hdf5:
+                raise UserError(f"not a readable HDF5 file ({error})", file=str(path)) from None
+            time.sleep(0.05)
     if file.attrs.get("format") != FORMAT:
         file.close()
         raise UserError("not a distx results file (no format attribute 'distx-results')",

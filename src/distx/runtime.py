@@ -52,6 +52,7 @@ class RunInfo:
     hosts: tuple[str, ...]
     temp_root: Path
     verbose: bool = False
+    grace: float = 30.0
 
 
 class Runtime:
@@ -76,6 +77,9 @@ class Runtime:
         self.sweep_worker = SweepWorker(self)
         self.sequence_done = False
         self.cancel_requested = False
+        self.stop_requested = False    # rank 0: stop gracefully (a signal reached some rank)
+        self.signalled = False         # this process got SIGTERM/SIGINT/SIGUSR1
+        self._stop_forwarded = False
         self.exit_code: int | None = None
         self.handlers: dict[Kind, Callable[[int, Any], None]] = {
             Kind.MILESTONE: self.on_milestone,
@@ -99,7 +103,20 @@ class Runtime:
         return self.info.plan.describe(rank)
 
     # ----- serving --------------------------------------------------------------------
+    def on_signal(self) -> None:
+        """From a signal handler: only set a flag; serving forwards it to rank 0."""
+        self.signalled = True
+
+    def _forward_signal(self) -> None:
+        self._stop_forwarded = True
+        if self.rank == 0:
+            self.stop_requested = True
+        else:
+            self.transport.send(0, Kind.CONTROL, ("stop",))
+
     def serve_once(self, timeout: float | None) -> bool:
+        if self.signalled and not self._stop_forwarded:
+            self._forward_signal()
         message = self.transport.receive(timeout)
         if message is None:
             return False
@@ -113,13 +130,24 @@ class Runtime:
                                f"from rank {message.source}")
         handler(message.source, message.body)
 
+    def check_cancel(self, doing: str, stoppable: bool = True) -> None:
+        if self.signalled and not self._stop_forwarded:
+            self._forward_signal()
+        if self.cancel_requested:
+            raise Cancelled(f"run cancelled {doing}")
+        if stoppable and self.stop_requested:
+            raise Cancelled(f"stopped by a signal {doing}")
+
     def wait_until(self, condition: Callable[[], bool], timeout: float | None,
-                   what: str) -> None:
-        """Serve messages until `condition()` holds; fail after `timeout` s or on cancel."""
+                   what: str, stoppable: bool = True) -> None:
+        """Serve messages until `condition()` holds; fail after `timeout` s or on cancel.
+
+        A stop request (a signal) ends the wait too unless `stoppable` is False: the
+        sweep handles it itself, letting tasks in flight finish.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while not condition():
-            if self.cancel_requested:
-                raise Cancelled(f"run cancelled while waiting for {what}")
+            self.check_cancel(f"while waiting for {what}", stoppable)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TaskFailed(f"timed out after {timeout:g} s waiting for {what}")
@@ -128,8 +156,7 @@ class Runtime:
     def sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            if self.cancel_requested:
-                raise Cancelled("run cancelled during Run.Delay")
+            self.check_cancel("during Run.Delay")
             self.serve_once(min(end - time.monotonic(), _SERVE_SLICE))
 
     def serve_until_shutdown(self) -> None:
@@ -230,6 +257,8 @@ class Runtime:
     def on_control(self, source: int, body: tuple) -> None:
         if body[0] == "cancel":
             self.cancel_requested = True
+        elif body[0] == "stop":
+            self.stop_requested = True
         elif body[0] == "shutdown":
             self.exit_code = body[1]
 
@@ -261,8 +290,7 @@ class Runtime:
         previous_log: list[str] = []
         try:
             for spec in sequence:
-                if self.cancel_requested:
-                    raise Cancelled(f"run cancelled before task {spec.index} {spec.task}")
+                self.check_cancel(f"before task {spec.index} {spec.task}")
                 previous_log = TaskRun(self, spec, previous_log).execute()
         except Cancelled as stop:
             return self._end_sequence("Cancelled", str(stop))

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from distx.errors import TaskFailed, UserError
 from distx.grid import Experiment
 from distx.kernels import PARTITION_NAMES, Kernel, is_compile_error, outputs_of
@@ -22,7 +24,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class SweepPlan:
-    """What rank 0 tells the holders about a sweep in SWEEP_START."""
+    """What rank 0 tells the holders about a sweep in SWEEP_START.
+
+    `todo` holds the grid indices of the experiments to run (all but those already done
+    when resuming); a task id is `position in todo * parts + part`.
+    """
 
     number: int
     kernel: str
@@ -30,6 +36,7 @@ class SweepPlan:
     args: dict
     outputs: list[str]
     parts: int
+    todo: np.ndarray
 
 
 @dataclass
@@ -76,7 +83,7 @@ class SweepWorker:
 
     def _run_one(self, active: _ActiveSweep, task_id: int) -> tuple:
         """(task id, ok, outputs or error text, start, end, compile error?)"""
-        experiment = active.experiments[task_id // active.plan.parts]
+        experiment = active.experiments[active.plan.todo[task_id // active.plan.parts]]
         arguments = {**active.base_arguments, **experiment.keyfields}
         start = time.time()
         try:

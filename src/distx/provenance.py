@@ -1,0 +1,92 @@
+"""What identifies a run: library versions, and fingerprints of the script, kernels and data.
+
+`--resume` compares the fingerprints with those in the results file: a changed grid is
+fine (its new experiments are added), anything else that would make old and new results
+disagree (the rest of the script, a kernel module, a data file) is refused without --force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import distx
+from distx.schema import is_reference
+from distx.script import Script
+
+
+def versions() -> dict[str, str]:
+    import h5py
+    import mpi4py
+    import numba
+    from mpi4py import MPI
+
+    return {
+        "distx_version": distx.__version__, "numpy_version": np.__version__,
+        "numba_version": numba.__version__, "h5py_version": h5py.__version__,
+        "hdf5_version": h5py.version.hdf5_version, "mpi4py_version": mpi4py.__version__,
+        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+        "python_version": sys.version.split()[0],
+    }
+
+
+def new_run_id() -> str:
+    import secrets
+
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def fingerprints(script: Script) -> dict[str, str]:
+    return {"script": _script_fingerprint(script), "kernels": _kernels_fingerprint(script),
+            "data": _data_fingerprint(script)}
+
+
+def _digest(*parts: bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(hashlib.sha256(part).digest())
+    return hasher.hexdigest()
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, default=str).encode()
+
+
+def _script_fingerprint(script: Script) -> str:
+    """The parsed script without its Experiments and Output (comments do not count)."""
+    document = {key: value for key, value in script.source.data.items()
+                if key not in ("Experiments", "Output")}
+    return _digest(_canonical(document))
+
+
+def _kernels_fingerprint(script: Script) -> str:
+    modules = sorted({spec.config["Kernel"].rpartition(".")[0] for spec in script.tasks()
+                      if "Kernel" in spec.config and not is_reference(spec.config["Kernel"])})
+    parts = []
+    for module in modules:
+        path = script.kernels_dir.joinpath(*module.split(".")).with_suffix(".py")
+        parts += [module.encode(), path.read_bytes() if path.is_file() else b""]
+    return _digest(*parts)
+
+
+def _data_fingerprint(script: Script) -> str:
+    parts = [_canonical(script.source.data.get("Data", {}))]
+    for spec in script.data.values():
+        if spec.file is not None:
+            path = Path(spec.file.partition(":")[0])
+            path = path if path.is_absolute() else script.folder / path
+            parts.append(_file_digest(path).encode())
+    return _digest(*parts)
+
+
+def _file_digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as source:
+        for block in iter(lambda: source.read(1 << 22), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
