@@ -13,7 +13,7 @@ import yaml
 
 from distx.errors import UserError
 
-COMMANDS = ("run", "validate", "show")
+COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +65,31 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("results")
     show.set_defaults(handler=_show)
 
-    for sub in (run, validate, show):
+    status = commands.add_parser("status", help="live counts (also while a run writes)")
+    status.add_argument("results")
+    status.set_defaults(handler=_status)
+
+    reset = commands.add_parser("reset", help="set experiments back to created")
+    reset.add_argument("results")
+    reset.add_argument("--status", required=True, metavar="S1,S2",
+                       help="statuses to reset, e.g. error,running")
+    reset.set_defaults(handler=_reset)
+
+    export = commands.add_parser("export", help="write a table as CSV")
+    export.add_argument("results")
+    export.add_argument("--csv", required=True, metavar="FILE", help="CSV file, - for stdout")
+    export.add_argument("--table", default="experiments",
+                        help="experiments (default), attempts, milestones, values, tasks, "
+                        "logs or runs")
+    export.set_defaults(handler=_export)
+
+    timeline = commands.add_parser("timeline", help="draw what each rank did (PNG)")
+    timeline.add_argument("results")
+    timeline.add_argument("-o", "--output", default="timeline.png")
+    timeline.add_argument("--run", type=int, help="which run (default: the latest)")
+    timeline.set_defaults(handler=_timeline)
+
+    for sub in (run, validate, show, status, reset, export, timeline):
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -109,4 +133,39 @@ def _show(arguments: argparse.Namespace) -> int:
     from distx.show import summary
 
     print(summary(arguments.results))
+    return 0
+
+
+def _status(arguments: argparse.Namespace) -> int:
+    from distx.show import status
+
+    print(status(arguments.results))
+    return 0
+
+
+def _reset(arguments: argparse.Namespace) -> int:
+    from distx.results import reset_experiments
+
+    statuses = {item.strip() for item in arguments.status.split(",") if item.strip()}
+    counts = reset_experiments(arguments.results, statuses)
+    total = sum(counts.values())
+    detail = ", ".join(f"{number} {status}" for status, number in sorted(counts.items()))
+    print(f"{arguments.results}: {total} experiment(s) set back to created"
+          + (f" ({detail})" if detail else ""))
+    return 0
+
+
+def _export(arguments: argparse.Namespace) -> int:
+    from distx.export import export_csv
+
+    rows = export_csv(arguments.results, arguments.table, arguments.csv)
+    if arguments.csv != "-":
+        print(f"{rows} row(s) of {arguments.table} written to {arguments.csv}")
+    return 0
+
+
+def _timeline(arguments: argparse.Namespace) -> int:
+    from distx.timeline import draw
+
+    print(f"timeline written to {draw(arguments.results, arguments.output, arguments.run)}")
     return 0

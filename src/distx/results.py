@@ -407,3 +407,31 @@ def open_results(path: str | Path, tries: int = 20) -> h5py.File:
         raise UserError("not a distx results file (no format attribute 'distx-results')",
                         file=str(path), fix="give a file written by distx run")
     return file
+
+
+def reset_experiments(path: str | Path, statuses: set[str]) -> dict[str, int]:
+    """Set experiments with one of `statuses` back to `created`; their attempts stay.
+
+    Rows keep their ids and positions, and /attempts keeps every earlier attempt (unlike
+    PyExperimenter's reset, which deletes rows and creates new ids).
+    """
+    unknown = statuses - {"created", "running", "done", "error"}
+    if unknown:
+        raise UserError(f"unknown status {', '.join(sorted(unknown))}",
+                        fix="use created, running, done or error")
+    open_results(path).close()
+    try:
+        file = h5py.File(path, "r+")
+    except BlockingIOError:
+        raise UserError(f"{path} is open in another process (a run still writing it?)",
+                        fix="wait for the run to end") from None
+    with file:
+        if "experiments" not in file:
+            return {}
+        table = file["experiments"]
+        rows = table[()]
+        chosen = np.isin(rows["status"], [status.encode() for status in statuses])
+        counts = status_counts(rows[chosen]) if chosen.any() else {}
+        rows["status"][chosen] = b"created"
+        table[...] = rows
+    return counts

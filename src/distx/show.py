@@ -98,3 +98,27 @@ def _files(file: h5py.File) -> list[str]:
     file["files"].visititems(lambda name, item: names.append(f"  {name} ({item.size} bytes)")
                              if isinstance(item, h5py.Dataset) else None)
     return ["files:", *names]
+
+
+def status(path: str | Path) -> str:
+    """Live counts of a results file, also while a run is writing it."""
+    with open_results(path) as file:
+        attrs = file.attrs
+        lines = [f"{path}: '{_text(attrs['name'])}' run {_text(attrs['run_id'])}: "
+                 f"{_text(attrs['state'])}"]
+        if "experiments" in file:
+            rows = file["experiments"][()]
+            counts = {_text(s): int(n) for s, n in zip(*np.unique(rows["status"],
+                                                                   return_counts=True))}
+            lines.append("experiments: " + ", ".join(
+                f"{counts.get(status, 0)} {status}" for status in
+                ("done", "running", "created", "error")) + f" of {len(rows)}")
+        run = int(file["runs"][()]["run"][-1]) if file["runs"].shape[0] else 0
+        latest: dict[int, str] = {}
+        for row in sorted(file["milestones"][()], key=lambda row: row["time"]):
+            if row["run"] == run:
+                latest[int(row["rank"])] = _text(row["name"])
+        if latest:
+            lines.append("ranks: " + ", ".join(f"{rank} {name}"
+                                               for rank, name in sorted(latest.items())))
+        return "\n".join(lines)

@@ -44,3 +44,11 @@ def slow_square(seed, pause):
 
     time.sleep(pause)
     return seed * seed
+
+
+def scaled(seed, scale, fold, pause):
+    """Deterministic and slow enough to interrupt: (seed * scale) + fold / 10."""
+    import time
+
+    time.sleep(pause)
+    return seed * scale + fold / 10

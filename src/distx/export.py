@@ -1,0 +1,45 @@
+"""`distx export results.h5 --csv FILE --table NAME`: a table of a results file as CSV."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+from distx.errors import UserError
+from distx.results import open_results
+
+TABLES = ("experiments", "attempts", "milestones", "values", "tasks", "logs", "runs")
+
+
+def export_csv(path: str | Path, table: str, destination: str) -> int:
+    """Write `table` as CSV to `destination` ("-" for stdout); return the number of rows."""
+    if table not in TABLES:
+        raise UserError(f"unknown table '{table}'", fix=f"use one of: {', '.join(TABLES)}")
+    with open_results(path) as file:
+        if table not in file:
+            raise UserError(f"{path} has no {table} table",
+                            fix="this run had no sweep" if table == "experiments" else None)
+        rows = file[table][()]
+    if destination == "-":
+        _write(rows, sys.stdout)
+    else:
+        with Path(destination).open("w", newline="", encoding="utf-8") as out:
+            _write(rows, out)
+    return len(rows)
+
+
+def _write(rows, out) -> None:
+    writer = csv.writer(out)
+    writer.writerow(rows.dtype.names)
+    for row in rows:
+        writer.writerow([_cell(value) for value in row])
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value.item() if hasattr(value, "item") else value
