@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from conftest import SCRIPTS, distx, mpiexec, text
 
@@ -63,3 +64,68 @@ def test_sigkill_of_a_rank_leaves_a_readable_file(tmp_path, victim, delay):
             assert (done["result"] == done["seed"] ** 2).all()
     shown = distx("show", output)
     assert shown.returncode == 0 and "state Running" in shown.stdout
+
+
+def unlocked(path) -> bool:
+    try:
+        h5py.File(path, "r").close()
+        return True
+    except BlockingIOError:
+        return False
+
+
+def finished_table(output) -> np.ndarray:
+    with h5py.File(output, "r") as file:
+        assert text(file.attrs["state"]) == "Finished"
+        return file["experiments"][()][["id", "seed", "status", "result"]]
+
+
+@pytest.fixture(scope="module")
+def crash_reference(tmp_path_factory):
+    output = tmp_path_factory.mktemp("crash") / "reference.h5"
+    result = distx(SCRIPTS / "crash_points.yml", "-o", output, ranks=3)
+    assert result.returncode == 0, result.stderr
+    return finished_table(output)
+
+
+@pytest.mark.parametrize("point", ["distribution", "sweep", "gather", "launcher"])
+def test_kill_at_each_point_then_resume_matches_an_uninterrupted_run(tmp_path, point,
+                                                                     crash_reference):
+    output = tmp_path / "out.h5"
+    command = [mpiexec(), "-n", "3", sys.executable, "-m", "distx",
+               str(SCRIPTS / "crash_points.yml"), "-o", str(output), "--set",
+               f"kill_at={point}"]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        if point == "distribution":
+            wait_for(output.exists, 60)   # created right before the data goes out
+            os.kill(rank_pids(str(output))[0], signal.SIGKILL)
+        elif point == "launcher":
+            wait_for(lambda: output.exists() and _done(output) > 5, 60)
+            job.kill()
+        _, stderr = job.communicate(timeout=120)
+        assert job.returncode != 0, stderr
+        wait_for(lambda: unlocked(output), 60)  # a dying rank closes its files last
+    finally:
+        job.kill()
+        for pid in rank_pids(str(output)).values():
+            os.kill(pid, signal.SIGKILL)
+    with h5py.File(output, "r") as file:       # opens, without h5clear or special flags
+        assert text(file.attrs["state"]) == "Running"
+        if point == "gather":
+            rows = file["experiments"][()]
+            assert set(rows["status"]) == {b"done"}  # the sweep was complete before the kill
+    assert distx("show", output).returncode == 0
+    resumed = distx(SCRIPTS / "crash_points.yml", "-o", output, "--resume", ranks=3)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (finished_table(output) == crash_reference).all()
+    with h5py.File(output, "r") as file:
+        everything = file[text(file["values"][()][-1]["value"])][()]
+    assert everything.shape == (30_000_000,)
+
+
+def _done(output) -> int:
+    shown = distx("status", output)
+    line = next((line for line in shown.stdout.splitlines() if line.startswith("experim")), "")
+    return int(line.split()[1]) if line else 0

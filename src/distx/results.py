@@ -29,6 +29,7 @@ reader sees as `done` is complete. `--resume` runs again whatever is not `done`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,15 +128,28 @@ class ResultsFile:
                             fix="pass --resume to continue it, --overwrite to replace it, "
                             "or --output to write elsewhere")
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # The original superblock format: a file whose writer was killed still opens.
-            # With libver="latest" HDF5 marks the file open-for-write and refuses to open
-            # it after a crash until `h5clear` is run.
-            file = h5py.File(path, "w")
-            file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
-        run = file["runs"].shape[0] if "runs" in file else 0
-        results = cls(path, file, run)
+            return cls._create(path, identity)
+        results = cls(path, file, file["runs"].shape[0])
         results._start(identity)
+        return results
+
+    @classmethod
+    def _create(cls, path: Path, identity: RunIdentity) -> ResultsFile:
+        """A new file, complete and flushed under a temporary name, then renamed into place.
+
+        A process killed while HDF5 writes a new file leaves a truncated one that no tool
+        opens; so the results path only ever names a file that was whole, and --overwrite
+        keeps the old file until then. The open handle follows the rename (same inode).
+        The original superblock format is used on purpose: with libver="latest" HDF5 marks
+        the file open-for-write and, after a crash, refuses to open it until `h5clear`.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        building = path.with_name(path.name + ".creating")
+        file = h5py.File(building, "w")
+        file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
+        results = cls(path, file, 0)
+        results._start(identity)
+        os.replace(building, path)
         return results
 
     def _start(self, identity: RunIdentity) -> None:

@@ -52,3 +52,19 @@ def scaled(seed, scale, fold, pause):
 
     time.sleep(pause)
     return seed * scale + fold / 10
+
+
+def square_or_kill(seed, pid, kill_at_seed):
+    """Squares; at `kill_at_seed` it SIGKILLs `pid` (rank 0), to crash a run mid-sweep."""
+    import os
+    import signal
+    import time
+
+    if seed == kill_at_seed:
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.01)
+    return seed * seed
+
+
+def own_block(big):
+    return big.copy()
