@@ -29,6 +29,14 @@ def test_expansion_keeps_type_of_whole_reference_and_formats_inside_text():
         {"a": [4, {"b": "r1"}]}
 
 
+def test_default_standing_alone_is_typed_and_in_text_is_verbatim():
+    assert expand("@[pause:0.01]", {}, BUILTINS) == 0.01
+    assert expand("@[n:3]", {}, BUILTINS) == 3
+    assert expand("@[flag:true]", {}, BUILTINS) is True
+    assert expand("@[name:abc]", {}, BUILTINS) == "abc"
+    assert expand("id-@[n:007]", {}, BUILTINS) == "id-007"
+
+
 def test_default_may_contain_colons_and_only_first_colon_splits():
     assert expand("@[url:http://host:80/x]", {}, BUILTINS) == "http://host:80/x"
     assert expand("@[url:http://host:80/x]", {"url": "set"}, BUILTINS) == "set"
@@ -54,8 +62,9 @@ def test_referenced_names_ignore_defaults():
 @given(st.text(alphabet=st.characters(blacklist_characters="]"), max_size=30),
        st.text(max_size=30))
 def test_any_default_text_round_trips(default, value):
-    assert expand(f"@[k:{default}]", {}, {}) == default
+    assert expand(f"<@[k:{default}]>", {}, {}) == f"<{default}>"
     assert expand(f"<@[k:{default}]>", {"k": value}, {}) == f"<{value}>"
+    assert expand(f"@[k:{default}]", {"k": value}, {}) == value
 
 
 @given(st.text(max_size=40))

@@ -13,7 +13,7 @@ import yaml
 
 from distx.errors import UserError
 
-COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline")
+COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     timeline.add_argument("--run", type=int, help="which run (default: the latest)")
     timeline.set_defaults(handler=_timeline)
 
-    for sub in (run, validate, show, status, reset, export, timeline):
+    bench = commands.add_parser("bench", help="measure distx against raw mpi4py, "
+                                "mpi4py.futures and numpy")
+    bench.add_argument("--ranks", type=int, default=8, help="most ranks a case uses")
+    bench.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.set_defaults(handler=_bench)
+
+    for sub in (run, validate, show, status, reset, export, timeline, bench):
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -168,4 +175,11 @@ def _timeline(arguments: argparse.Namespace) -> int:
     from distx.timeline import draw
 
     print(f"timeline written to {draw(arguments.results, arguments.output, arguments.run)}")
+    return 0
+
+
+def _bench(arguments: argparse.Namespace) -> int:
+    from distx.bench import run_bench
+
+    print(run_bench(arguments.ranks, arguments.quick, arguments.json))
     return 0

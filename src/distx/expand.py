@@ -3,8 +3,9 @@
 `@[...]` looks a name up in the rank's values (published or fetched values, script
 Parameters, `--set` overrides). Only the first `:` splits name from default, so a default
 may itself contain `:` (ELCM broke on that). A string that is exactly one reference keeps
-the value's type (a number stays a number, an array stays an array); inside longer text the
-value is formatted, and passed through `quote` when one is given (Run.CliExecute quotes for
+the value's type (a number stays a number, an array stays an array; a default standing
+alone is read as a YAML scalar, so `@[n:3]` is the number 3); inside longer text the value
+is formatted, and passed through `quote` when one is given (Run.CliExecute quotes for
 the shell).
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import yaml
 
 from distx.errors import TaskFailed
 
@@ -50,7 +53,8 @@ def _expand_text(text: str, values: Mapping[str, Any], builtins: Mapping[str, An
                  quote: Callable[[str], str] | None) -> Any:
     whole = REFERENCE.fullmatch(text)
     if whole and quote is None:
-        return _resolve(whole, values, builtins)
+        value = _resolve(whole, values, builtins)
+        return _typed(value) if _uses_default(whole, values) else value
 
     def replace(match: re.Match) -> str:
         formatted = _format(_resolve(match, values, builtins))
@@ -74,6 +78,20 @@ def _resolve(match: re.Match, values: Mapping[str, Any], builtins: Mapping[str, 
         return default
     raise TaskFailed(f"@[{name}] is not defined on this rank: publish it first, fetch it with "
                      f"Remote.GetValue, pass --set {name}=VALUE, or write @[{name}:default]")
+
+
+def _uses_default(match: re.Match, values: Mapping[str, Any]) -> bool:
+    reference = match.group(1)
+    return reference is not None and reference.partition(":")[0].strip() not in values
+
+
+def _typed(default: str) -> Any:
+    """A default standing alone is read as a YAML scalar: `@[n:3]` gives the number 3."""
+    try:
+        value = yaml.safe_load(default)
+    except yaml.YAMLError:
+        return default
+    return value if isinstance(value, (int, float, bool, str)) else default
 
 
 def _format(value: Any) -> str:

@@ -1,0 +1,404 @@
+"""`distx bench [--ranks N] [--quick] [--json FILE]`: distx against the obvious alternatives.
+
+Every case measures distx and its reference in the same invocation and reports the
+ratio distx / reference (for rates: reference / distx, so that > 1 is always "distx
+slower") next to its target. Figures depend on the machine; nothing here is pass/fail.
+The cases launch their own `mpiexec` runs of real scripts and of `distx.bench_cases`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+KERNELS = '''\
+import numba
+import numpy as np
+
+
+def trivial(seed):
+    return seed * 2.0
+
+
+@numba.njit(cache=True, fastmath=True)
+def sum_squares(values):
+    total = 0.0
+    for value in values:
+        total += value * value
+    return total
+
+
+@numba.njit(cache=True)
+def estimate_pi(seed, samples):
+    np.random.seed(seed)
+    inside = 0
+    for _ in range(samples):
+        x = np.random.random()
+        y = np.random.random()
+        if x * x + y * y <= 1.0:
+            inside += 1
+    return 4.0 * inside / samples
+
+
+@numba.njit(cache=True)
+def count_inside(samples):
+    inside = 0
+    for i in range(samples.shape[0]):
+        if samples[i, 0] * samples[i, 0] + samples[i, 1] * samples[i, 1] <= 1.0:
+            inside += 1
+    return inside
+
+
+@numba.njit(cache=True)
+def diffuse(grid, above, below, alpha):
+    rows, columns = grid.shape
+    old = np.empty((rows + 2, columns))
+    old[1:rows + 1] = grid
+    if above.shape[0] > 0:
+        old[0] = above[above.shape[0] - 1]
+    if below.shape[0] > 0:
+        old[rows + 1] = below[0]
+    for i in range(rows):
+        if (i == 0 and above.shape[0] == 0) or (i == rows - 1 and below.shape[0] == 0):
+            continue
+        for j in range(1, columns - 1):
+            grid[i, j] = old[i + 1, j] + alpha * (old[i, j] + old[i + 2, j]
+                                                  + old[i + 1, j - 1] + old[i + 1, j + 1]
+                                                  - 4.0 * old[i + 1, j])
+'''
+
+FUTURES_MAP = '''\
+import json, sys, time
+sys.path.insert(0, sys.argv[3])
+from mpi4py.futures import MPIPoolExecutor
+from benchkernels import trivial
+
+if __name__ == "__main__":
+    count, chunksize = int(sys.argv[1]), int(sys.argv[2])
+    with MPIPoolExecutor() as executor:
+        list(executor.map(trivial, range(64), chunksize=chunksize))
+        start = time.perf_counter()
+        results = list(executor.map(trivial, range(count), chunksize=chunksize))
+        print(json.dumps({"seconds": time.perf_counter() - start, "count": len(results)}))
+'''
+
+HAND_WRITTEN_PI = '''\
+import sys, time
+import h5py
+import numpy as np
+from mpi4py import MPI
+sys.path.insert(0, sys.argv[1])
+from benchkernels import estimate_pi
+
+comm = MPI.COMM_WORLD
+seeds, samples = int(sys.argv[2]), int(sys.argv[3])
+work = [(seed, samples) for seed in range(seeds)] if comm.rank == 0 else None
+mine = comm.scatter([work[r::comm.size] for r in range(comm.size)] if comm.rank == 0 else None)
+results = [(seed, n, estimate_pi(seed, n)) for seed, n in mine]
+gathered = comm.gather(results)
+if comm.rank == 0:
+    rows = np.array(sorted(r for part in gathered for r in part),
+                    dtype=[("seed", "i8"), ("samples", "i8"), ("pi", "f8")])
+    with h5py.File(sys.argv[4], "w") as file:
+        file["experiments"] = rows
+'''
+
+
+@dataclass
+class Row:
+    case: str
+    distx: float
+    reference: float
+    unit: str
+    reference_name: str
+    target: str
+
+    @property
+    def ratio(self) -> float:
+        """distx / reference for times, reference / distx for rates: > 1 means slower."""
+        if self.unit.endswith("/s"):
+            return self.reference / self.distx if self.distx else float("inf")
+        return self.distx / self.reference if self.reference else float("inf")
+
+
+class Bench:
+    def __init__(self, ranks: int, quick: bool, folder: Path) -> None:
+        self.ranks = ranks
+        self.quick = quick
+        self.folder = folder
+        self.kernels = folder / "kernels"
+        self.kernels.mkdir()
+        (self.kernels / "benchkernels.py").write_text(KERNELS)
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+
+    # ----- running things ------------------------------------------------------------------
+    def mpiexec(self, ranks: int, *command: str, timeout: float = 1800) -> tuple[str, float]:
+        full = [_mpiexec(), "-n", str(ranks), *command]
+        start = time.perf_counter()
+        done = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
+                              cwd=self.folder)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(full)} failed:\n{done.stderr[-2000:]}")
+        return done.stdout, seconds
+
+    def case(self, ranks: int, name: str, **arguments: object) -> dict:
+        stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "distx.bench_cases", name,
+                                 json.dumps(arguments))
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    def script(self, name: str, body: str) -> Path:
+        path = self.folder / f"{name}.yml"
+        path.write_text(textwrap.dedent(body).replace("KERNELS", str(self.kernels)))
+        return path
+
+    def run_distx(self, ranks: int, script: Path, *extra: str) -> tuple[Path, float]:
+        output = self.folder / f"{script.stem}-{ranks}.h5"
+        command = [sys.executable, "-m", "distx", str(script), "-o", str(output),
+                   "--overwrite", *extra]
+        if ranks == 1:
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, cwd=self.folder)
+            return output, time.perf_counter() - start
+        _, seconds = self.mpiexec(ranks, *command)
+        return output, seconds
+
+    @staticmethod
+    def task_seconds(output: Path, task: str) -> float:
+        with h5py.File(output, "r") as file:
+            rows = file["tasks"][()]
+        row = rows[rows["task"] == task.encode()][-1]
+        return float(row["end"] - row["start"])
+
+    def add(self, *row: object) -> None:
+        self.rows.append(Row(*row))
+        print(f"  {self.rows[-1].case}: done", file=sys.stderr, flush=True)
+
+    # ----- the cases -------------------------------------------------------------------------
+    def latency(self) -> None:
+        repeats = 2000 if self.quick else 20000
+        figures = self.case(2, "latency", repeats=repeats)
+        self.add("milestone latency (2 ranks)", figures["distx"] * 1e6, figures["raw"] * 1e6,
+                 "us", "raw Send/Recv ping-pong", "<= 10x")
+
+    def values(self) -> None:
+        megabytes = 8 if self.quick else 64
+        figures = self.case(2, "value", repeats=1000 if self.quick else 5000,
+                            megabytes=megabytes)
+        self.add("GetValue scalar round trip", figures["distx_scalar"] * 1e6,
+                 figures["raw_scalar"] * 1e6, "us", "raw request + Send/Recv", "<= 10x")
+        self.add(f"GetValue {megabytes} MiB array round trip", figures["distx_array"] * 1e3,
+                 figures["raw_array"] * 1e3, "ms", "raw request + Send/Recv", "<= 1.2x")
+
+    def distribution(self) -> None:
+        ranks = min(self.ranks, 4) if self.quick else 8
+        megabytes = 128 if self.quick else 1024
+        figures = self.case(ranks, "distribution", megabytes=megabytes)
+        self.add(f"Partition rows {megabytes} MiB to {ranks - 1} workers",
+                 figures["distx"] * 1e3, figures["raw"] * 1e3, "ms", "raw Scatterv",
+                 "<= 1.25x")
+
+    def sweep_throughput(self) -> float:
+        count = 20000 if self.quick else 200000
+        script = self.script("sweep", f"""\
+            Version: 2
+            Name: bench-sweep
+            Kernels: KERNELS
+            Experiments:
+              Keyfields:
+                seed: {{stop: {count}}}
+            Sequence:
+              - Task: Run.Sweep
+                Config: {{Kernel: benchkernels.trivial}}
+            """)
+        futures = self.folder / "futures_map.py"
+        futures.write_text(FUTURES_MAP)
+        rate4 = 0.0
+        for ranks in (4,) if self.quick else (4, 8):
+            output, _ = self.run_distx(ranks, script)
+            rate = count / self.task_seconds(output, "Run.Sweep")
+            rate4 = rate4 or rate
+            for chunksize in (1, 64):
+                reference_count = min(count, 5000) if chunksize == 1 else count
+                stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "mpi4py.futures",
+                                         str(futures), str(reference_count), str(chunksize),
+                                         str(self.kernels))
+                measured = json.loads(stdout.strip().splitlines()[-1])
+                target = ">= 10x faster" if chunksize == 1 else ">= 1x"
+                self.add(f"sweep {count} recorded experiments, {ranks} ranks", rate,
+                         measured["count"] / measured["seconds"], "tasks/s",
+                         f"MPIPoolExecutor.map chunksize {chunksize} (records nothing)", target)
+        self.notes.append(f"recorded experiments per second on 4 ranks: {rate4:,.0f} "
+                          "(target >= 100,000)")
+        return rate4
+
+    def kernels_speed(self) -> None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("benchkernels",
+                                                      self.kernels / "benchkernels.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["benchkernels"] = module
+        spec.loader.exec_module(module)
+        values = np.random.default_rng(0).random(2_000_000 if self.quick else 20_000_000)
+        points = np.random.default_rng(1).random((1_000_000 if self.quick else 10_000_000, 2))
+        cases = [("sum of squares", lambda: module.sum_squares(values),
+                  lambda: float(np.sum(values * values)), "numpy np.sum(x * x)"),
+                 ("Monte Carlo pi count", lambda: module.count_inside(points),
+                  lambda: int(np.count_nonzero((points ** 2).sum(axis=1) <= 1.0)),
+                  "numpy (x**2).sum(1) <= 1")]
+        for name, kernel, reference, described in cases:
+            kernel()
+            self.add(f"kernel: {name}", _best(kernel) * 1e3, _best(reference) * 1e3, "ms",
+                     described, "<= 1x")
+
+    def end_to_end(self) -> None:
+        seeds, samples = (32, 200_000) if self.quick else (96, 2_000_000)
+        ranks = min(self.ranks, 4)
+        script = self.pi_script(seeds, samples)
+        self.run_distx(ranks, script)  # warm the numba cache of both sides
+        _, distx = self.run_distx(ranks, script)
+        program = self.folder / "hand_written_pi.py"
+        program.write_text(HAND_WRITTEN_PI)
+        reference = min(self.mpiexec(ranks, sys.executable, str(program), str(self.kernels),
+                                     str(seeds), str(samples),
+                                     str(self.folder / "hand.h5"))[1] for _ in range(2))
+        self.add(f"end-to-end pi sweep, {ranks} ranks (wall)", distx, reference, "s",
+                 "hand-written mpi4py script", "<= 1.2x")
+
+    def pi_script(self, seeds: int, samples: int) -> Path:
+        return self.script(f"pi-{seeds}-{samples}", f"""\
+            Version: 2
+            Name: bench-pi
+            Kernels: KERNELS
+            Experiments:
+              Keyfields:
+                seed: {{stop: {seeds}}}
+                samples: [{samples}]
+            Sequence:
+              - Task: Run.Sweep
+                Config: {{Kernel: benchkernels.estimate_pi, Outputs: [pi]}}
+            """)
+
+    def oversubscription(self) -> None:
+        seeds, samples = (24, 400_000) if self.quick else (48, 4_000_000)
+        script = self.pi_script(seeds, samples)
+        self.run_distx(3, script)
+        times = {ranks: self.task_seconds(self.run_distx(ranks, script)[0], "Run.Sweep")
+                 for ranks in (3, 8)}
+        self.add("CPU-bound sweep on 8 ranks (2 cores)", times[8], times[3], "s",
+                 "the same sweep on 3 ranks", "<= 1.3x")
+
+    def startup(self) -> None:
+        script = self.script("trivial", """\
+            Version: 2
+            Name: trivial
+            Sequence:
+              - {Task: Run.Message, Config: {Message: hello}}
+            """)
+        repeats = 3
+        distx = statistics.median(self.run_distx(4, script)[1] for _ in range(repeats))
+        reference = statistics.median(self.mpiexec(4, sys.executable, "-c",
+                                                   "from mpi4py import MPI")[1]
+                                      for _ in range(repeats))
+        self.add("start-up, 4 ranks (wall)", distx, reference, "s",
+                 "mpiexec python -c 'from mpi4py import MPI'", "<= 3x")
+
+    def scaling(self) -> None:
+        seeds, samples = (16, 400_000) if self.quick else (64, 2_000_000)
+        counts = (1, 2, 4) if self.quick else (1, 2, 4, 8)
+        strong = {ranks: self.task_seconds(self.run_distx(ranks, self.pi_script(
+            seeds, samples))[0], "Run.Sweep") for ranks in counts}
+        weak = {ranks: self.task_seconds(self.run_distx(ranks, self.pi_script(
+            seeds // 4 * _workers(ranks), samples))[0], "Run.Sweep") for ranks in counts}
+        for ranks in counts:
+            workers = _workers(ranks)
+            self.notes.append(
+                f"pi sweep on {ranks} rank(s) ({workers} worker(s)): strong {strong[ranks]:.2f} s,"
+                f" efficiency {strong[1] / (strong[ranks] * workers):.0%}; weak "
+                f"{weak[ranks]:.2f} s, efficiency {weak[1] / weak[ranks]:.0%}")
+        grid = self.script("heat", f"""\
+            Version: 2
+            Name: bench-heat
+            Distributed: True
+            Kernels: KERNELS
+            Data:
+              grid:
+                Generate: {{Distribution: uniform, Shape: [{400 if self.quick else 2000}, 512]}}
+                Partition: rows
+            Roles:
+              coordinator: {{Sequence: []}}
+              workers:
+                Sequence:
+                  - Task: Run.Iterate
+                    Config: {{Kernel: benchkernels.diffuse, Inputs: [grid], Steps: 100,
+                              Args: {{alpha: 0.2}}}}
+            """)
+        stencil = {ranks: self.task_seconds(self.run_distx(ranks, grid)[0], "Run.Iterate")
+                   for ranks in counts}
+        for ranks in counts:
+            workers = _workers(ranks)
+            self.notes.append(f"heat stencil on {ranks} rank(s): {stencil[ranks]:.2f} s, "
+                              f"efficiency {stencil[1] / (stencil[ranks] * workers):.0%}")
+
+    def coordinator_model(self, rate: float) -> None:
+        cost = 1.0 / rate
+        self.notes.append(f"coordinator cost per recorded experiment: {cost * 1e6:.1f} us, so "
+                          "one coordinator keeps busy about " + ", ".join(
+                              f"{duration * rate:,.0f} workers with {label} tasks"
+                              for duration, label in ((1e-3, "1 ms"), (1e-2, "10 ms"),
+                                                      (1e-1, "100 ms"), (1.0, "1 s"))))
+
+
+def _workers(ranks: int) -> int:
+    return max(1, ranks - 1)
+
+
+def _best(function, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _mpiexec() -> str:
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else (shutil.which("mpiexec") or "mpiexec")
+
+
+def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None) -> str:
+    with tempfile.TemporaryDirectory(prefix="distx-bench-") as folder:
+        bench = Bench(ranks, quick, Path(folder))
+        for case in (bench.latency, bench.values, bench.distribution, bench.kernels_speed,
+                     bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling):
+            case()
+        bench.coordinator_model(bench.sweep_throughput())
+    table = format_table(bench.rows, bench.notes)
+    if json_path:
+        Path(json_path).write_text(json.dumps(
+            {"quick": quick, "rows": [{**asdict(row), "ratio": row.ratio} for row in bench.rows],
+             "notes": bench.notes}, indent=2))
+    return table
+
+
+def format_table(rows: list[Row], notes: list[str]) -> str:
+    header = f"{'case':48} {'distx':>12} {'reference':>12} {'unit':>8} {'ratio':>7}  target"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(f"{row.case:48} {row.distx:12.3f} {row.reference:12.3f} {row.unit:>8} "
+                     f"{row.ratio:7.2f}  {row.target} vs {row.reference_name}")
+    return "\n".join([*lines, "", *notes])
