@@ -13,7 +13,7 @@ from distx.data import row_blocks
 from distx.errors import TaskFailed
 from distx.evaluate import evaluate
 from distx.expand import expand, referenced_names
-from distx.grid import GridError, build_experiments, experiment_id, keyfield_values
+from distx.grid import Grid, GridError, experiment_id, keyfield_values
 from distx.roles import parse_ranks
 from distx.tasks import reduce_values
 
@@ -116,12 +116,15 @@ def test_keyfield_ranges_exclude_stop_and_reject_bad_ranges():
 
 
 def test_grid_is_the_cartesian_product_with_folds_and_stable_ids():
-    grid = build_experiments({"a": [1, 2], "b": ["x", "y", "z"]}, folds=2)
+    grid = Grid({"a": [1, 2], "b": ["x", "y", "z"]}, folds=2)
     assert len(grid) == 12
-    assert grid[0].keyfields == {"a": 1, "b": "x", "fold": 0}
-    assert grid[-1].keyfields == {"a": 2, "b": "z", "fold": 1}
-    assert len({e.id for e in grid}) == 12
-    assert grid[5].id == experiment_id({"fold": 1, "b": "z", "a": 1})
+    assert grid.keyfields(0) == {"a": 1, "b": "x", "fold": 0}
+    assert grid.keyfields(11) == {"a": 2, "b": "z", "fold": 1}
+    ids = grid.ids()
+    assert len(set(ids)) == 12
+    assert ids[5] == experiment_id({"fold": 1, "b": "z", "a": 1})
+    assert grid.keyfield_columns(np.array([5, 0])) == {"a": [1, 1], "b": ["z", "x"],
+                                                       "fold": [1, 0]}
 
 
 @given(st.dictionaries(st.sampled_from("abcd"), st.lists(st.integers(-5, 5), min_size=1,
@@ -129,12 +132,12 @@ def test_grid_is_the_cartesian_product_with_folds_and_stable_ids():
                        min_size=1, max_size=3),
        st.one_of(st.none(), st.integers(2, 3)))
 def test_grid_covers_every_combination_once(keyfields, folds):
-    grid = build_experiments(keyfields, folds)
+    grid = Grid(keyfields, folds)
     expected = int(np.prod([len(v) for v in keyfields.values()])) * (folds or 1)
     assert len(grid) == expected
-    combos = {tuple(sorted(e.keyfields.items())) for e in grid}
-    assert len(combos) == expected and len({e.id for e in grid}) == expected
-    assert [e.index for e in grid] == list(range(expected))
+    combos = [grid.keyfields(index) for index in range(expected)]
+    assert len({tuple(sorted(c.items())) for c in combos}) == expected
+    assert grid.ids() == [experiment_id(c) for c in combos]  # the fast ids are the same
 
 
 def test_rank_specs():

@@ -9,6 +9,7 @@ The cases launch their own `mpiexec` runs of real scripts and of `distx.bench_ca
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -80,7 +81,6 @@ def diffuse(grid, above, below, alpha):
 
 FUTURES_MAP = '''\
 import json, sys, time
-sys.path.insert(0, sys.argv[3])
 from mpi4py.futures import MPIPoolExecutor
 from benchkernels import trivial
 
@@ -146,9 +146,11 @@ class Bench:
     # ----- running things ------------------------------------------------------------------
     def mpiexec(self, ranks: int, *command: str, timeout: float = 1800) -> tuple[str, float]:
         full = [_mpiexec(), "-n", str(ranks), *command]
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(self.kernels), os.environ.get("PYTHONPATH")])))
         start = time.perf_counter()
         done = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.folder)
+                              cwd=self.folder, env=environment)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(full)} failed:\n{done.stderr[-2000:]}")
@@ -233,8 +235,7 @@ class Bench:
             for chunksize in (1, 64):
                 reference_count = min(count, 5000) if chunksize == 1 else count
                 stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "mpi4py.futures",
-                                         str(futures), str(reference_count), str(chunksize),
-                                         str(self.kernels))
+                                         str(futures), str(reference_count), str(chunksize))
                 measured = json.loads(stdout.strip().splitlines()[-1])
                 target = ">= 10x faster" if chunksize == 1 else ">= 1x"
                 self.add(f"sweep {count} recorded experiments, {ranks} ranks", rate,

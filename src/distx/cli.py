@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
 from distx.errors import UserError
 
 COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline", "bench")
@@ -102,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(pairs: list[str]) -> dict:
+    import yaml
+
     values = {}
     for pair in pairs:
         name, equals, text = pair.partition("=")

@@ -15,8 +15,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import yaml
-
 from distx.errors import TaskFailed
 
 REFERENCE = re.compile(r"@\[([^\]]*)\]|@\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -87,6 +85,8 @@ def _uses_default(match: re.Match, values: Mapping[str, Any]) -> bool:
 
 def _typed(default: str) -> Any:
     """A default standing alone is read as a YAML scalar: `@[n:3]` gives the number 3."""
+    import yaml
+
     try:
         value = yaml.safe_load(default)
     except yaml.YAMLError:

@@ -8,24 +8,17 @@ alone, so the same experiment has the same id in every run, shard and resume.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 MAX_EXPERIMENTS = 10_000_000
 
 
 class GridError(ValueError):
     """A keyfield that cannot be expanded; the message says why."""
-
-
-@dataclass(frozen=True)
-class Experiment:
-    index: int
-    id: str
-    keyfields: dict[str, Any]
 
 
 def keyfield_values(name: str, spec: Any) -> list:
@@ -72,19 +65,62 @@ def grid_size(keyfields: dict[str, list], folds: int | None) -> int:
     return math.prod(len(values) for values in keyfields.values()) * (folds or 1)
 
 
-def build_experiments(keyfields: dict[str, list], folds: int | None = None) -> list[Experiment]:
-    """The cartesian product of the keyfields (in script order), each with a stable id."""
-    columns = dict(keyfields)
-    if folds:
-        columns["fold"] = list(range(folds))
-    size = grid_size(keyfields, folds)
-    if size > MAX_EXPERIMENTS:
-        raise GridError(f"the grid has {size} experiments, more than {MAX_EXPERIMENTS}")
-    names = list(columns)
-    return [
-        Experiment(index, experiment_id(dict(zip(names, combo))), dict(zip(names, combo)))
-        for index, combo in enumerate(itertools.product(*columns.values()))
-    ]
+class Grid:
+    """The experiments of a keyfield grid, without materialising them.
+
+    Experiment `index` is the position in the cartesian product (keyfields in script
+    order, the last one fastest, `fold` last). Keyfields are decoded from the index when
+    needed, and ids are computed only where needed (on rank 0), so a million-experiment
+    sweep costs workers nothing before their first task.
+    """
+
+    def __init__(self, keyfields: dict[str, list], folds: int | None = None) -> None:
+        self.columns = dict(keyfields)
+        if folds:
+            self.columns["fold"] = list(range(folds))
+        self.names = list(self.columns)
+        self.shape = tuple(len(values) for values in self.columns.values())
+        self.size = math.prod(self.shape)
+        if self.size > MAX_EXPERIMENTS:
+            raise GridError(f"the grid has {self.size} experiments, more than {MAX_EXPERIMENTS}")
+
+    def __len__(self) -> int:
+        return self.size
+
+    def keyfields(self, index: int) -> dict[str, Any]:
+        return {name: values[position] for (name, values), position
+                in zip(self.columns.items(), np.unravel_index(index, self.shape))}
+
+    def keyfield_columns(self, indices: np.ndarray) -> dict[str, list]:
+        """For many experiments at once: each keyfield's values, in the order of `indices`."""
+        positions = np.unravel_index(np.asarray(indices, dtype=np.int64), self.shape)
+        return {name: [values[i] for i in where.tolist()]
+                for (name, values), where in zip(self.columns.items(), positions)}
+
+    def ids(self, indices: np.ndarray | None = None) -> list[str]:
+        """Ids of the experiments (all by default); equal to `experiment_id(keyfields)`.
+
+        Each (name, value) is JSON-encoded once; an id joins the fragments in key order.
+        """
+        indices = np.arange(self.size) if indices is None else indices
+        order = sorted(range(len(self.names)), key=lambda k: self.names[k])
+        fragments = [[_fragment(self.names[k], value) for value in self.columns[self.names[k]]]
+                     for k in order]
+        positions = np.unravel_index(np.asarray(indices, dtype=np.int64), self.shape)
+        ordered = [positions[k].tolist() for k in order]
+        return [hashlib.sha256(("{" + ",".join(fragment[i] for fragment, i
+                                                in zip(fragments, combo)) + "}")
+                               .encode()).hexdigest()[:16]
+                for combo in zip(*ordered)]
+
+
+def _fragment(name: str, value: Any) -> str:
+    """`"name":value` exactly as json.dumps writes it (ints and bools without json: fast)."""
+    if isinstance(value, bool):
+        return f"{json.dumps(name)}:{'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"{json.dumps(name)}:{value}"
+    return json.dumps({name: value}, separators=(",", ":"))[1:-1]
 
 
 def experiment_id(keyfields: dict[str, Any]) -> str:

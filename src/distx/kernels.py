@@ -14,7 +14,7 @@ import inspect
 import os
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,17 +56,33 @@ class Kernel:
                             fix="name them in Inputs, Args or the Keyfields, or give them "
                             "defaults")
 
+    def _takes(self, name: str) -> bool:
+        return name in self.parameters or any(
+            p.kind is p.VAR_KEYWORD for p in self.parameters.values())
+
     def call(self, arguments: Mapping[str, Any]) -> Any:
         """Call with the arguments the kernel takes; its errors become TaskFailed."""
-        takes_all = any(p.kind is p.VAR_KEYWORD for p in self.parameters.values())
-        chosen = {key: value for key, value in arguments.items()
-                  if takes_all or key in self.parameters}
-        try:
-            return self.function(**chosen)
-        except Exception as error:
-            raise TaskFailed(f"kernel {self.name} ({self.place}) raised "
-                             f"{type(error).__name__}: {error}\n"
-                             + "".join(traceback.format_exception(error))) from error
+        return self.bind(arguments, ())({})
+
+    def bind(self, fixed: Mapping[str, Any],
+             varying: Iterable[str]) -> Callable[[Mapping[str, Any]], Any]:
+        """A caller for many calls that differ only in the `varying` arguments (a sweep's
+        keyfields): which arguments the kernel takes is worked out once, not per call."""
+        chosen = {key: value for key, value in fixed.items() if self._takes(key)}
+        names = tuple(name for name in varying if self._takes(name))
+        function = self.function
+
+        def call(values: Mapping[str, Any]) -> Any:
+            try:
+                return function(**chosen, **{name: values[name] for name in names})
+            except Exception as error:
+                raise self.failure(error) from error
+        return call
+
+    def failure(self, error: Exception) -> TaskFailed:
+        return TaskFailed(f"kernel {self.name} ({self.place}) raised "
+                          f"{type(error).__name__}: {error}\n"
+                          + "".join(traceback.format_exception(error)))
 
 
 class KernelLibrary:

@@ -19,18 +19,15 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from distx import data, provenance
-from distx.checks import check_script
-from distx.coordinator import STOPPED, Coordinator
+from distx import data
 from distx.errors import UserError
-from distx.results import ResultsFile, RunIdentity
 from distx.runtime import RunInfo, Runtime
-from distx.script import Script, load_script, parse_script
+from distx.script import Script, load_script
 from distx.transport import LocalHub, MPITransport, Transport
-from distx.yamlsource import Source
 
 
 @dataclass
@@ -57,6 +54,12 @@ class _Prepared:
     run_id: str
 
 
+# Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts).
+if TYPE_CHECKING:
+    from distx.coordinator import Coordinator
+    from distx.results import ResultsFile
+
+
 def run(options: RunOptions) -> int:
     """Run the script on this process's MPI world; return the exit code."""
     from mpi4py import MPI
@@ -68,6 +71,10 @@ def run(options: RunOptions) -> int:
 
 
 def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
+    from distx import provenance
+    from distx.checks import check_script
+    from distx.results import ResultsFile, RunIdentity
+
     script = load_script(options.script)
     plan = check_script(script, size, options.overrides)
     arrays = {name: data.materialize(spec, script) for name, spec in script.data.items()}
@@ -98,30 +105,34 @@ def _info(script: Script, options: RunOptions, run_id: str, size: int,
 
 
 def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
-    hosts = transport.gather(socket.gethostname())
-    verdict: tuple
+    """Every rank: share rank 0's verdict on the input, then play its part.
+
+    A bug anywhere on any rank (not bad input, which ends every rank with exit code 2)
+    aborts the whole MPI job, after rank 0 has closed the results file: a rank that just
+    exited would leave the others waiting for it.
+    """
     prepared = None
-    if transport.rank == 0:
-        try:
-            prepared = _prepare(options, transport.size, hosts)
-            verdict = ("ok", prepared.script.text, str(prepared.script.path), prepared.run_id,
-                       hosts)
-        except UserError as error:
-            verdict = ("error", str(error))
-    else:
-        verdict = None
-    verdict = transport.broadcast(verdict)
-    if verdict[0] == "error":
-        if transport.rank == 0:
-            raise UserError(verdict[1])
-        return 2
-    _, text, path, run_id, hosts = verdict
-    script = prepared.script if prepared else parse_script(Source(path, text))
-    info = _info(script, options, run_id, transport.size, hosts)
     try:
+        hosts = transport.gather(socket.gethostname())
+        verdict = None
+        if transport.rank == 0:
+            try:
+                prepared = _prepare(options, transport.size, hosts)
+                verdict = ("ok", prepared.script, prepared.run_id, hosts)
+            except UserError as error:
+                verdict = ("error", str(error))
+        verdict = transport.broadcast(verdict)
+        if verdict[0] == "error":
+            if transport.rank == 0:
+                raise UserError(verdict[1])
+            return 2
+        _, script, run_id, hosts = verdict  # parsed on rank 0: the others need no YAML parser
+        info = _info(script, options, run_id, transport.size, hosts)
         if transport.rank == 0:
             return _coordinate(transport, info, prepared)
         return _work(transport, info)
+    except UserError:
+        raise
     except Exception:
         traceback.print_exc()
         print(f"distx: internal error on rank {transport.rank}; aborting the MPI job",
@@ -134,7 +145,8 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
 
 def _distribute(transport: Transport, runtime: Runtime, arrays: dict | None,
                 specs: dict) -> None:
-    layout = transport.broadcast(data.layouts(arrays, specs) if transport.rank == 0 else None)
+    layout = transport.broadcast(data.layouts(arrays, specs) if transport.rank == 0 else None,
+                                 runtime.dispatch)
     runtime.partitions = data.distribute(transport, layout, runtime.info.plan.holders,
                                          arrays, runtime.dispatch)
 
@@ -150,6 +162,8 @@ def _stop_on_signals(runtime: Runtime) -> None:
 
 
 def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int:
+    from distx.coordinator import Coordinator
+
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     coordinator = Coordinator(transport, info, prepared.results, shapes)
     _stop_on_signals(coordinator)
@@ -157,6 +171,7 @@ def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int
     coordinator.reach("PreRun")
     _distribute(transport, coordinator, prepared.arrays, info.script.data)
     prepared.arrays.clear()
+    coordinator.preload_kernels()
     return _finish(coordinator, prepared)
 
 
@@ -166,12 +181,15 @@ def _work(transport: Transport, info: RunInfo) -> int:
     runtime.reach("Init")
     runtime.reach("PreRun")
     _distribute(transport, runtime, None, info.script.data)
+    runtime.preload_kernels()
     runtime.run_as_worker()
     shutil.rmtree(runtime.temp_folder, ignore_errors=True)
     return runtime.exit_code
 
 
 def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
+    from distx.coordinator import STOPPED
+
     state, exit_code = coordinator.run_as_coordinator()
     coordinator.transport.close()
     prepared.results.close(state, exit_code)
@@ -184,6 +202,8 @@ def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
 
 
 def _run_single_process(options: RunOptions) -> int:
+    from distx.coordinator import Coordinator
+
     host = socket.gethostname()
     prepared = _prepare(options, 1, [host])
     info = _info(prepared.script, options, prepared.run_id, 1, [host])
@@ -198,6 +218,7 @@ def _run_single_process(options: RunOptions) -> int:
         runtime.partitions = partitions.get(runtime.rank, {})
         runtime.reach("Init")
         runtime.reach("PreRun")
+        runtime.preload_kernels()
     threads = [threading.Thread(target=_virtual_rank, args=(runtime,), daemon=True,
                                 name=f"distx-rank{runtime.rank}") for runtime in others]
     for thread in threads:

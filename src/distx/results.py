@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.grid import Experiment
+from distx.grid import Grid
 
 FORMAT = "distx-results"
 FORMAT_VERSION = 1
@@ -88,17 +88,26 @@ class AppendTable:
             self.dataset = file.create_dataset(name, shape=(0,), maxshape=(None,),
                                                dtype=dtype, chunks=(1024,))
         self.pending: list[tuple] = []
+        self.blocks: list[np.ndarray] = []
 
     def append(self, rows: list[tuple]) -> None:
         self.pending.extend(rows)
 
+    def append_block(self, rows: np.ndarray) -> None:
+        """Rows already in a structured array of this table's dtype (a sweep batch)."""
+        self.blocks.append(rows)
+
     def write(self) -> None:
-        if not self.pending:
+        if self.pending:
+            self.blocks.append(np.array(self.pending, dtype=self.dataset.dtype))
+            self.pending = []
+        if not self.blocks:
             return
+        rows = np.concatenate(self.blocks) if len(self.blocks) > 1 else self.blocks[0]
+        self.blocks = []
         start = self.dataset.shape[0]
-        self.dataset.resize((start + len(self.pending),))
-        self.dataset[start:] = np.array(self.pending, dtype=self.dataset.dtype)
-        self.pending = []
+        self.dataset.resize((start + len(rows),))
+        self.dataset[start:] = rows
 
 
 class ResultsFile:
@@ -243,8 +252,8 @@ class ResultsFile:
                                          start, end, status, error)])
 
     # ----- experiments -------------------------------------------------------------------
-    def experiments(self, experiments: list[Experiment], outputs: list[str]) -> ExperimentTable:
-        self.table = ExperimentTable(self.file, experiments, outputs)
+    def experiments(self, grid: Grid, ids: list[str], outputs: list[str]) -> ExperimentTable:
+        self.table = ExperimentTable(self.file, grid, ids, outputs)
         self.flush()
         return self.table
 
@@ -283,16 +292,16 @@ class ExperimentTable:
     experiments of the current grid that the file lacks are appended.
     """
 
-    def __init__(self, file: h5py.File, experiments: list[Experiment],
+    def __init__(self, file: h5py.File, grid: Grid, ids: list[str],
                  outputs: list[str]) -> None:
         self.file = file
         self.outputs = outputs
         existing = file["experiments"][()] if "experiments" in file else None
         known = {} if existing is None else {row_id.decode(): position for position, row_id
                                               in enumerate(existing["id"])}
-        added = [e for e in experiments if e.id not in known]
-        keyfields = list(experiments[0].keyfields) if experiments else []
-        dtype = self._dtype(keyfields, experiments, existing, outputs)
+        added = np.array([index for index, row_id in enumerate(ids) if row_id not in known],
+                         dtype=np.int64)
+        dtype = self._dtype(grid, existing, outputs)
         self.rows = np.zeros(len(known) + len(added), dtype=dtype)
         self.rows["error"] = ""
         for name in outputs:
@@ -301,7 +310,7 @@ class ExperimentTable:
             for name in dtype.names:
                 if name in existing.dtype.names:
                     self.rows[name][:len(existing)] = existing[name]
-        self._fill_new(len(known), added, keyfields)
+        self._fill_new(len(known), grid, [ids[i] for i in added.tolist()], added)
         self.row_of = {row_id.decode(): position
                        for position, row_id in enumerate(self.rows["id"])}
         if existing is not None and existing.dtype == dtype:
@@ -313,30 +322,29 @@ class ExperimentTable:
                 del file["experiments"]
             self.dataset = file.create_dataset("experiments", data=self.rows,
                                                maxshape=(None,), chunks=True)
-        self.dataset.attrs["keyfields"] = keyfields
+        self.dataset.attrs["keyfields"] = grid.names
         self.dataset.attrs["outputs"] = outputs
         self._dirty: tuple[int, int] | None = None
 
     @staticmethod
-    def _dtype(keyfields: list[str], experiments: list[Experiment],
-               existing: np.ndarray | None, outputs: list[str]) -> np.dtype:
+    def _dtype(grid: Grid, existing: np.ndarray | None, outputs: list[str]) -> np.dtype:
         columns = [("id", "S16"), ("index", "i8")]
-        for name in keyfields:
-            values = [e.keyfields[name] for e in experiments]
+        for name, values in grid.columns.items():
+            values = list(values)
             if existing is not None and name in existing.dtype.names:
-                values += [_python(v) for v in existing[name]]
+                values += [_python(v) for v in np.unique(existing[name])]
             columns.append((name, _column_type(values)))
         columns += [("status", "S8"), ("attempts", "i4"), ("rank", "i4"), ("host", "S64"),
                     ("start", "f8"), ("end", "f8"), ("error", TEXT)]
         columns += [(name, "f8") for name in outputs]
         return np.dtype(columns)
 
-    def _fill_new(self, first: int, added: list[Experiment], keyfields: list[str]) -> None:
+    def _fill_new(self, first: int, grid: Grid, ids: list[str], indices: np.ndarray) -> None:
         new = self.rows[first:]
-        new["id"] = [e.id for e in added]
-        new["index"] = np.arange(first, first + len(added))
-        for name in keyfields:
-            new[name] = [_cell(e.keyfields[name]) for e in added]
+        new["id"] = ids
+        new["index"] = np.arange(first, first + len(ids))
+        for name, values in grid.keyfield_columns(indices).items():
+            new[name] = [_cell(value) for value in values]
         new["status"] = b"created"
         new["rank"] = -1
         new["start"] = np.nan
@@ -346,8 +354,20 @@ class ExperimentTable:
         row = self.rows[position]
         for name, value in fields.items():
             row[name] = value
-        low, high = self._dirty or (position, position + 1)
-        self._dirty = (min(low, position), max(high, position + 1))
+        self._mark(position, position + 1)
+
+    def update_many(self, positions: np.ndarray, **fields: Any) -> None:
+        """Set columns of many rows at once (a value or an array per column)."""
+        if not len(positions):
+            return
+        for name, value in fields.items():
+            self.rows[name][positions] = value
+        self._mark(int(positions.min()), int(positions.max()) + 1)
+
+    def _mark(self, low: int, high: int) -> None:
+        if self._dirty is not None:
+            low, high = min(low, self._dirty[0]), max(high, self._dirty[1])
+        self._dirty = (low, high)
 
     def set_output_array(self, experiment_id: str, output: str, array: np.ndarray) -> None:
         name = f"experiment_arrays/{output}/{experiment_id}"

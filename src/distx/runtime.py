@@ -12,6 +12,7 @@ carries its cause, so a rank waiting on an Errored peer fails at once, naming it
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shlex
 import sys
@@ -281,6 +282,22 @@ class Runtime:
         arguments.update(args)
         return arguments
 
+    def preload_kernels(self) -> None:
+        """Import the kernel modules this rank will call, before its sequence starts.
+
+        Importing numba costs a fraction of a second per process; doing it here overlaps
+        with rank 0's own start-up instead of delaying the first kernel task or sweep.
+        Problems are left to the task that uses the kernel, which reports them properly.
+        """
+        script = self.info.script
+        sweeps = self.rank in self.info.plan.holders
+        for spec in script.tasks():
+            mine = spec.role == self.role or (sweeps and spec.task == "Run.Sweep")
+            kernel = spec.config.get("Kernel")
+            if mine and isinstance(kernel, str) and "@" not in kernel:
+                with contextlib.suppress(UserError):
+                    self.kernels.get(kernel)
+
     # ----- the sequence ---------------------------------------------------------------------
     def run_sequence(self) -> str:
         """Run this rank's role sequence; return the terminal state reached."""
@@ -341,7 +358,8 @@ class TaskRun:
             status, error = "cancelled", str(stop)
             raise
         except Exception as bug:
-            status, error = "error", "".join(traceback.format_exception(bug))
+            status = "error"
+            error = f"{type(bug).__name__}: {bug}\n" + "".join(traceback.format_exception(bug))
             self.log(error, "ERROR")
             raise TaskFailed(f"task {self.spec.index} {self.spec.task} failed: "
                              f"{type(bug).__name__}: {bug}") from bug

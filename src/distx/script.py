@@ -76,8 +76,8 @@ class ExperimentsSpec:
     folds: int | None
     retries: int
 
-    def build(self) -> list[grid.Experiment]:
-        return grid.build_experiments(self.keyfields, self.folds)
+    def grid(self) -> grid.Grid:
+        return grid.Grid(self.keyfields, self.folds)
 
 
 @dataclass

@@ -29,9 +29,10 @@ import numpy as np
 
 from distx.data import row_blocks
 from distx.errors import Cancelled, TaskFailed
+from distx.results import ATTEMPTS
 from distx.tasks import reduce_values
 from distx.transport import Kind
-from distx.worker import SweepPlan
+from distx.worker import BatchResult, SweepPlan
 
 if TYPE_CHECKING:
     from distx.coordinator import Coordinator
@@ -63,20 +64,22 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     inputs = config.get("Inputs", [])
     rows_inputs = [name for name in inputs if script.data[name].partition == "rows"]
     holders = coordinator.info.plan.holders
-    experiments = script.experiments.build()
+    grid = script.experiments.grid()
+    ids = grid.ids()
     outputs = config.get("Outputs", ["result"])
-    table = coordinator.results.experiments(experiments, outputs)
-    todo = np.array([e.index for e in experiments
-                     if table.rows["status"][table.row_of[e.id]] != b"done"], dtype=np.int64)
+    table = coordinator.results.experiments(grid, ids, outputs)
+    table_rows = np.array([table.row_of[experiment_id] for experiment_id in ids],
+                          dtype=np.int64)
+    todo = np.flatnonzero(table.rows["status"][table_rows] != b"done")
     plan = SweepPlan(next(_numbers), config["Kernel"], inputs, config.get("Args", {}), outputs,
                      len(holders) if rows_inputs else 1, todo)
     weights = None
     if rows_inputs:
-        rows = coordinator.data_shapes[rows_inputs[0]][0]
-        weights = [stop - start for start, stop in row_blocks(rows, len(holders))]
-    sweep = Sweep(coordinator, plan, table, [experiments[i].id for i in todo],
+        global_rows = coordinator.data_shapes[rows_inputs[0]][0]
+        weights = [stop - start for start, stop in row_blocks(global_rows, len(holders))]
+    sweep = Sweep(coordinator, plan, table, [ids[i] for i in todo.tolist()], table_rows[todo],
                   script.experiments.retries, config.get("Reduce", "sum"), weights)
-    skipped = len(experiments) - len(todo)
+    skipped = len(grid) - len(todo)
     run.log(f"sweep of {len(todo)} experiments x {plan.parts} partition(s) on ranks "
             f"{list(holders)}" + (f" ({skipped} already done)" if skipped else ""))
     coordinator.active_sweep = sweep
@@ -102,13 +105,15 @@ def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable) -> N
 
 class Sweep:
     def __init__(self, coordinator: Coordinator, plan: SweepPlan, table: ExperimentTable,
-                 ids: list[str], retries: int, reduce: str, weights: list[int] | None) -> None:
+                 ids: list[str], rows: np.ndarray, retries: int, reduce: str,
+                 weights: list[int] | None) -> None:
         self.coordinator = coordinator
+        self.results = coordinator.results
         self.plan = plan
         self.table = table
         self.ids = ids
-        self.rows = [table.row_of[experiment_id] for experiment_id in ids]
-        self.earlier_attempts = [int(table.rows["attempts"][row]) for row in self.rows]
+        self.rows = rows  # table row of each experiment to run
+        self.earlier_attempts = table.rows["attempts"][self.rows].astype(np.int32)
         self.retries = retries
         self.reduce = reduce
         self.weights = weights
@@ -117,20 +122,15 @@ class Sweep:
         self.ready: dict[int, str | None] = {}
         self.in_flight = {rank: 0 for rank in self.holders}
         self.seconds_per_task = {rank: 0.0 for rank in self.holders}
-        self.attempts: dict[int, int] = {}
+        self.attempts = np.zeros(len(ids) * plan.parts, dtype=np.int32)
         self.failed_on: dict[int, set[int]] = {}
         self.pending: dict[int, _Pending] = {}
         self.fatal: str | None = None
         self.remaining = len(ids)
         self.errors = 0
         self.stop_deadline: float | None = None
-        if plan.parts == 1:
-            self.shared: deque[int] = deque(range(len(ids)))
-            self.own: dict[int, deque[int]] = {rank: deque() for rank in self.holders}
-        else:
-            self.shared = deque()
-            self.own = {rank: deque(e * plan.parts + part for e in range(len(ids)))
-                        for part, rank in enumerate(self.holders)}
+        self.next_task = {rank: 0 for rank in self.holders}  # row partitions: per holder
+        self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
         self.progress = Progress(len(ids))
 
@@ -166,9 +166,8 @@ class Sweep:
 
     def _unfinished_back_to_created(self) -> None:
         """After a stop or a fatal error: what did not finish is not done."""
-        for row in self.rows:
-            if self.table.rows["status"][row] == b"running":
-                self.table.update(row, status="created")
+        running = self.rows[self.table.rows["status"][self.rows] == b"running"]
+        self.table.update_many(running, status=b"created")
 
     def on_ready(self, source: int, body: tuple) -> None:
         number, error = body
@@ -179,75 +178,124 @@ class Sweep:
     def _feed(self, rank: int) -> None:
         while self.in_flight[rank] < IN_FLIGHT and not self.coordinator.stop_requested:
             batch = self._take(rank, self._batch_size(rank))
-            if not batch:
+            if not len(batch):
                 return
             self.in_flight[rank] += 1
-            now = time.time()
-            for task_id in batch:
-                position = task_id // self.plan.parts
-                self.attempts[task_id] = self.attempts.get(task_id, 0) + 1
-                if self.table.rows["status"][self.rows[position]] != b"running":
-                    self.table.update(self.rows[position], status="running", rank=rank,
-                                      host=self.hosts[rank], start=now)
+            self.attempts[batch] += 1
+            rows = self.rows[batch // self.plan.parts]
+            starting = rows[self.table.rows["status"][rows] != b"running"]
+            self.table.update_many(starting, status=b"running", rank=rank,
+                                   host=self.hosts[rank], start=time.time())
             self.coordinator.transport.send(rank, Kind.SWEEP_TASKS, (self.plan.number, batch))
 
     def _batch_size(self, rank: int) -> int:
         per_task = self.seconds_per_task[rank]
         if per_task <= 0:
             return 1
-        waiting = len(self.shared) + len(self.own[rank]) + len(self.retry)
+        experiments = len(self.ids)
+        waiting = (experiments - self.next_task[rank] if self.plan.parts > 1
+                   else experiments - self.next_shared) + len(self.retry)
         fair_share = max(1, math.ceil(waiting / (IN_FLIGHT * len(self.holders))))
         return max(1, min(MAX_BATCH, int(BATCH_SECONDS / per_task), fair_share))
 
-    def _take(self, rank: int, size: int) -> list[int]:
-        batch = []
+    def _take(self, rank: int, size: int) -> np.ndarray:
+        """Up to `size` task ids for `rank`: retries first, then new tasks in order."""
+        retried = self._take_retries(rank, size)
+        wanted = size - len(retried)
+        if self.plan.parts > 1:
+            first = self.next_task[rank]
+            count = min(wanted, len(self.ids) - first)
+            self.next_task[rank] += count
+            part = self.holders.index(rank)
+            fresh = np.arange(first, first + count, dtype=np.int64) * self.plan.parts + part
+        else:
+            first = self.next_shared
+            count = min(wanted, len(self.ids) - first)
+            self.next_shared += count
+            fresh = np.arange(first, first + count, dtype=np.int64)
+        return np.concatenate([np.array(retried, dtype=np.int64), fresh])
+
+    def _take_retries(self, rank: int, size: int) -> list[int]:
+        """Failed tasks to try again, each on a holder it did not fail on if it can move."""
+        taken = []
         for _ in range(len(self.retry)):
             task_id = self.retry.popleft()
-            movable = self.plan.parts == 1
-            if movable and rank in self.failed_on[task_id] and \
-                    len(self.failed_on[task_id]) < len(self.holders):
+            if self.plan.parts == 1:
+                suitable = rank not in self.failed_on[task_id] or \
+                    len(self.failed_on[task_id]) >= len(self.holders)
+            else:
+                suitable = task_id % self.plan.parts == self.holders.index(rank)
+            if not suitable or len(taken) >= size:
                 self.retry.append(task_id)
-                continue
-            if not movable and task_id % self.plan.parts != self.holders.index(rank):
-                self.retry.append(task_id)
-                continue
-            batch.append(task_id)
-            if len(batch) >= size:
-                return batch
-        for source in (self.own[rank], self.shared):
-            while source and len(batch) < size:
-                batch.append(source.popleft())
-        return batch
+            else:
+                taken.append(task_id)
+        return taken
 
     # ----- taking results -----------------------------------------------------------------
-    def on_results(self, source: int, body: tuple) -> None:
-        number, results, seconds = body
-        if number != self.plan.number:
+    def on_results(self, source: int, batch: BatchResult) -> None:
+        if batch.number != self.plan.number:
             return
         self.in_flight[source] -= 1
-        per_task = seconds / max(1, len(results))
+        per_task = batch.seconds / max(1, len(batch.task_ids))
         previous = self.seconds_per_task[source]
         self.seconds_per_task[source] = per_task if previous <= 0 else 0.5 * (previous + per_task)
-        for task_id, ok, outputs, start, end, compile_error in results:
-            self._record_attempt(task_id, source, ok, outputs, start, end)
-            if ok:
-                self._task_done(task_id, source, outputs, start, end)
-            elif compile_error:
-                self.fatal = f"kernel {self.plan.kernel} cannot compile: {outputs}"
-            else:
-                self._task_failed(task_id, source, outputs, start, end)
+        self._record_attempts(source, batch)
+        simple = batch.ok.copy()
+        if self.plan.parts > 1:
+            simple[:] = False
+        for position in {position for position, _ in batch.arrays}:
+            simple[position] = False
+        self._record_done(source, batch, simple)
+        for position in np.flatnonzero(~simple).tolist():
+            self._one_result(source, batch, position)
         self.progress.update(self.remaining, self.errors)
         if not self.fatal:
             for rank in self.holders:
                 self._feed(rank)
 
-    def _record_attempt(self, task_id: int, source: int, ok: bool, outputs: Any,
-                        start: float, end: float) -> None:
-        position, part = divmod(task_id, self.plan.parts)
-        attempt = self.earlier_attempts[position] + self.attempts[task_id]
-        self.coordinator.results.record_attempt(
-            self.ids[position], part, attempt, source, self.hosts[source], start, end,
-            "done" if ok else "error", "" if ok else outputs)
+    def _record_attempts(self, source: int, batch: BatchResult) -> None:
+        """One /attempts row per task, written as a block."""
+        positions, parts = np.divmod(batch.task_ids, self.plan.parts)
+        block = np.empty(len(batch.task_ids), dtype=ATTEMPTS)
+        block["run"] = self.results.run
+        block["id"] = self.table.rows["id"][self.rows[positions]]
+        block["part"] = parts
+        block["attempt"] = self.earlier_attempts[positions] + self.attempts[batch.task_ids]
+        block["rank"] = source
+        block["host"] = self.hosts[source]
+        block["start"], block["end"] = batch.start, batch.end
+        block["status"] = np.where(batch.ok, "done", "error").astype(object)
+        block["error"] = ""
+        for position, (text, _) in batch.errors.items():
+            block["error"][position] = text
+        self.results.tables["attempts"].append_block(block)
+
+    def _record_done(self, source: int, batch: BatchResult, chosen: np.ndarray) -> None:
+        """Experiments finished by one successful task with numeric outputs, all at once."""
+        task_ids = batch.task_ids[chosen]
+        if not len(task_ids):
+            return
+        positions = task_ids // self.plan.parts
+        self.table.update_many(
+            self.rows[positions], status=b"done", rank=source, host=self.hosts[source],
+            attempts=self.earlier_attempts[positions] + self.attempts[task_ids],
+            start=batch.start[chosen], end=batch.end[chosen], error="",
+            **{name: column[chosen] for name, column in batch.values.items()})
+        self.remaining -= len(task_ids)
+
+    def _one_result(self, source: int, batch: BatchResult, position: int) -> None:
+        task_id = int(batch.task_ids[position])
+        start, end = float(batch.start[position]), float(batch.end[position])
+        if batch.ok[position]:
+            outputs = {name: batch.arrays.get((position, name), column[position])
+                       for name, column in batch.values.items()}
+            self._task_done(task_id, source, outputs, start, end)
+            return
+        text, compile_error = batch.errors[position]
+        if compile_error:
+            self.fatal = f"kernel {self.plan.kernel} cannot compile: {text}"
+        else:
+            self._task_failed(task_id, source, text, start, end)
 
     def _entry(self, position: int, source: int, start: float) -> _Pending:
         entry = self.pending.setdefault(position, _Pending())
@@ -262,7 +310,7 @@ class Sweep:
         if entry.failed:
             return
         entry.outputs[part] = outputs
-        entry.attempts = max(entry.attempts, self.attempts[task_id])
+        entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
         if len(entry.outputs) == self.plan.parts:
             self._record(position, entry, source, end, "done", "")
 
@@ -277,7 +325,7 @@ class Sweep:
             self.retry.append(task_id)
             return
         entry.failed = True
-        entry.attempts = max(entry.attempts, self.attempts[task_id])
+        entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
         self._record(position, entry, source, end, "error", error)
 
     def _record(self, position: int, entry: _Pending, source: int, end: float,
@@ -295,7 +343,7 @@ class Sweep:
                     self.table.set_output_array(self.ids[position], name, value)
                 else:
                     fields[name] = float(value)
-        self.table.update(self.rows[position], **fields)
+        self.table.update(int(self.rows[position]), **fields)
         del self.pending[position]
         self.remaining -= 1
         self.errors += status == "error"

@@ -6,18 +6,24 @@ with protocol 5 and its numpy arrays are taken out of band: they travel after th
 header as raw buffers with the upper-case `Isend`/`Recv`, in chunks well below MPI's 2^31
 count limit, so an array is never pickled and any size works.
 
-A rank waiting for a message sleeps with exponential backoff (1 us doubling to 1 ms, as
-mpi4py.futures does) between `improbe` calls instead of spinning, so 8 ranks on 2 cores
-leave the CPU to the ranks that compute.
+A rank waiting for a message first polls for SPIN_SECONDS, yielding the CPU after every
+`improbe` (a reply usually comes within microseconds, and `sleep` cannot wait less than
+about 50 us), then sleeps with exponential backoff (1 us doubling to 1 ms, as
+mpi4py.futures does), so 8 ranks on 2 cores leave the CPU to the ranks that compute. While
+a large send of its own is still in flight it keeps polling (yielding) for up to
+PROGRESS_SECONDS, because MPI moves a large message only while the sender calls into it.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import pickle
 import queue
 import time
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +32,8 @@ import numpy as np
 CHUNK_BYTES = 1 << 30
 _FIRST_PAUSE = 1e-6
 _LONGEST_PAUSE = 1e-3
+SPIN_SECONDS = 2e-4
+PROGRESS_SECONDS = 2.0
 
 
 class Kind(enum.IntEnum):
@@ -42,6 +50,7 @@ class Kind(enum.IntEnum):
     CONTROL = 9          # rank 0 -> every rank: ("cancel",) or ("shutdown", exit_code)
     HALO = 10            # holder -> neighbour holder: (name, step, side, rows)
     DATA = 11            # rank 0 -> holder at start: (name, offset, block)
+    START = 12           # rank 0 -> every rank at start: the verdict, the data layout
     PAYLOAD = 100        # raw out-of-band buffers following a header
 
 
@@ -67,8 +76,8 @@ class Transport(ABC):
         """The next message for this rank, or None when `timeout` seconds pass first."""
 
     @abstractmethod
-    def broadcast(self, obj: Any) -> Any:
-        """Collective at start-up: rank 0's `obj` on every rank."""
+    def broadcast(self, obj: Any, dispatch: Callable[[Message], None] | None = None) -> Any:
+        """At start-up: rank 0's `obj` on every rank; other messages go to `dispatch`."""
 
     @abstractmethod
     def broadcast_array(self, array: np.ndarray) -> np.ndarray:
@@ -92,6 +101,8 @@ class MPITransport(Transport):
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self._pending: list[tuple[Any, Any]] = []
+        self._sending_since: float | None = None  # when the oldest large send was posted
+        self._held: deque[Message] = deque()       # arrived before this rank was ready
 
     def send(self, dest: int, kind: Kind, body: Any) -> None:
         buffers: list[pickle.PickleBuffer] = []
@@ -104,21 +115,30 @@ class MPITransport(Transport):
                 chunk = raw[start:start + CHUNK_BYTES]
                 request = self.comm.Isend([chunk, self._mpi.BYTE], dest=dest, tag=Kind.PAYLOAD)
                 self._pending.append((request, raw))
+                if self._sending_since is None:
+                    self._sending_since = time.monotonic()
         if len(self._pending) > 64:
             self._complete_sends()
 
     def receive(self, timeout: float | None) -> Message | None:
+        if self._held:
+            return self._held.popleft()
         status = self._mpi.Status()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
         pause = _FIRST_PAUSE
         while True:
             probed = self.comm.improbe(self._mpi.ANY_SOURCE, self._mpi.ANY_TAG, status)
             if probed is not None:
                 break
-            self._complete_sends()
+            sending = self._complete_sends()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
+            if now - began < SPIN_SECONDS or (sending and
+                                               now - self._sending_since < PROGRESS_SECONDS):
+                os.sched_yield()
+                continue
             time.sleep(pause if deadline is None else min(pause, deadline - now))
             pause = min(pause * 2, _LONGEST_PAUSE)
         source, tag = status.Get_source(), status.Get_tag()
@@ -133,12 +153,34 @@ class MPITransport(Transport):
             self.comm.Recv([chunk, self._mpi.BYTE], source=source, tag=Kind.PAYLOAD)
         return buffer
 
-    def _complete_sends(self) -> None:
+    def _complete_sends(self) -> bool:
+        """Drop completed sends; True while a raw buffer (a large send) is still going."""
         self._pending = [(request, keep) for request, keep in self._pending
                          if not request.Test()]
+        sending = any(keep is not None for _, keep in self._pending)
+        if not sending:
+            self._sending_since = None
+        return sending
 
-    def broadcast(self, obj: Any) -> Any:
-        return self.comm.bcast(obj, root=0)
+    def broadcast(self, obj: Any, dispatch: Callable[[Message], None] | None = None) -> Any:
+        """Point-to-point rather than MPI's bcast: ranks waiting while rank 0 checks the
+        script or makes the data (seconds, maybe) sleep instead of spinning in MPI."""
+        if self.rank == 0:
+            for dest in range(1, self.size):
+                self.send(dest, Kind.START, obj)
+            return obj
+        early: list[Message] = []
+        while True:
+            message = self.receive(timeout=None)
+            if message.kind == Kind.START:
+                self._held.extend(early)
+                return message.body
+            # MPI orders messages per sender only: a faster rank's milestone can come
+            # before rank 0's start message. Without a runtime yet, keep it for later.
+            if dispatch is None:
+                early.append(message)
+            else:
+                dispatch(message)
 
     def broadcast_array(self, array: np.ndarray) -> np.ndarray:
         flat = array.reshape(-1).view(np.uint8)
@@ -194,7 +236,7 @@ class LocalTransport(Transport):
         except queue.Empty:
             return None
 
-    def broadcast(self, obj: Any) -> Any:
+    def broadcast(self, obj: Any, dispatch: Callable[[Message], None] | None = None) -> Any:
         return obj
 
     def broadcast_array(self, array: np.ndarray) -> np.ndarray:

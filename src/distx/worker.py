@@ -8,13 +8,14 @@ script, which every rank has.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distx.errors import TaskFailed, UserError
-from distx.grid import Experiment
+from distx.grid import Grid
 from distx.kernels import PARTITION_NAMES, Kernel, is_compile_error, outputs_of
 from distx.transport import Kind
 
@@ -27,7 +28,8 @@ class SweepPlan:
     """What rank 0 tells the holders about a sweep in SWEEP_START.
 
     `todo` holds the grid indices of the experiments to run (all but those already done
-    when resuming); a task id is `position in todo * parts + part`.
+    when resuming); a task id is `position in todo * parts + part`. Holders decode the
+    keyfields from the grid index, so the message of a batch is a list of integers.
     """
 
     number: int
@@ -40,23 +42,32 @@ class SweepPlan:
 
 
 @dataclass
+class BatchResult:
+    """The results of one batch of tasks, as columns (what SWEEP_RESULTS carries)."""
+
+    number: int
+    task_ids: np.ndarray                         # int64
+    ok: np.ndarray                               # bool
+    start: np.ndarray                            # float64, Unix seconds
+    end: np.ndarray
+    values: dict[str, np.ndarray]                # float64 per output; NaN if not a number
+    arrays: dict[tuple[int, str], np.ndarray]    # (position in batch, output) -> array
+    errors: dict[int, tuple[str, bool]]          # position -> (text, cannot compile?)
+    seconds: float
+
+
+@dataclass
 class _ActiveSweep:
     plan: SweepPlan
     kernel: Kernel
-    experiments: list[Experiment]
-    base_arguments: dict[str, Any]
+    grid: Grid
+    call: Callable[[dict], Any]
 
 
 class SweepWorker:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.active: _ActiveSweep | None = None
-        self._experiments: list[Experiment] | None = None
-
-    def experiments(self) -> list[Experiment]:
-        if self._experiments is None:
-            self._experiments = self.runtime.info.script.experiments.build()
-        return self._experiments
 
     def on_start(self, source: int, plan: SweepPlan) -> None:
         """Load and check the kernel; answer SWEEP_READY with None or the error."""
@@ -64,9 +75,9 @@ class SweepWorker:
         try:
             kernel = self.runtime.kernels.get(plan.kernel)
             arguments = self.runtime.kernel_arguments(plan.inputs, plan.args)
-            keyfields = set(self.experiments()[0].keyfields)
-            kernel.check_arguments(set(arguments) | keyfields | set(PARTITION_NAMES))
-            self.active = _ActiveSweep(plan, kernel, self.experiments(), arguments)
+            grid = self.runtime.info.script.experiments.grid()
+            kernel.check_arguments(set(arguments) | set(grid.names) | set(PARTITION_NAMES))
+            self.active = _ActiveSweep(plan, kernel, grid, kernel.bind(arguments, grid.names))
         except (UserError, TaskFailed) as failure:
             error = str(failure)
         self.runtime.transport.send(source, Kind.SWEEP_READY, (plan.number, error))
@@ -76,20 +87,36 @@ class SweepWorker:
         active = self.active
         if active is None or active.plan.number != number:
             return
-        began = time.perf_counter()
-        results = [self._run_one(active, task_id) for task_id in task_ids]
-        self.runtime.transport.send(source, Kind.SWEEP_RESULTS,
-                                    (number, results, time.perf_counter() - began))
+        self.runtime.transport.send(source, Kind.SWEEP_RESULTS, _run_batch(active, task_ids))
 
-    def _run_one(self, active: _ActiveSweep, task_id: int) -> tuple:
-        """(task id, ok, outputs or error text, start, end, compile error?)"""
-        experiment = active.experiments[active.plan.todo[task_id // active.plan.parts]]
-        arguments = {**active.base_arguments, **experiment.keyfields}
-        start = time.time()
+
+def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
+    plan, kernel = active.plan, active.kernel
+    count = len(task_ids)
+    ok = np.ones(count, dtype=bool)
+    start, end = np.empty(count), np.empty(count)
+    values = {name: np.full(count, np.nan) for name in plan.outputs}
+    arrays: dict[tuple[int, str], np.ndarray] = {}
+    errors: dict[int, tuple[str, bool]] = {}
+    lone = plan.outputs[0] if len(plan.outputs) == 1 else None
+    columns = active.grid.keyfield_columns(plan.todo[task_ids // plan.parts])
+    names, call = list(columns), active.call
+    began = time.perf_counter()
+    for position, combo in enumerate(zip(*columns.values())):
+        start[position] = time.time()
         try:
-            result = active.kernel.call(arguments)
-            outputs = outputs_of(result, active.plan.outputs, active.kernel)
-            return (task_id, True, outputs, start, time.time(), False)
+            result = call(dict(zip(names, combo)))
+            if lone is not None and type(result) in (float, int):
+                values[lone][position] = result       # the common case, without checks
+            else:
+                for name, value in outputs_of(result, plan.outputs, kernel).items():
+                    if isinstance(value, np.ndarray):
+                        arrays[(position, name)] = value
+                    else:
+                        values[name][position] = value
         except TaskFailed as failure:
-            return (task_id, False, str(failure), start, time.time(),
-                    is_compile_error(failure))
+            ok[position] = False
+            errors[position] = (str(failure), is_compile_error(failure))
+        end[position] = time.time()
+    return BatchResult(plan.number, task_ids, ok, start, end, values, arrays, errors,
+                       time.perf_counter() - began)

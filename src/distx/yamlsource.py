@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from distx.errors import UserError
 
 Where = tuple  # a path of keys and list indices into the document
@@ -50,6 +48,8 @@ class Source:
                          where=dotted(where) or None, fix=fix)
 
     def _load(self) -> Any:
+        import yaml  # here, not at the top: ranks that get a parsed script never load PyYAML
+
         loader = yaml.SafeLoader(self.text)
         try:
             node = loader.get_single_node()
@@ -72,7 +72,9 @@ class Source:
                             fix="start from one of the examples in jobs/")
         return self._convert(node, (), loader)
 
-    def _convert(self, node: yaml.Node, where: Where, loader: yaml.SafeLoader) -> Any:
+    def _convert(self, node: Any, where: Where, loader: Any) -> Any:
+        import yaml
+
         self.lines.setdefault(where, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             result = {}
