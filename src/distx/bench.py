@@ -294,7 +294,9 @@ class Bench:
             """)
 
     def oversubscription(self) -> None:
-        seeds, samples = (24, 400_000) if self.quick else (48, 4_000_000)
+        # Long enough that the start-up of five more processes (imports, numba's cache)
+        # does not dominate: the case is about waiting ranks leaving the CPU to workers.
+        seeds, samples = (24, 400_000) if self.quick else (64, 8_000_000)
         script = self.pi_script(seeds, samples)
         self.run_distx(3, script)
         times = {ranks: self.task_seconds(self.run_distx(ranks, script)[0], "Run.Sweep")
@@ -320,6 +322,7 @@ class Bench:
     def scaling(self) -> None:
         seeds, samples = (16, 400_000) if self.quick else (64, 2_000_000)
         counts = (1, 2, 4) if self.quick else (1, 2, 4, 8)
+        self.run_distx(2, self.pi_script(seeds, samples))  # compile the kernels once
         strong = {ranks: self.task_seconds(self.run_distx(ranks, self.pi_script(
             seeds, samples))[0], "Run.Sweep") for ranks in counts}
         weak = {ranks: self.task_seconds(self.run_distx(ranks, self.pi_script(
@@ -347,6 +350,7 @@ class Bench:
                     Config: {{Kernel: benchkernels.diffuse, Inputs: [grid], Steps: 100,
                               Args: {{alpha: 0.2}}}}
             """)
+        self.run_distx(2, grid)
         stencil = {ranks: self.task_seconds(self.run_distx(ranks, grid)[0], "Run.Iterate")
                    for ranks in counts}
         for ranks in counts:

@@ -104,8 +104,7 @@ class Grid:
         """
         indices = np.arange(self.size) if indices is None else indices
         order = sorted(range(len(self.names)), key=lambda k: self.names[k])
-        fragments = [[_fragment(self.names[k], value) for value in self.columns[self.names[k]]]
-                     for k in order]
+        fragments = [_fragments(self.names[k], self.columns[self.names[k]]) for k in order]
         positions = np.unravel_index(np.asarray(indices, dtype=np.int64), self.shape)
         ordered = [positions[k].tolist() for k in order]
         return [hashlib.sha256(("{" + ",".join(fragment[i] for fragment, i
@@ -114,13 +113,14 @@ class Grid:
                 for combo in zip(*ordered)]
 
 
-def _fragment(name: str, value: Any) -> str:
-    """`"name":value` exactly as json.dumps writes it (ints and bools without json: fast)."""
-    if isinstance(value, bool):
-        return f"{json.dumps(name)}:{'true' if value else 'false'}"
-    if isinstance(value, int):
-        return f"{json.dumps(name)}:{value}"
-    return json.dumps({name: value}, separators=(",", ":"))[1:-1]
+def _fragments(name: str, values: list) -> list[str]:
+    """`"name":value` for each value, exactly as json.dumps writes it (ints and bools are
+    formatted directly: a keyfield may have a million distinct values)."""
+    key = json.dumps(name) + ":"
+    return [key + ("true" if value else "false") if isinstance(value, bool)
+            else key + str(value) if isinstance(value, int)
+            else json.dumps({name: value}, separators=(",", ":"))[1:-1]
+            for value in values]
 
 
 def experiment_id(keyfields: dict[str, Any]) -> str:

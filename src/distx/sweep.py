@@ -264,7 +264,7 @@ class Sweep:
         block["rank"] = source
         block["host"] = self.hosts[source]
         block["start"], block["end"] = batch.start, batch.end
-        block["status"] = np.where(batch.ok, "done", "error").astype(object)
+        block["status"] = np.where(batch.ok, b"done", b"error")
         block["error"] = ""
         for position, (text, _) in batch.errors.items():
             block["error"][position] = text
