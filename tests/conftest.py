@@ -74,3 +74,14 @@ def log_lines(file: h5py.File, rank: int | None = None) -> list[tuple[str, str]]
 
 def experiments(file: h5py.File) -> np.ndarray:
     return file["experiments"][()]
+
+
+def done_count(output: Path) -> int:
+    """Experiments `done` in a results file, as `distx status` reports while a run writes."""
+    try:
+        shown = distx("status", output, timeout=60)
+    except subprocess.TimeoutExpired:
+        return 0
+    line = next((line for line in shown.stdout.splitlines()
+                 if line.startswith("experiments:")), "")
+    return int(line.split()[1]) if line else 0

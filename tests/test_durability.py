@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import SCRIPTS, distx, mpiexec, text
+from conftest import SCRIPTS, distx, done_count, mpiexec, text
 
 
 def rank_pids(marker: str) -> dict[int, int]:
@@ -31,6 +32,14 @@ def rank_pids(marker: str) -> dict[int, int]:
                 if variable.startswith(b"PMI_RANK="):
                     found[int(variable.split(b"=")[1])] = int(entry.name)
     return found
+
+
+def kill_everything(job: subprocess.Popen, output: Path) -> None:
+    """The launcher and every rank still writing `output`."""
+    job.kill()
+    for pid in rank_pids(str(output)).values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def wait_for(condition, seconds: float) -> None:
@@ -52,9 +61,7 @@ def test_sigkill_of_a_rank_leaves_a_readable_file(tmp_path, victim, delay):
         os.kill(rank_pids(str(output))[victim], signal.SIGKILL)
         job.wait(timeout=60)
     finally:
-        job.kill()
-        for pid in rank_pids(str(output)).values():
-            os.kill(pid, signal.SIGKILL)
+        kill_everything(job, output)
     assert job.returncode != 0
     with h5py.File(output, "r") as file:
         assert text(file.attrs["state"]) == "Running"  # it never got to write its end
@@ -102,15 +109,13 @@ def test_kill_at_each_point_then_resume_matches_an_uninterrupted_run(tmp_path, p
             wait_for(output.exists, 60)   # created right before the data goes out
             os.kill(rank_pids(str(output))[0], signal.SIGKILL)
         elif point == "launcher":
-            wait_for(lambda: output.exists() and _done(output) > 5, 60)
+            wait_for(lambda: output.exists() and done_count(output) > 5, 60)
             job.kill()
         _, stderr = job.communicate(timeout=120)
         assert job.returncode != 0, stderr
         wait_for(lambda: unlocked(output), 60)  # a dying rank closes its files last
     finally:
-        job.kill()
-        for pid in rank_pids(str(output)).values():
-            os.kill(pid, signal.SIGKILL)
+        kill_everything(job, output)
     with h5py.File(output, "r") as file:       # opens, without h5clear or special flags
         assert text(file.attrs["state"]) == "Running"
         if point == "gather":
@@ -123,9 +128,3 @@ def test_kill_at_each_point_then_resume_matches_an_uninterrupted_run(tmp_path, p
     with h5py.File(output, "r") as file:
         everything = file[text(file["values"][()][-1]["value"])][()]
     assert everything.shape == (30_000_000,)
-
-
-def _done(output) -> int:
-    shown = distx("status", output)
-    line = next((line for line in shown.stdout.splitlines() if line.startswith("experim")), "")
-    return int(line.split()[1]) if line else 0

@@ -13,8 +13,8 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import SCRIPTS, distx, mpiexec, run_script, text
-from test_durability import rank_pids, wait_for
+from conftest import SCRIPTS, distx, done_count, mpiexec, run_script, text
+from test_durability import kill_everything, rank_pids, wait_for
 
 KEYS = ["id", "index", "seed", "scale", "fold", "status", "result"]
 
@@ -44,17 +44,6 @@ def start(output, ranks=3, *extra):
                             text=True)
 
 
-def done_count(output) -> int:
-    try:
-        shown = distx("status", output)
-    except subprocess.TimeoutExpired:
-        return 0
-    for line in shown.stdout.splitlines():
-        if line.startswith("experiments:"):
-            return int(line.split()[1])
-    return 0
-
-
 @pytest.mark.parametrize("victim", [0, 1])
 def test_resume_after_sigkill_completes_without_running_anything_twice(tmp_path, victim,
                                                                       uninterrupted):
@@ -65,9 +54,7 @@ def test_resume_after_sigkill_completes_without_running_anything_twice(tmp_path,
         os.kill(rank_pids(str(output))[victim], signal.SIGKILL)
         job.wait(timeout=60)
     finally:
-        job.kill()
-        for pid in rank_pids(str(output)).values():
-            os.kill(pid, signal.SIGKILL)
+        kill_everything(job, output)
     killed = table(output)
     done_before = set(killed["id"][killed["status"] == b"done"])
     assert 0 < len(done_before) < len(killed)

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import SCRIPTS, distx, text
+from conftest import SCRIPTS, done_count, text
 from slurm_cluster import Cluster, why_not_available
 
 ROOT = Path(__file__).parent.parent
@@ -47,7 +47,7 @@ def test_requeue_job_stops_on_sigusr1_requeues_and_resumes(cluster, tmp_path):
                             str(ROOT / "jobs" / "requeue.sbatch"),
                             str(SCRIPTS / "resumable.yml"), str(output), "--set", "pause=0.05")
     job = submitted.stdout.strip().split(";")[0]
-    _until(lambda: output.exists() and _done(output) >= 50, 120)
+    _until(lambda: output.exists() and done_count(output) >= 50, 120)
     cluster.run("scancel", "--signal=USR1", job)   # what --signal=USR1@120 sends
     _until(lambda: "restart" in log.read_text() and cluster.job_state(job) == "PENDING", 120)
     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # skip the requeue hold
@@ -64,12 +64,6 @@ def test_requeue_job_stops_on_sigusr1_requeues_and_resumes(cluster, tmp_path):
     assert np.allclose(rows["result"], rows["seed"] * rows["scale"] + rows["fold"] / 10)
     done = attempts[attempts["status"] == b"done"]
     assert len(np.unique(done["id"])) == len(done) == 600  # nothing ran twice
-
-
-def _done(output: Path) -> int:
-    shown = distx("status", output)
-    line = next((line for line in shown.stdout.splitlines() if line.startswith("experim")), "")
-    return int(line.split()[1]) if line else 0
 
 
 def _until(condition, seconds: float) -> None:
