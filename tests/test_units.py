@@ -176,3 +176,30 @@ def test_weighted_mean_and_array_reductions():
     assert list(reduce_values(arrays, "sum")) == [4, 7]
     assert list(reduce_values(arrays, "max")) == [3, 5]
     assert reduce_values([np.ones((2, 3)), np.zeros((1, 3))], "concat").shape == (3, 3)
+
+
+def test_reading_a_results_file_retries_a_read_that_meets_a_write(tmp_path):
+    import h5py
+
+    from distx.errors import UserError
+    from distx.results import FORMAT, read_results
+
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as file:
+        file.attrs["format"] = FORMAT
+        file["numbers"] = [1, 2, 3]
+    failures = iter([KeyError("bad object header"), OSError("truncated")])
+
+    def flaky(file):
+        failure = next(failures, None)
+        if failure:
+            raise failure
+        return list(file["numbers"][()])
+
+    assert read_results(path, flaky) == [1, 2, 3]
+
+    def broken(file):
+        raise OSError("always")
+
+    with pytest.raises(UserError, match="cannot read the file while a run writes it"):
+        read_results(path, broken, tries=3)

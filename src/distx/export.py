@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from distx.errors import UserError
-from distx.results import open_results
+from distx.results import read_results
 
 TABLES = ("experiments", "attempts", "milestones", "values", "tasks", "logs", "runs")
 
@@ -17,11 +17,10 @@ def export_csv(path: str | Path, table: str, destination: str) -> int:
     """Write `table` as CSV to `destination` ("-" for stdout); return the number of rows."""
     if table not in TABLES:
         raise UserError(f"unknown table '{table}'", fix=f"use one of: {', '.join(TABLES)}")
-    with open_results(path) as file:
-        if table not in file:
-            raise UserError(f"{path} has no {table} table",
-                            fix="this run had no sweep" if table == "experiments" else None)
-        rows = file[table][()]
+    rows = read_results(path, lambda file: file[table][()] if table in file else None)
+    if rows is None:
+        raise UserError(f"{path} has no {table} table",
+                        fix="this run had no sweep" if table == "experiments" else None)
     if destination == "-":
         _write(rows, sys.stdout)
     else:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -417,6 +418,25 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(type(value).__name__)
+
+
+def read_results(path: str | Path, read: Callable[[h5py.File], Any], tries: int = 20) -> Any:
+    """`read(file)` on a results file, retried as a whole.
+
+    distx writes without SWMR, so while a run writes, a reader can meet a dataset in the
+    middle of an update (an HDF5 error on open or on any read); a moment later it is
+    whole again.
+    """
+    for attempt in range(tries):
+        try:
+            with open_results(path) as file:
+                return read(file)
+        except (OSError, KeyError, RuntimeError, ValueError) as error:
+            if attempt == tries - 1:
+                raise UserError(f"cannot read the file while a run writes it ({error})",
+                                file=str(path), fix="try again in a moment") from None
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
 
 
 def open_results(path: str | Path, tries: int = 20) -> h5py.File:

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from distx.results import open_results
+from distx.results import read_results
 
 
 def _text(value: object) -> str:
@@ -23,9 +23,9 @@ def _when(seconds: float) -> str:
 
 
 def summary(path: str | Path) -> str:
-    with open_results(path) as file:
-        return "\n".join([*_header(path, file), *_milestones(file), *_tasks(file),
-                          *_values(file), *_experiments(file), *_files(file)])
+    return read_results(path, lambda file: "\n".join([
+        *_header(path, file), *_milestones(file), *_tasks(file), *_values(file),
+        *_experiments(file), *_files(file)]))
 
 
 def _header(path: str | Path, file: h5py.File) -> list[str]:
@@ -102,23 +102,26 @@ def _files(file: h5py.File) -> list[str]:
 
 def status(path: str | Path) -> str:
     """Live counts of a results file, also while a run is writing it."""
-    with open_results(path) as file:
-        attrs = file.attrs
-        lines = [f"{path}: '{_text(attrs['name'])}' run {_text(attrs['run_id'])}: "
-                 f"{_text(attrs['state'])}"]
-        if "experiments" in file:
-            rows = file["experiments"][()]
-            counts = {_text(s): int(n) for s, n in zip(*np.unique(rows["status"],
-                                                                   return_counts=True))}
-            lines.append("experiments: " + ", ".join(
-                f"{counts.get(status, 0)} {status}" for status in
-                ("done", "running", "created", "error")) + f" of {len(rows)}")
-        run = int(file["runs"][()]["run"][-1]) if file["runs"].shape[0] else 0
-        latest: dict[int, str] = {}
-        for row in sorted(file["milestones"][()], key=lambda row: row["time"]):
-            if row["run"] == run:
-                latest[int(row["rank"])] = _text(row["name"])
-        if latest:
-            lines.append("ranks: " + ", ".join(f"{rank} {name}"
-                                               for rank, name in sorted(latest.items())))
-        return "\n".join(lines)
+    return read_results(path, lambda file: _status(path, file))
+
+
+def _status(path: str | Path, file: h5py.File) -> str:
+    attrs = file.attrs
+    lines = [f"{path}: '{_text(attrs['name'])}' run {_text(attrs['run_id'])}: "
+             f"{_text(attrs['state'])}"]
+    if "experiments" in file:
+        rows = file["experiments"][()]
+        counts = {_text(s): int(n) for s, n in zip(*np.unique(rows["status"],
+                                                               return_counts=True))}
+        lines.append("experiments: " + ", ".join(
+            f"{counts.get(status, 0)} {status}" for status in
+            ("done", "running", "created", "error")) + f" of {len(rows)}")
+    run = int(file["runs"][()]["run"][-1]) if file["runs"].shape[0] else 0
+    latest: dict[int, str] = {}
+    for row in sorted(file["milestones"][()], key=lambda row: row["time"]):
+        if row["run"] == run:
+            latest[int(row["rank"])] = _text(row["name"])
+    if latest:
+        lines.append("ranks: " + ", ".join(f"{rank} {name}"
+                                           for rank, name in sorted(latest.items())))
+    return "\n".join(lines)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.results import open_results
+from distx.results import read_results
 
 WAITS = {"Remote.WaitForMilestone", "Remote.GetValue", "Run.Delay", "Run.Sweep"}
 
@@ -26,13 +27,13 @@ def draw(path: str | Path, output: str | Path, run: int | None = None) -> Path:
     except ImportError:
         raise UserError("distx timeline needs matplotlib",
                         fix="pip install 'distx[plot]' (or pip install matplotlib)") from None
-    with open_results(path) as file:
-        runs = file["runs"][()]
-        run = int(runs["run"][-1]) if run is None else run
-        tasks = _of_run(file["tasks"][()], run)
-        milestones = _of_run(file["milestones"][()], run)
-        attempts = _of_run(file["attempts"][()], run) if "attempts" in file else None
-        name = file.attrs["name"]
+    def read(file: h5py.File) -> tuple:
+        chosen = int(file["runs"][()]["run"][-1]) if run is None else run
+        return (chosen, _of_run(file["tasks"][()], chosen),
+                _of_run(file["milestones"][()], chosen),
+                _of_run(file["attempts"][()], chosen) if "attempts" in file else None,
+                file.attrs["name"])
+    run, tasks, milestones, attempts, name = read_results(path, read)
     if len(milestones) == 0:
         raise UserError(f"{path} has nothing recorded for run {run}")
     origin = milestones["time"].min()
