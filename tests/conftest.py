@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -19,12 +20,27 @@ JOBS = TESTS.parent / "jobs"
 BAD = TESTS / "bad"
 
 
-def mpiexec() -> str:
+def mpiexec() -> list[str]:
+    """The launcher beside this Python (the MPI extra) or on PATH, with what it needs to
+    run more ranks than cores: Open MPI refuses to without --oversubscribe (and, as root,
+    without OMPI_ALLOW_RUN_AS_ROOT*, set below); MPICH needs nothing."""
     beside_python = Path(sys.executable).parent / "mpiexec"
     found = str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
     if found is None:
         pytest.fail("mpiexec not found: install the MPI extra (pip install -e .[mpich,test])")
-    return found
+    return [found, "--oversubscribe"] if open_mpi_launcher() else [found]
+
+
+@functools.cache
+def open_mpi_launcher() -> bool:
+    found = Path(sys.executable).parent / "mpiexec"
+    launcher = str(found) if found.exists() else shutil.which("mpiexec") or "mpiexec"
+    version = subprocess.run([launcher, "--version"], capture_output=True, text=True).stdout
+    return "Open MPI" in version or "prte" in version
+
+
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 
 
 def distx(*args: str, ranks: int | None = None, cwd: Path | None = None,
@@ -32,7 +48,7 @@ def distx(*args: str, ranks: int | None = None, cwd: Path | None = None,
     """`mpiexec -n ranks python -m distx args...` (no mpiexec when ranks is None)."""
     command = [sys.executable, "-m", "distx", *map(str, args)]
     if ranks is not None:
-        command = [mpiexec(), "-n", str(ranks), *command]
+        command = [*mpiexec(), "-n", str(ranks), *command]
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env=environment, stdin=subprocess.DEVNULL)

@@ -28,8 +28,8 @@ def rank_pids(marker: str) -> dict[int, int]:
         except OSError:
             continue
         if marker in command and "distx" in command:
-            for variable in environment:
-                if variable.startswith(b"PMI_RANK="):
+            for variable in environment:  # MPICH and Open MPI name the rank differently
+                if variable.startswith((b"PMI_RANK=", b"OMPI_COMM_WORLD_RANK=")):
                     found[int(variable.split(b"=")[1])] = int(entry.name)
     return found
 
@@ -52,7 +52,7 @@ def wait_for(condition, seconds: float) -> None:
 @pytest.mark.parametrize("victim, delay", [(0, 0.0), (0, 0.7), (0, 1.5), (1, 0.7)])
 def test_sigkill_of_a_rank_leaves_a_readable_file(tmp_path, victim, delay):
     output = tmp_path / "out.h5"
-    command = [mpiexec(), "-n", "3", sys.executable, "-m", "distx",
+    command = [*mpiexec(), "-n", "3", sys.executable, "-m", "distx",
                str(SCRIPTS / "slow_sweep.yml"), "-o", str(output)]
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -99,7 +99,7 @@ def crash_reference(tmp_path_factory):
 def test_kill_at_each_point_then_resume_matches_an_uninterrupted_run(tmp_path, point,
                                                                      crash_reference):
     output = tmp_path / "out.h5"
-    command = [mpiexec(), "-n", "3", sys.executable, "-m", "distx",
+    command = [*mpiexec(), "-n", "3", sys.executable, "-m", "distx",
                str(SCRIPTS / "crash_points.yml"), "-o", str(output), "--set",
                f"kill_at={point}"]
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

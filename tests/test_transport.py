@@ -10,7 +10,7 @@ from conftest import TESTS, mpiexec
 
 def test_message_from_a_faster_rank_before_start_is_kept_not_fatal():
     program = TESTS / "programs" / "start_order.py"
-    result = subprocess.run([mpiexec(), "-n", "3", sys.executable, str(program)],
+    result = subprocess.run([*mpiexec(), "-n", "3", sys.executable, str(program)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["verdict", "MILESTONE", "1", "Init"]

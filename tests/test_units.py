@@ -203,3 +203,12 @@ def test_reading_a_results_file_retries_a_read_that_meets_a_write(tmp_path):
 
     with pytest.raises(UserError, match="cannot read the file while a run writes it"):
         read_results(path, broken, tries=3)
+
+
+def test_mpi_library_name_has_no_nul_bytes():
+    from distx.provenance import library_name
+
+    padded = "Open MPI v5.0.11, package: Open MPI\x00\x00\x00"  # as Open MPI returns it
+    assert library_name(padded) == "Open MPI v5.0.11, package: Open MPI"
+    assert library_name("MPICH Version:      5.0.2\nMPICH Release date: x") == \
+        "MPICH Version:      5.0.2"

@@ -32,9 +32,15 @@ def versions() -> dict[str, str]:
         "distx_version": distx.__version__, "numpy_version": np.__version__,
         "numba_version": version("numba"), "h5py_version": h5py.__version__,
         "hdf5_version": h5py.version.hdf5_version, "mpi4py_version": mpi4py.__version__,
-        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+        "mpi_library": library_name(MPI.Get_library_version()),
         "python_version": sys.version.split()[0],
     }
+
+
+def library_name(version: str) -> str:
+    """The first line of MPI's library version. Open MPI pads it with NUL bytes, which an
+    HDF5 text attribute cannot hold."""
+    return version.replace("\x00", "").strip().splitlines()[0].strip()
 
 
 def new_run_id() -> str:
