@@ -61,7 +61,7 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
             raise script.error((*spec.where, "Config", "Inputs", position),
                                f"no array '{name}' in Data." + suggestion(name, script.data),
                                f"declare it under Data: (arrays: {', '.join(script.data)})")
-    if "Kernel" in config and not is_reference(config["Kernel"]):
+    if spec.kernel:
         _check_kernel(script, spec, kernels)
 
 
@@ -89,7 +89,7 @@ def _check_kernel(script: Script, spec: TaskSpec, kernels: KernelLibrary) -> Non
     config = spec.config
     where = (*spec.where, "Config", "Kernel")
     try:
-        kernel = kernels.get(config["Kernel"])
+        kernel = kernels.get(spec.kernel)
     except UserError as error:
         raise _with_task_place(script, where, error) from None
     given = set(config.get("Inputs", [])) | set(config.get("Args", {})) | set(PARTITION_NAMES)

@@ -85,7 +85,7 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
         fingerprints=provenance.fingerprints(script),
         attributes={"world_size": plan.size, "command_line": " ".join(options.command_line),
                     **provenance.versions()},
-        hosts=list(hosts) if len(hosts) == plan.size else hosts[:1] * plan.size)
+        hosts=list(_hosts_per_rank(hosts, plan.size)))
     results = ResultsFile.open(Path(options.output or script.output), identity,
                                overwrite=options.overwrite, resume=options.resume,
                                force=options.force)
@@ -100,8 +100,13 @@ def _info(script: Script, options: RunOptions, run_id: str, size: int,
     timeout = options.timeout if options.timeout is not None else script.timeout
     temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
     return RunInfo(script, plan, run_id, timeout, dict(options.overrides),
-                   tuple(hosts) if len(hosts) == plan.size else tuple(hosts[:1] * plan.size),
+                   _hosts_per_rank(hosts, plan.size),
                    temp_root, options.verbose, options.grace)
+
+
+def _hosts_per_rank(hosts: list[str], size: int) -> tuple[str, ...]:
+    """One host per rank; the virtual ranks of a single process share its host."""
+    return tuple(hosts) if len(hosts) == size else tuple(hosts[:1] * size)
 
 
 def _run_mpi(transport: MPITransport, options: RunOptions) -> int:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 import distx
-from distx.schema import is_reference
 from distx.script import Script
 
 
@@ -73,8 +72,7 @@ def _script_fingerprint(script: Script) -> str:
 
 
 def _kernels_fingerprint(script: Script) -> str:
-    modules = sorted({spec.config["Kernel"].rpartition(".")[0] for spec in script.tasks()
-                      if "Kernel" in spec.config and not is_reference(spec.config["Kernel"])})
+    modules = sorted({spec.kernel.rpartition(".")[0] for spec in script.tasks() if spec.kernel})
     parts = []
     for module in modules:
         path = script.kernels_dir.joinpath(*module.split(".")).with_suffix(".py")

@@ -109,6 +109,9 @@ class Runtime:
         self.signalled = True
 
     def _forward_signal(self) -> None:
+        """Once, after a signal: rank 0 stops; another rank asks rank 0 to."""
+        if not self.signalled or self._stop_forwarded:
+            return
         self._stop_forwarded = True
         if self.rank == 0:
             self.stop_requested = True
@@ -116,8 +119,7 @@ class Runtime:
             self.transport.send(0, Kind.CONTROL, ("stop",))
 
     def serve_once(self, timeout: float | None) -> bool:
-        if self.signalled and not self._stop_forwarded:
-            self._forward_signal()
+        self._forward_signal()
         message = self.transport.receive(timeout)
         if message is None:
             return False
@@ -132,8 +134,7 @@ class Runtime:
         handler(message.source, message.body)
 
     def check_cancel(self, doing: str, stoppable: bool = True) -> None:
-        if self.signalled and not self._stop_forwarded:
-            self._forward_signal()
+        self._forward_signal()
         if self.cancel_requested:
             raise Cancelled(f"run cancelled {doing}")
         if stoppable and self.stop_requested:
@@ -293,10 +294,9 @@ class Runtime:
         sweeps = self.rank in self.info.plan.holders
         for spec in script.tasks():
             mine = spec.role == self.role or (sweeps and spec.task == "Run.Sweep")
-            kernel = spec.config.get("Kernel")
-            if mine and isinstance(kernel, str) and "@" not in kernel:
+            if mine and spec.kernel:
                 with contextlib.suppress(UserError):
-                    self.kernels.get(kernel)
+                    self.kernels.get(spec.kernel)
 
     # ----- the sequence ---------------------------------------------------------------------
     def run_sequence(self) -> str:

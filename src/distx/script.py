@@ -14,7 +14,18 @@ from typing import Any
 
 from distx import grid
 from distx.errors import UserError
-from distx.schema import BOOL, COUNT, DICT, NUMBER, POSITIVE, STR, Keys, Type, suggestion
+from distx.schema import (
+    BOOL,
+    COUNT,
+    DICT,
+    NUMBER,
+    POSITIVE,
+    STR,
+    Keys,
+    Type,
+    is_reference,
+    suggestion,
+)
 from distx.tasks import TASKS
 from distx.yamlsource import Source, Where
 
@@ -51,6 +62,12 @@ class TaskSpec:
     where: Where
     role: str
     index: int
+
+    @property
+    def kernel(self) -> str | None:
+        """The kernel the task names; None without one or when a reference names it."""
+        name = self.config.get("Kernel")
+        return name if isinstance(name, str) and not is_reference(name) else None
 
 
 @dataclass(frozen=True)

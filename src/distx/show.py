@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from distx.results import read_results
+from distx.results import read_results, status_counts
 
 
 def _text(value: object) -> str:
@@ -81,9 +81,8 @@ def _experiments(file: h5py.File) -> list[str]:
     if "experiments" not in file:
         return []
     rows = file["experiments"][()]
-    statuses, counts = np.unique(rows["status"], return_counts=True)
-    lines = ["experiments: " + ", ".join(f"{count} {_text(status)}"
-                                         for status, count in zip(statuses, counts))
+    lines = ["experiments: " + ", ".join(f"{count} {status}"
+                                         for status, count in status_counts(rows).items())
              + f" of {len(rows)}"]
     for row in rows[rows["status"] == b"error"][:5]:
         error = _text(row["error"]).splitlines()
@@ -111,8 +110,7 @@ def _status(path: str | Path, file: h5py.File) -> str:
              f"{_text(attrs['state'])}"]
     if "experiments" in file:
         rows = file["experiments"][()]
-        counts = {_text(s): int(n) for s, n in zip(*np.unique(rows["status"],
-                                                               return_counts=True))}
+        counts = status_counts(rows)
         lines.append("experiments: " + ", ".join(
             f"{counts.get(status, 0)} {status}" for status in
             ("done", "running", "created", "error")) + f" of {len(rows)}")
