@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distx.transport import Kind, Message, Transport
+from distx.transport import Kind, Message, MPITransport
 
 if TYPE_CHECKING:
     from distx.script import DataSpec, Script
@@ -173,7 +173,7 @@ def split_locally(arrays: dict[str, np.ndarray], layout: list[Layout],
     return per_rank
 
 
-def distribute(transport: Transport, layout: list[Layout], holders: tuple[int, ...],
+def distribute(transport: MPITransport, layout: list[Layout], holders: tuple[int, ...],
                arrays: dict[str, np.ndarray] | None,
                dispatch: Callable[[Message], None]) -> dict[str, Partition]:
     """Collective: every rank calls it; returns this rank's partitions.
@@ -202,7 +202,7 @@ def distribute(transport: Transport, layout: list[Layout], holders: tuple[int, .
     return mine
 
 
-def _receive_data(transport: Transport, dispatch: Callable[[Message], None]) -> tuple:
+def _receive_data(transport: MPITransport, dispatch: Callable[[Message], None]) -> tuple:
     while True:
         message = transport.receive(timeout=None)
         if message.kind == Kind.DATA:

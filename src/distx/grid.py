@@ -87,10 +87,6 @@ class Grid:
     def __len__(self) -> int:
         return self.size
 
-    def keyfields(self, index: int) -> dict[str, Any]:
-        return {name: values[position] for (name, values), position
-                in zip(self.columns.items(), np.unravel_index(index, self.shape))}
-
     def keyfield_columns(self, indices: np.ndarray) -> dict[str, list]:
         """For many experiments at once: each keyfield's values, in the order of `indices`."""
         positions = np.unravel_index(np.asarray(indices, dtype=np.int64), self.shape)

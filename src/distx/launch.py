@@ -148,7 +148,7 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
         return 1
 
 
-def _distribute(transport: Transport, runtime: Runtime, arrays: dict | None,
+def _distribute(transport: MPITransport, runtime: Runtime, arrays: dict | None,
                 specs: dict) -> None:
     layout = transport.broadcast(data.layouts(arrays, specs) if transport.rank == 0 else None,
                                  runtime.dispatch)

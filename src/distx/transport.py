@@ -62,7 +62,11 @@ class Message:
 
 
 class Transport(ABC):
-    """What a rank needs from the world: who it is, send, receive, broadcast at start."""
+    """What a rank needs from the world: who it is, send, receive.
+
+    The start-up collectives (broadcast, gather, broadcast_array) are MPITransport's own:
+    a single-process run shares its script and arrays directly.
+    """
 
     rank: int
     size: int
@@ -74,18 +78,6 @@ class Transport(ABC):
     @abstractmethod
     def receive(self, timeout: float | None) -> Message | None:
         """The next message for this rank, or None when `timeout` seconds pass first."""
-
-    @abstractmethod
-    def broadcast(self, obj: Any, dispatch: Callable[[Message], None] | None = None) -> Any:
-        """At start-up: rank 0's `obj` on every rank; other messages go to `dispatch`."""
-
-    @abstractmethod
-    def broadcast_array(self, array: np.ndarray) -> np.ndarray:
-        """Collective at start-up: fill `array` on every rank from rank 0's."""
-
-    @abstractmethod
-    def gather(self, obj: Any) -> list | None:
-        """Collective at start-up: every rank's `obj` on rank 0, None elsewhere."""
 
     @abstractmethod
     def close(self) -> None:
@@ -163,7 +155,9 @@ class MPITransport(Transport):
         return sending
 
     def broadcast(self, obj: Any, dispatch: Callable[[Message], None] | None = None) -> Any:
-        """Point-to-point rather than MPI's bcast: ranks waiting while rank 0 checks the
+        """At start-up: rank 0's `obj` on every rank; other messages go to `dispatch`.
+
+        Point-to-point rather than MPI's bcast: ranks waiting while rank 0 checks the
         script or makes the data (seconds, maybe) sleep instead of spinning in MPI."""
         if self.rank == 0:
             for dest in range(1, self.size):
@@ -183,12 +177,14 @@ class MPITransport(Transport):
                 dispatch(message)
 
     def broadcast_array(self, array: np.ndarray) -> np.ndarray:
+        """Collective at start-up: fill `array` on every rank from rank 0's."""
         flat = array.reshape(-1).view(np.uint8)
         for start in range(0, flat.nbytes, CHUNK_BYTES):
             self.comm.Bcast([flat[start:start + CHUNK_BYTES], self._mpi.BYTE], root=0)
         return array
 
     def gather(self, obj: Any) -> list | None:
+        """Collective at start-up: every rank's `obj` on rank 0, None elsewhere."""
         return self.comm.gather(obj, root=0)
 
     def close(self) -> None:
@@ -235,15 +231,6 @@ class LocalTransport(Transport):
             return self.hub.inboxes[self.rank].get(timeout=timeout)
         except queue.Empty:
             return None
-
-    def broadcast(self, obj: Any, dispatch: Callable[[Message], None] | None = None) -> Any:
-        return obj
-
-    def broadcast_array(self, array: np.ndarray) -> np.ndarray:
-        return array
-
-    def gather(self, obj: Any) -> list | None:
-        return [obj] * self.size if self.rank == 0 else None
 
     def close(self) -> None:
         pass
