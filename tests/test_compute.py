@@ -67,6 +67,11 @@ def test_failing_experiments_are_retried_then_recorded(tmp_path, ranks):
     assert all("Traceback" in text(error) for error in failed["error"])
     flaky = table[table["seed"] == 5]
     assert sorted(flaky["attempts"]) == [1, 2]  # the marker makes only the first call fail
+    with h5py.File(output, "r") as file:
+        history = file["attempts"][()]
+    for row in flaky.itertuples():  # an experiment starts with its first attempt
+        mine = history[history["id"] == row.id]
+        assert row.start == mine["start"].min() and row.end == mine["end"].max()
     done = table[table["status"] == b"done"]
     assert list(done["result"]) == [2.0 * seed for seed in done["seed"]]
     assert status[(0, b"a")] == "done"

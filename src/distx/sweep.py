@@ -240,9 +240,9 @@ class Sweep:
         previous = self.seconds_per_task[source]
         self.seconds_per_task[source] = per_task if previous <= 0 else 0.5 * (previous + per_task)
         self._record_attempts(source, batch)
-        simple = batch.ok.copy()
-        if self.plan.parts > 1:
-            simple[:] = False
+        # Recorded all at once: experiments that one first, successful attempt finished with
+        # numbers. Partitions, array outputs, failures and retries go through _Pending.
+        simple = batch.ok & (self.attempts[batch.task_ids] == 1) & (self.plan.parts == 1)
         for position in {position for position, _ in batch.arrays}:
             simple[position] = False
         self._record_done(source, batch, simple)
