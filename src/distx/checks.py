@@ -7,10 +7,16 @@ complete (see `coordination.py`).
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
 from distx.coordination import check_coordination, produced_values
 from distx.data import check_data
-from distx.errors import UserError
-from distx.expand import referenced_names
+from distx.errors import TaskFailed, UserError
+from distx.expand import expand, referenced_names
 from distx.kernels import PARTITION_NAMES, KernelLibrary
 from distx.roles import RolePlan, check_rank_syntax, plan_roles
 from distx.runtime import AUTOMATIC
@@ -19,13 +25,14 @@ from distx.script import COORDINATOR, Script, TaskSpec
 from distx.tasks import TASKS
 
 HALO_NAMES = {"above", "below", "step"}
+MAX_SIGNATURES = 16  # keyfield type combinations compiled at validation
 
 
 def check_script(script: Script, size: int, overrides: dict | None = None) -> RolePlan:
     """Raise UserError for the first problem found; return the role plan for `size`."""
     check_rank_syntax(script)
     plan = plan_roles(script, size)
-    check_data(script)
+    before_run = _BeforeRun(check_data(script), _values_before_run(script, overrides or {}))
     sweeps = [spec for spec in script.tasks() if spec.task == "Run.Sweep"]
     if len(sweeps) > 1:
         raise script.error(sweeps[1].where, "a script runs at most one Run.Sweep",
@@ -33,13 +40,14 @@ def check_script(script: Script, size: int, overrides: dict | None = None) -> Ro
                            "Outputs, or use two scripts")
     kernels = KernelLibrary(script.kernels_dir)
     for spec in script.tasks():
-        _check_task(script, plan, spec, kernels)
+        _check_task(script, plan, spec, kernels, before_run)
     _check_references(script, overrides or {})
     check_coordination(script, plan)
     return plan
 
 
-def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelLibrary) -> None:
+def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelLibrary,
+                before_run: _BeforeRun) -> None:
     config = spec.config
     task_type = TASKS[spec.task]
     if task_type.coordinator_only and spec.role != COORDINATOR:
@@ -62,7 +70,7 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
                                f"no array '{name}' in Data." + suggestion(name, script.data),
                                f"declare it under Data: (arrays: {', '.join(script.data)})")
     if spec.kernel:
-        _check_kernel(script, spec, kernels)
+        _check_kernel(script, spec, kernels, before_run)
 
 
 def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:
@@ -85,7 +93,8 @@ def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:
                            "name a role of Roles or a rank of this run") from None
 
 
-def _check_kernel(script: Script, spec: TaskSpec, kernels: KernelLibrary) -> None:
+def _check_kernel(script: Script, spec: TaskSpec, kernels: KernelLibrary,
+                  before_run: _BeforeRun) -> None:
     config = spec.config
     where = (*spec.where, "Config", "Kernel")
     try:
@@ -107,6 +116,58 @@ def _check_kernel(script: Script, spec: TaskSpec, kernels: KernelLibrary) -> Non
         kernel.check_arguments(given)
     except UserError as error:
         raise _with_task_place(script, where, error) from None
+    problem = kernel.typing_error(_example_arguments(script, spec, before_run))
+    if problem:
+        raise script.error(where, f"kernel {spec.kernel} cannot compile for the arguments "
+                           f"this task gives: {problem}",
+                           "correct the kernel, or the types of its Inputs, Args or Keyfields")
+
+
+def _example_arguments(script: Script, spec: TaskSpec,
+                       before_run: _BeforeRun) -> list[dict[str, Any]]:
+    """Values of the types the run will give the kernel, one dict per signature: empty
+    arrays of each input's dtype and rank, the Args, and each combination of keyfield
+    types. Nothing when an input or argument is only known while the run goes."""
+    config = spec.config
+    inputs = config.get("Inputs", [])
+    try:
+        args = expand(config.get("Args", {}), before_run.values, {})
+    except TaskFailed:
+        return []
+    if any(is_reference(name) for name in inputs):
+        return []
+    base: dict[str, Any] = {}
+    for name in inputs:
+        dtype, shape = before_run.arrays[name]
+        base[name] = np.empty((0,) * len(shape), dtype)
+    if inputs:
+        shape = before_run.arrays[inputs[0]][1]
+        base.update(row_offset=0, global_rows=shape[0] if shape else 0, global_shape=shape)
+    base.update(args)
+    if spec.task == "Run.Iterate" and inputs:
+        base.update(above=base[inputs[0]], below=base[inputs[0]], step=0)
+    if spec.task != "Run.Sweep":
+        return [base]
+    columns = script.experiments.grid().columns
+    kinds = [list({type(value): value for value in values}.values())
+             for values in columns.values()]
+    combinations = itertools.islice(itertools.product(*kinds), MAX_SIGNATURES)
+    return [{**base, **dict(zip(columns, combination))} for combination in combinations]
+
+
+@dataclass
+class _BeforeRun:
+    """What is known of a run before it starts: each array's (dtype, shape), and the values
+    that references may use then (Parameters and --set values no task publishes anew)."""
+
+    arrays: dict[str, tuple[np.dtype, tuple[int, ...]]]
+    values: dict[str, Any]
+
+
+def _values_before_run(script: Script, overrides: dict) -> dict[str, Any]:
+    published = published_names(script)
+    return {name: value for name, value in {**script.parameters, **overrides}.items()
+            if name not in published}
 
 
 def _with_task_place(script: Script, where: tuple, error: UserError) -> UserError:

@@ -58,13 +58,19 @@ def materialize(spec: DataSpec, script: Script) -> np.ndarray:
     return _with_source(spec, script, lambda source: np.array(source[()]))
 
 
-def check_data(script: Script) -> None:
-    """Validation without loading: files exist, hold a numeric array, rows to partition."""
-    for spec in script.data.values():
+def check_data(script: Script) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Validation without loading: files exist, hold a numeric array, rows to partition.
+
+    Returns each array's dtype and shape (what kernels will be given)."""
+    described = {}
+    for name, spec in script.data.items():
         if spec.file is not None:
-            _with_source(spec, script, lambda source: None)
+            described[name] = _with_source(spec, script,
+                                           lambda source: (source.dtype, tuple(source.shape)))
         else:
-            _generation_dtype(spec, script)
+            described[name] = (_generation_dtype(spec, script),
+                               tuple(spec.generate["Shape"]))
+    return described
 
 
 def _generation_dtype(spec: DataSpec, script: Script) -> np.dtype:

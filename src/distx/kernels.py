@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -78,6 +79,33 @@ class Kernel:
             except Exception as error:
                 raise self.failure(error) from error
         return call
+
+    def typing_error(self, examples: Iterable[Mapping[str, Any]]) -> str | None:
+        """For a numba kernel: why it cannot compile for the types of these example
+        arguments (one mapping per signature the run will use), or None.
+
+        Compiling at validation turns a typing error into exit code 2 before any rank
+        starts; a `cache=True` kernel is then loaded from the cache by the ranks. A value
+        numba cannot type is left to the run, which reports it when the kernel is called.
+        """
+        template = getattr(self.function, "get_call_template", None)
+        if template is None:
+            return None
+        import numba
+        from numba.core.errors import NumbaError
+
+        for example in examples:
+            try:
+                types = {name: numba.typeof(value) for name, value in example.items()
+                         if name in self.parameters}
+            except ValueError:
+                continue
+            try:
+                template((), types)
+            except NumbaError as error:
+                given = ", ".join(f"{name}: {kind}" for name, kind in types.items())
+                return f"{summarize_numba_error(str(error))} (arguments: {given or 'none'})"
+        return None
 
     def failure(self, error: Exception) -> TaskFailed:
         return TaskFailed(f"kernel {self.name} ({self.place}) raised "
@@ -181,6 +209,23 @@ def outputs_of(result: Any, names: list[str], kernel: Kernel) -> dict[str, Any]:
                              f"{type(value).__name__} for '{name}': return a number, a tuple "
                              "of numbers or a numpy array")
     return named
+
+
+def summarize_numba_error(text: str) -> str:
+    """One line of a numba compile error: what failed, and the kernel line it failed on."""
+    lines = [line.strip() for line in text.splitlines()]
+    what = [line for line in lines if line and not line.startswith(("Failed in", "During:"))]
+    headline = what[0] if what else "numba could not compile it"
+    if len(what) > 1 and what[1].startswith(">>>"):
+        headline += " " + what[1].removeprefix(">>>").strip()
+    place = re.findall(r'^File "(.+)", line (\d+):$', text, re.MULTILINE)
+    if not place:
+        return headline
+    file, line = place[-1]
+    code = text[text.rindex(f'File "{file}", line {line}:'):].splitlines()
+    marker = next((i for i, row in enumerate(code) if row.strip() == "^"), None)
+    quoted = f": {code[marker - 1].strip()}" if marker else ""
+    return f"{headline} ({file}, line {line}{quoted})"
 
 
 def is_compile_error(error: BaseException) -> bool:

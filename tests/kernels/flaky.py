@@ -18,5 +18,5 @@ def sometimes(seed, marker):
 
 
 @numba.njit(cache=True)
-def badly_typed(seed):
-    return seed + "text"
+def badly_typed(seed, offset):
+    return seed + offset + "text"
