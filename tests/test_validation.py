@@ -1,13 +1,16 @@
 """Bad input: every file in tests/bad/ is refused with one clear message, exit code 2.
 
 Each case states in its header what the message must say (`# expect:`), the YAML line it
-must name (`# line:`) and, if it matters, the world size (`# ranks:`).
+must name (`# line:`) and, if it matters, the world size (`# ranks:`). A case about the
+results file names it (`# output:`, a file in tests/bad/data) and the flags of the run
+(`# flags:`); the message must then name that file, which must not change.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,22 +25,42 @@ def expectations(case: Path) -> dict[str, str]:
     return dict(re.findall(r"^# (\w+): (.*)$", case.read_text(), re.MULTILINE))
 
 
+def refused(command: list[str], capsys) -> str:
+    """Run the command in-process; it must exit 2 with one line; return that line."""
+    assert main(command) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0, message
+    return message
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.stem for case in CASES])
 def test_bad_script_is_refused_by_validate_and_run(case, tmp_path, capsys):
     expected = expectations(case)
+    if "output" in expected:
+        return check_results_file_case(case, expected, tmp_path, capsys)
     ranks = expected.get("ranks", "1")
     output = tmp_path / "out.h5"
     for command in (["validate", str(case), "-n", ranks], ["run", str(case), "-o", str(output)]):
         if command[0] == "run" and ranks != "1":
             continue  # the rank checks of run need that many processes: see the MPI test below
-        assert main(command) == 2
-        message = capsys.readouterr().err.strip()
-        assert message.count("\n") == 0, message
+        message = refused(command, capsys)
         assert message.startswith(f"distx: error: {case}")
         assert expected["expect"] in message
         if "line" in expected:
             assert f"{case}, line {expected['line']}" in message
     assert not output.exists()
+
+
+def check_results_file_case(case: Path, expected: dict[str, str], tmp_path: Path,
+                            capsys) -> None:
+    output = tmp_path / Path(expected["output"]).name
+    shutil.copyfile(case.parent / expected["output"], output)
+    before = output.read_bytes()
+    message = refused(["run", str(case), "-o", str(output), *expected.get("flags", "").split()],
+                      capsys)
+    assert message.startswith(f"distx: error: {output}: {expected['expect']}")
+    assert output.read_bytes() == before
+    assert sorted(tmp_path.iterdir()) == [output]
 
 
 def test_corpus_is_large_enough():

@@ -136,7 +136,7 @@ class ResultsFile:
         if path.exists() and resume:
             file = _reopen(path, identity, force)
         elif path.exists() and not overwrite:
-            raise UserError(f"results file {path} already exists",
+            raise UserError("the results file already exists", file=str(path),
                             fix="pass --resume to continue it, --overwrite to replace it, "
                             "or --output to write elsewhere")
         else:
@@ -262,30 +262,41 @@ class ResultsFile:
 
 
 def _reopen(path: Path, identity: RunIdentity, force: bool) -> h5py.File:
+    """Open an earlier run's file for writing, after checking it read-only: a file that
+    is refused is not opened for writing at all, so it stays byte for byte as it was."""
+    fix = "give the results file of an earlier run of this script, or drop --resume"
     try:
-        file = h5py.File(path, "r+")
+        with h5py.File(path, "r") as file:
+            _check_resumable(file, identity, force)
+        return h5py.File(path, "r+")
     except BlockingIOError:
-        raise UserError(f"results file {path} is open in another process (a run still "
-                        "writing it?)", fix="wait for that run to end") from None
+        raise UserError("the results file is open in another process (a run still writing "
+                        "it?)", file=str(path), fix="wait for that run to end") from None
     except OSError as error:
-        raise UserError(f"cannot resume {path}: not a writable HDF5 file ({error})",
-                        fix="give the results file of an earlier run, or drop --resume") \
-            from None
+        raise UserError(f"cannot resume: not a writable HDF5 file ({error})", file=str(path),
+                        fix=fix) from None
+
+
+def _check_resumable(file: h5py.File, identity: RunIdentity, force: bool) -> None:
+    path = file.filename
     if file.attrs.get("format") != FORMAT:
-        file.close()
-        raise UserError(f"cannot resume {path}: not a distx results file",
-                        fix="give the results file of an earlier run, or drop --resume")
+        raise UserError("cannot resume: not a distx results file (no format attribute "
+                        f"'{FORMAT}')", file=path, fix="give the results file of an earlier "
+                        "run of this script, or drop --resume")
     changed = [key for key in FINGERPRINTS
                if file.attrs.get(f"fingerprint_{key}") != identity.fingerprints[key]]
-    if changed and not force:
-        file.close()
-        what = {"script": "the script (other than its grid)", "kernels": "the kernels",
-                "data": "the data"}
-        raise UserError(f"cannot resume {path}: "
-                        + " and ".join(what[key] for key in changed)
-                        + " changed since it was written, so its results would not match",
-                        fix="write to a new --output, or pass --force to resume anyway")
-    return file
+    if not changed or force:
+        return
+    written_by = str(_python(file.attrs.get("name", "")))
+    if written_by != identity.name:
+        raise UserError(f"cannot resume: it holds the results of script '{written_by}', not "
+                        f"of '{identity.name}'", file=path,
+                        fix="write to a new --output (--force resumes it anyway)")
+    what = {"script": "the script (other than its grid)", "kernels": "the kernels",
+            "data": "the data"}
+    raise UserError("cannot resume: " + " and ".join(what[key] for key in changed)
+                    + " changed since it was written, so its results would not match",
+                    file=path, fix="write to a new --output, or pass --force to resume anyway")
 
 
 class ExperimentTable:
