@@ -9,6 +9,8 @@ Then it tells every rank to shut down with the run's exit code.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ class Coordinator(Runtime):
         self.active_sweep: Sweep | None = None
         self.failed_experiments = 0
         self.cancel_sent = False
+        self.stuck: dict[int, str] = {}  # rank -> why it is lost in a kernel call
         self.handlers.update({
             Kind.EVENT: self.on_event,
             Kind.SWEEP_READY: self._to_sweep("on_ready"),
@@ -53,8 +56,27 @@ class Coordinator(Runtime):
 
     def _record(self, source: int, kind: str, record: dict) -> None:
         writers = {"value": self.results.record_value, "task": self.results.record_task,
-                   "file": self.results.record_file}
+                   "file": self.results.record_file, "stuck": self._record_stuck}
         writers[kind](source, record)
+
+    def _record_stuck(self, source: int, record: dict) -> None:
+        """A rank is lost in a kernel past its Timeout: record its task or experiment."""
+        self.stuck[source] = record["error"]
+        self.on_milestone(source, ("Errored", time.time(), record["error"]))
+        if "task" in record:
+            self.results.record_task(source, record["task"])
+        if "sweep" in record and self.active_sweep is not None:
+            self.active_sweep.on_stuck(source, *record["sweep"], record["error"])
+
+    def kernel_stuck(self, record: dict) -> None:
+        """From the watchdog thread, rank 0's own kernel is past its Timeout: the serving
+        thread is lost in it, so this thread records the error, closes the file and ends
+        the job."""
+        print(f"[{self.describe(self.rank)}] ERROR: {record['error']}", file=sys.stderr,
+              flush=True)
+        self._record_stuck(self.rank, record)
+        self.results.close("Errored", 1)
+        self.transport.abort(1)
 
     def on_milestone(self, source: int, body: tuple) -> None:
         super().on_milestone(source, body)

@@ -51,5 +51,6 @@ def iterate_with_halos(run: TaskRun, config: dict) -> None:
                            run.timeout(config), f"halo rows of step {step}")
         above = runtime.halos.pop((name, step, "above")) if up is not None else nothing
         below = runtime.halos.pop((name, step, "below")) if down is not None else nothing
-        kernel.call({**base, "above": above, "below": below, "step": step})
+        with run.kernel_timeout(config, config["Kernel"]):
+            kernel.call({**base, "above": above, "below": below, "step": step})
     run.log(f"{config['Steps']} steps of {config['Kernel']} done")

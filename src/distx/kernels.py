@@ -76,7 +76,7 @@ class Kernel:
         def call(values: Mapping[str, Any]) -> Any:
             try:
                 return function(**chosen, **{name: values[name] for name in names})
-            except Exception as error:
+            except (Exception, SystemExit) as error:  # sys.exit() must not end the rank
                 raise self.failure(error) from error
         return call
 
@@ -107,7 +107,7 @@ class Kernel:
                 return f"{summarize_numba_error(str(error))} (arguments: {given or 'none'})"
         return None
 
-    def failure(self, error: Exception) -> TaskFailed:
+    def failure(self, error: BaseException) -> TaskFailed:
         return TaskFailed(f"kernel {self.name} ({self.place}) raised "
                           f"{type(error).__name__}: {error}\n"
                           + "".join(traceback.format_exception(error)))

@@ -9,6 +9,7 @@ in a thread of the same process, talking through in-process queues.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import signal
@@ -64,6 +65,7 @@ def run(options: RunOptions) -> int:
     """Run the script on this process's MPI world; return the exit code."""
     from mpi4py import MPI
 
+    faulthandler.enable(all_threads=True)  # a kernel that crashes its rank leaves its stack
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
         return _run_single_process(options)
@@ -196,13 +198,19 @@ def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
     from distx.coordinator import STOPPED
 
     state, exit_code = coordinator.run_as_coordinator()
-    coordinator.transport.close()
+    if not coordinator.stuck:
+        coordinator.transport.close()  # a rank lost in a kernel would never join
     prepared.results.close(state, exit_code)
     shutil.rmtree(coordinator.info.temp_root, ignore_errors=True)
     hint = "; --resume continues it" if exit_code == STOPPED else ""
     print(f"distx: {coordinator.info.script.name} {state.lower()} "
           f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
           file=sys.stderr, flush=True)
+    if coordinator.stuck:
+        lost = ", ".join(coordinator.describe(rank) for rank in coordinator.stuck)
+        print(f"distx: {lost} cannot be stopped (in a kernel past its Timeout): aborting "
+              "the MPI job", file=sys.stderr, flush=True)
+        coordinator.transport.abort(exit_code)
     return exit_code
 
 

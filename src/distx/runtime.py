@@ -20,6 +20,7 @@ import time
 import traceback
 from collections import ChainMap
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ from distx.roles import RolePlan
 from distx.script import Script, TaskSpec
 from distx.tasks import TASKS
 from distx.transport import Kind, Message, Transport
+from distx.watchdog import WATCHDOG
 from distx.worker import SweepWorker
 
 TERMINAL = ("Finished", "Cancelled", "Errored")
+ABORT_WAIT = 30.0  # how long a rank stuck in a kernel waits for rank 0 to abort the job
 AUTOMATIC = ("Init", "PreRun", "Run", "PostRun", *TERMINAL)
 _SERVE_SLICE = 0.05
 
@@ -326,6 +329,28 @@ class Runtime:
         self.reach(state, detail)
         return state
 
+    # ----- a kernel past its Timeout ---------------------------------------------------------
+    def overdue_kernel_text(self, kernel: str, timeout: float) -> str:
+        return (f"kernel {kernel} on {self.describe(self.rank)} ran past its Timeout of "
+                f"{timeout:g} s; a kernel cannot be interrupted, so the run is aborted")
+
+    def kernel_stuck(self, record: dict) -> None:
+        """From the watchdog thread: this rank is lost in a kernel call.
+
+        Rank 0 learns why (and records the task or experiment), every rank sees this one
+        reach Errored, so the run ends as for any error; rank 0 then aborts the MPI job,
+        which is the only way to end this process. If that does not come, abort here.
+        """
+        error = record["error"]
+        print(f"[{self.describe(self.rank)}] ERROR: {error}", file=sys.stderr, flush=True)
+        self.transport.send_from_thread(0, Kind.EVENT, ("stuck", record))
+        body = ("Errored", time.time(), error)
+        for rank in range(1, self.info.plan.size):  # rank 0 records it from the event
+            if rank != self.rank:
+                self.transport.send_from_thread(rank, Kind.MILESTONE, body)
+        time.sleep(ABORT_WAIT)
+        self.transport.abort(1)
+
     def run_as_worker(self) -> None:
         """A rank other than 0: its sequence, then serving until the coordinator ends it."""
         self.run_sequence()
@@ -364,14 +389,31 @@ class TaskRun:
             raise TaskFailed(f"task {self.spec.index} {self.spec.task} failed: "
                              f"{type(bug).__name__}: {bug}") from bug
         finally:
-            self.runtime.emit("task", {
-                "role": self.spec.role, "index": self.spec.index, "task": self.spec.task,
-                "status": status, "start": start, "end": time.time(), "error": error,
-                "log": self.lines})
+            self.runtime.emit("task", self.record(status, start, error))
             if status == "error":
                 self._echo(f"task {self.spec.index} {self.spec.task} failed: "
                            f"{error.splitlines()[0] if error else ''}", "ERROR")
         return [text for _, _, text in self.lines]
+
+    def record(self, status: str, start: float, error: str) -> dict:
+        """The task's row of /tasks, with its log lines."""
+        return {"role": self.spec.role, "index": self.spec.index, "task": self.spec.task,
+                "status": status, "start": start, "end": time.time(), "error": error,
+                "log": self.lines}
+
+    def kernel_timeout(self, config: dict, kernel: str) -> AbstractContextManager:
+        """Around one kernel call: with a Timeout in the config, a call that outlives it
+        ends the run (see watchdog.py)."""
+        if "Timeout" not in config:
+            return contextlib.nullcontext()
+        timeout, start = float(config["Timeout"]), time.time()
+
+        def expired() -> None:
+            error = self.runtime.overdue_kernel_text(kernel, timeout)
+            self.log(error, "ERROR")
+            self.runtime.kernel_stuck({"error": error,
+                                       "task": self.record("error", start, error)})
+        return WATCHDOG.watch(timeout, expired)
 
     def _expanded_config(self, shell_keys: tuple[str, ...]) -> dict:
         runtime = self.runtime

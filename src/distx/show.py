@@ -31,7 +31,9 @@ def summary(path: str | Path) -> str:
 def _header(path: str | Path, file: h5py.File) -> list[str]:
     attrs = file.attrs
     started, ended = float(attrs["started"]), float(attrs["ended"])
-    duration = f"{ended - started:.2f} s" if np.isfinite(ended) else "still running or killed"
+    duration = f"{ended - started:.2f} s" if np.isfinite(ended) else (
+        "no end recorded: still running, or a rank died or the job was killed "
+        "(--resume continues it)")
     hosts = sorted({_text(h) for h in file["provenance/hosts"][()]})
     return [
         f"{path}: run {_text(attrs['run_id'])} of '{_text(attrs['name'])}'",

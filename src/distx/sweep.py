@@ -72,7 +72,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
                           dtype=np.int64)
     todo = np.flatnonzero(table.rows["status"][table_rows] != b"done")
     plan = SweepPlan(next(_numbers), config["Kernel"], inputs, config.get("Args", {}), outputs,
-                     len(holders) if rows_inputs else 1, todo)
+                     len(holders) if rows_inputs else 1, todo, config.get("Timeout"))
     weights = None
     if rows_inputs:
         global_rows = coordinator.data_shapes[rows_inputs[0]][0]
@@ -168,6 +168,21 @@ class Sweep:
         """After a stop or a fatal error: what did not finish is not done."""
         running = self.rows[self.table.rows["status"][self.rows] == b"running"]
         self.table.update_many(running, status=b"created")
+
+    def on_stuck(self, source: int, number: int, task_id: int, start: float,
+                 error: str) -> None:
+        """A holder is lost in this task's kernel: the experiment errs, the sweep ends."""
+        if number != self.plan.number:
+            return
+        position = task_id // self.plan.parts
+        if position in self.pending or self.table.rows["status"][self.rows[position]] \
+                == b"running":
+            entry = self._entry(position, source, start)
+            entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
+            entry.failed = True
+            self._record(position, entry, source, time.time(), "error", error)
+        self.fatal = error
+        self._unfinished_back_to_created()
 
     def on_ready(self, source: int, body: tuple) -> None:
         number, error = body

@@ -223,13 +223,15 @@ KERNEL_KEYS = {"Kernel": STR}
 KERNEL_OPTIONS = {"Inputs": STR_LIST, "Args": DICT, "Outputs": STR_LIST}
 
 
-@task("Run.Kernel", Keys(required=KERNEL_KEYS, optional={**KERNEL_OPTIONS, "Publish": STR}),
+@task("Run.Kernel", Keys(required=KERNEL_KEYS,
+                         optional={**KERNEL_OPTIONS, **WAIT, "Publish": STR}),
       needs_data=True)
 def run_kernel(run: TaskRun, config: dict) -> None:
     kernel = run.runtime.kernels.get(config["Kernel"])
     arguments = run.runtime.kernel_arguments(config.get("Inputs", []), config.get("Args", {}))
     kernel.check_arguments(set(arguments))
-    result = kernel.call(arguments)
+    with run.kernel_timeout(config, config["Kernel"]):
+        result = kernel.call(arguments)
     if "Outputs" in config:
         for name, value in outputs_of(result, config["Outputs"], kernel).items():
             run.publish(name, value)
@@ -240,7 +242,8 @@ def run_kernel(run: TaskRun, config: dict) -> None:
     run.log(f"kernel {config['Kernel']} done")
 
 
-@task("Run.Sweep", Keys(required=KERNEL_KEYS, optional={**KERNEL_OPTIONS, "Reduce": REDUCE}),
+@task("Run.Sweep", Keys(required=KERNEL_KEYS,
+                        optional={**KERNEL_OPTIONS, **WAIT, "Reduce": REDUCE}),
       coordinator_only=True)
 def sweep(run: TaskRun, config: dict) -> None:
     from distx.sweep import run_sweep

@@ -20,6 +20,7 @@ import enum
 import os
 import pickle
 import queue
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -83,6 +84,14 @@ class Transport(ABC):
     def close(self) -> None:
         """Complete this rank's sends; after it the rank may exit."""
 
+    def send_from_thread(self, dest: int, kind: Kind, body: Any) -> None:
+        """Send a small body from a thread other than the one serving this rank."""
+        self.send(dest, kind, body)
+
+    @abstractmethod
+    def abort(self, exit_code: int) -> None:
+        """End every rank of the run now, with `exit_code` (a rank is stuck)."""
+
 
 class MPITransport(Transport):
     def __init__(self, comm: Any) -> None:
@@ -137,6 +146,14 @@ class MPITransport(Transport):
         header, sizes = probed.recv()
         buffers = [self._receive_raw(source, size) for size in sizes]
         return Message(source, Kind(tag), pickle.loads(header, buffers=buffers))
+
+    def send_from_thread(self, dest: int, kind: Kind, body: Any) -> None:
+        """A blocking send that leaves the pending list alone (the serving thread owns it);
+        a small body goes out eagerly, so it returns at once."""
+        self.comm.send((pickle.dumps(body, protocol=5), []), dest=dest, tag=kind)
+
+    def abort(self, exit_code: int) -> None:
+        self.comm.Abort(exit_code)
 
     def _receive_raw(self, source: int, size: int) -> np.ndarray:
         buffer = np.empty(size, dtype=np.uint8)
@@ -234,3 +251,8 @@ class LocalTransport(Transport):
 
     def close(self) -> None:
         pass
+
+    def abort(self, exit_code: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)

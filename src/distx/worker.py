@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from distx.errors import TaskFailed, UserError
 from distx.grid import Grid
 from distx.kernels import PARTITION_NAMES, Kernel, is_compile_error, outputs_of
 from distx.transport import Kind
+from distx.watchdog import WATCHDOG
 
 if TYPE_CHECKING:
     from distx.runtime import Runtime
@@ -39,6 +41,7 @@ class SweepPlan:
     outputs: list[str]
     parts: int
     todo: np.ndarray
+    timeout: float | None = None  # of one kernel call (see watchdog.py)
 
 
 @dataclass
@@ -62,6 +65,7 @@ class _ActiveSweep:
     kernel: Kernel
     grid: Grid
     call: Callable[[dict], Any]
+    watch: Callable[[int, dict], AbstractContextManager] | None  # (task id, keyfields)
 
 
 class SweepWorker:
@@ -77,10 +81,21 @@ class SweepWorker:
             arguments = self.runtime.kernel_arguments(plan.inputs, plan.args)
             grid = self.runtime.info.script.experiments.grid()
             kernel.check_arguments(set(arguments) | set(grid.names) | set(PARTITION_NAMES))
-            self.active = _ActiveSweep(plan, kernel, grid, kernel.bind(arguments, grid.names))
+            self.active = _ActiveSweep(plan, kernel, grid, kernel.bind(arguments, grid.names),
+                                       self._watch if plan.timeout else None)
         except (UserError, TaskFailed) as failure:
             error = str(failure)
         self.runtime.transport.send(source, Kind.SWEEP_READY, (plan.number, error))
+
+    def _watch(self, task_id: int, keyfields: dict) -> AbstractContextManager:
+        plan, start = self.active.plan, time.time()
+
+        def expired() -> None:
+            error = (self.runtime.overdue_kernel_text(plan.kernel, plan.timeout)
+                     + f" (experiment {keyfields})")
+            self.runtime.kernel_stuck({"error": error,
+                                       "sweep": (plan.number, task_id, start)})
+        return WATCHDOG.watch(plan.timeout, expired)
 
     def on_tasks(self, source: int, body: tuple) -> None:
         number, task_ids = body
@@ -105,7 +120,12 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
     for position, combo in enumerate(zip(*columns.values())):
         start[position] = time.time()
         try:
-            result = call(dict(zip(names, combo)))
+            keyfields = dict(zip(names, combo))
+            if active.watch is None:
+                result = call(keyfields)
+            else:
+                with active.watch(int(task_ids[position]), keyfields):
+                    result = call(keyfields)
             if lone is not None and type(result) in (float, int):
                 values[lone][position] = result       # the common case, without checks
             else:

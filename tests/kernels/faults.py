@@ -1,0 +1,42 @@
+"""Kernels that misbehave: crash their process, call sys.exit, or run far too long."""
+
+import os
+import sys
+import time
+
+import numba
+
+
+def square(seed, crash_at, sleep_at, pause):
+    """seed * seed after `pause` s; crashes its rank at `crash_at`, sleeps an hour at
+    `sleep_at` (a kernel stuck in Python)."""
+    time.sleep(pause)
+    if seed == crash_at:
+        os.abort()
+    if seed == sleep_at:
+        time.sleep(3600)
+    return seed * seed
+
+
+def leave(samples):
+    sys.exit(0)
+
+
+def sleep(samples, seconds):
+    time.sleep(seconds)
+    return float(seconds)
+
+
+@numba.njit(cache=True)
+def spin(samples, rounds):
+    """Holds the GIL for as long as `rounds` says (a kernel stuck in numba code)."""
+    total = 0.0
+    for step in range(rounds):
+        total += (step % 7) * 0.5
+    return total
+
+
+def smooth(grid, above, below, step, seconds):
+    """A stencil step that takes `seconds` (step 0 only)."""
+    if step == 0:
+        time.sleep(seconds)

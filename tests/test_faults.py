@@ -1,0 +1,126 @@
+"""Runtime faults: kernels that crash their rank, leave, or run past their Timeout, and
+waits that time out. Every run must end (bounded by the timeouts) with a results file
+holding what finished and, where a rank could say it, the error."""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import SCRIPTS, distx, milestones, run_script, text
+
+
+def experiments(output) -> np.ndarray:
+    with h5py.File(output, "r") as file:
+        return file["experiments"][()]
+
+
+def task_errors(output) -> dict[tuple[int, int], str]:
+    with h5py.File(output, "r") as file:
+        return {(int(row["rank"]), int(row["index"])): text(row["error"])
+                for row in file["tasks"][()]}
+
+
+def run_state(output) -> tuple[str, int]:
+    with h5py.File(output, "r") as file:
+        return text(file.attrs["state"]), int(file.attrs["exit_code"])
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_worker_kernel_past_its_timeout_ends_the_run(tmp_path, ranks):
+    output = tmp_path / "out.h5"
+    began = time.monotonic()
+    # Every wait in the script allows 600 s and the kernel sleeps an hour.
+    result = run_script(SCRIPTS / "stuck_worker.yml", output, ranks, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - began < 60
+    assert "ran past its Timeout of 1 s" in result.stderr and "Traceback" not in result.stderr
+    assert run_state(output) == ("Errored", 1)
+    errors = task_errors(output)
+    assert "kernel faults.sleep on rank 1 (stuck) ran past its Timeout of 1 s" in errors[(1, 0)]
+    assert "rank 1 (stuck) errored without reaching milestone Computed" in errors[(0, 1)]
+    with h5py.File(output, "r") as file:
+        reached = milestones(file)
+        assert reached[1][-1] == "Errored" and reached[0][-1] == "Errored"
+        assert all(reached[rank][-1] == "Cancelled" for rank in range(2, ranks))
+
+
+def test_coordinator_kernel_past_its_timeout_closes_the_file(tmp_path):
+    output = tmp_path / "out.h5"
+    result = run_script(SCRIPTS / "stuck_coordinator.yml", output, None, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert run_state(output) == ("Errored", 1)
+    assert "ran past its Timeout of 1 s" in task_errors(output)[(0, 1)]
+    assert distx("show", output).returncode == 0
+
+
+def test_sweep_kernel_past_its_timeout_then_resume(tmp_path):
+    output = tmp_path / "out.h5"
+    result = run_script(SCRIPTS / "faulty_sweep.yml", output, 3, "--set", "sleep_at=20",
+                        timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert run_state(output) == ("Errored", 1)
+    table = experiments(output)
+    stuck = table[table["seed"] == 20][0]
+    assert stuck["status"] == b"error" and "ran past its Timeout of 2 s" in text(stuck["error"])
+    assert "{'seed': 20}" in text(stuck["error"])
+    done = table[table["status"] == b"done"]
+    assert len(done) >= 19 and (done["result"] == done["seed"] ** 2).all()
+    assert set(table["status"]) <= {b"done", b"error", b"created"}  # nothing left running
+    resumed = run_script(SCRIPTS / "faulty_sweep.yml", output, 3, "--resume", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    table = experiments(output)
+    assert (table["status"] == b"done").all() and (table["result"] == table["seed"] ** 2).all()
+
+
+def test_numba_kernel_holding_the_gil_is_ended_by_the_backstop(tmp_path):
+    """The watchdog thread gets no GIL: faulthandler's timer ends the rank, the launcher
+    the job. No error can be recorded, but the file stays readable."""
+    output = tmp_path / "out.h5"
+    began = time.monotonic()
+    result = run_script(SCRIPTS / "stuck_numba.yml", output, 3, timeout=120)
+    assert result.returncode != 0
+    assert time.monotonic() - began < 60
+    assert "Timeout (0:00:0" in result.stderr  # faulthandler's stacks of the stuck rank
+    shown = distx("show", output)
+    assert shown.returncode == 0 and "no end recorded" in shown.stdout
+
+
+def test_kernel_that_crashes_its_rank_then_resume(tmp_path):
+    output = tmp_path / "out.h5"
+    result = run_script(SCRIPTS / "faulty_sweep.yml", output, 3, "--set", "crash_at=50",
+                        "--set", "pause=0.05", timeout=120)
+    assert result.returncode != 0
+    assert "Fatal Python error: Aborted" in result.stderr
+    assert "faults.py\", line" in result.stderr  # the kernel's own line, from faulthandler
+    table = experiments(output)
+    before = {row["id"] for row in table[table["status"] == b"done"]}
+    assert before and all(row["result"] == row["seed"] ** 2
+                          for row in table[table["status"] == b"done"])
+    resumed = run_script(SCRIPTS / "faulty_sweep.yml", output, 3, "--resume", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    table = experiments(output)
+    assert (table["status"] == b"done").all()
+    with h5py.File(output, "r") as file:
+        attempts = file["attempts"][()]
+    second_run = attempts[attempts["run"] == attempts["run"].max()]
+    assert not before & set(second_run["id"])  # nothing done before ran again
+
+
+def test_kernel_calling_sys_exit_is_a_task_error(tmp_path):
+    output = tmp_path / "out.h5"
+    result = run_script(SCRIPTS / "leaving_kernel.yml", output, 3, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert run_state(output) == ("Errored", 1)
+    assert "raised SystemExit: 0" in task_errors(output)[(1, 0)]
+
+
+def test_halo_wait_times_out(tmp_path):
+    output = tmp_path / "out.h5"
+    result = run_script(SCRIPTS / "halo_timeout.yml", output, 3, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "timed out after 1 s waiting for halo rows of step 0" in task_errors(output)[(2, 0)]
+    with h5py.File(output, "r") as file:
+        assert milestones(file)[1][-1] == "Cancelled"
