@@ -65,7 +65,7 @@ def run(options: RunOptions) -> int:
     """Run the script on this process's MPI world; return the exit code."""
     from mpi4py import MPI
 
-    faulthandler.enable(all_threads=True)  # a kernel that crashes its rank leaves its stack
+    faulthandler.enable(file=2, all_threads=True)  # a rank that crashes leaves its stack
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
         return _run_single_process(options)

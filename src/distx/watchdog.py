@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import faulthandler
 import itertools
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,7 +87,7 @@ class KernelWatchdog:
             return
         self._backstop = call.deadline
         delay = call.deadline - time.monotonic() + call.timeout + BACKSTOP_MARGIN
-        faulthandler.dump_traceback_later(max(delay, 0.1), exit=True, file=sys.stderr)
+        faulthandler.dump_traceback_later(max(delay, 0.1), exit=True, file=2)
 
 
 WATCHDOG = KernelWatchdog()
