@@ -124,3 +124,15 @@ def test_halo_wait_times_out(tmp_path):
     assert "timed out after 1 s waiting for halo rows of step 0" in task_errors(output)[(2, 0)]
     with h5py.File(output, "r") as file:
         assert milestones(file)[1][-1] == "Cancelled"
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_value_never_published_fails_the_wait_at_once(tmp_path, ranks):
+    output = tmp_path / "out.h5"
+    began = time.monotonic()
+    result = run_script(SCRIPTS / "never_published.yml", output, ranks, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - began < 60
+    error = task_errors(output)[(0, 0)]
+    assert "rank 1 (side) cannot give 'answer'" in error
+    assert "without publishing 'answer'" in error
