@@ -9,7 +9,6 @@ Then it tells every rank to shut down with the run's exit code.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -72,8 +71,7 @@ class Coordinator(Runtime):
         """From the watchdog thread, rank 0's own kernel is past its Timeout: the serving
         thread is lost in it, so this thread records the error, closes the file and ends
         the job."""
-        print(f"[{self.describe(self.rank)}] ERROR: {record['error']}", file=sys.stderr,
-              flush=True)
+        self.echo(record["error"], "ERROR")
         self._record_stuck(self.rank, record)
         self.results.close("Errored", 1)
         self.transport.abort(1)

@@ -334,6 +334,10 @@ class Runtime:
         return (f"kernel {kernel} on {self.describe(self.rank)} ran past its Timeout of "
                 f"{timeout:g} s; a kernel cannot be interrupted, so the run is aborted")
 
+    def echo(self, text: str, severity: str) -> None:
+        """A line on stderr naming this rank."""
+        print(f"[{self.describe(self.rank)}] {severity}: {text}", file=sys.stderr, flush=True)
+
     def kernel_stuck(self, record: dict) -> None:
         """From the watchdog thread: this rank is lost in a kernel call.
 
@@ -342,7 +346,7 @@ class Runtime:
         which is the only way to end this process. If that does not come, abort here.
         """
         error = record["error"]
-        print(f"[{self.describe(self.rank)}] ERROR: {error}", file=sys.stderr, flush=True)
+        self.echo(error, "ERROR")
         self.transport.send_from_thread(0, Kind.EVENT, ("stuck", record))
         body = ("Errored", time.time(), error)
         for rank in range(1, self.info.plan.size):  # rank 0 records it from the event
@@ -391,7 +395,7 @@ class TaskRun:
         finally:
             self.runtime.emit("task", self.record(status, start, error))
             if status == "error":
-                self._echo(f"task {self.spec.index} {self.spec.task} failed: "
+                self.runtime.echo(f"task {self.spec.index} {self.spec.task} failed: "
                            f"{error.splitlines()[0] if error else ''}", "ERROR")
         return [text for _, _, text in self.lines]
 
@@ -426,11 +430,8 @@ class TaskRun:
     def log(self, text: str, severity: str = "INFO", echo: bool = False) -> None:
         self.lines.append((time.time(), severity, text))
         if echo or self.runtime.info.verbose:
-            self._echo(text, severity)
+            self.runtime.echo(text, severity)
 
-    def _echo(self, text: str, severity: str) -> None:
-        print(f"[{self.runtime.describe(self.runtime.rank)}] {severity}: {text}",
-              file=sys.stderr, flush=True)
 
     def publish(self, key: str, value: Any) -> None:
         self.runtime.publish(key, value)
