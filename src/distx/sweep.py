@@ -175,8 +175,7 @@ class Sweep:
         if number != self.plan.number:
             return
         position = task_id // self.plan.parts
-        if position in self.pending or self.table.rows["status"][self.rows[position]] \
-                == b"running":
+        if self.table.rows["status"][self.rows[position]] == b"running":  # not yet recorded
             entry = self._entry(position, source, start)
             entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
             entry.failed = True
