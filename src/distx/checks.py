@@ -32,7 +32,10 @@ def check_script(script: Script, size: int, overrides: dict | None = None) -> Ro
     """Raise UserError for the first problem found; return the role plan for `size`."""
     check_rank_syntax(script)
     plan = plan_roles(script, size)
-    before_run = _BeforeRun(check_data(script), _values_before_run(script, overrides or {}))
+    overrides = overrides or {}
+    published = published_names(script)
+    before_run = _BeforeRun(check_data(script),
+                            _values_before_run(script, overrides, published))
     sweeps = [spec for spec in script.tasks() if spec.task == "Run.Sweep"]
     if len(sweeps) > 1:
         raise script.error(sweeps[1].where, "a script runs at most one Run.Sweep",
@@ -41,7 +44,7 @@ def check_script(script: Script, size: int, overrides: dict | None = None) -> Ro
     kernels = KernelLibrary(script.kernels_dir)
     for spec in script.tasks():
         _check_task(script, plan, spec, kernels, before_run)
-    _check_references(script, overrides or {})
+    _check_references(script, overrides, published)
     check_coordination(script, plan)
     return plan
 
@@ -164,8 +167,8 @@ class _BeforeRun:
     values: dict[str, Any]
 
 
-def _values_before_run(script: Script, overrides: dict) -> dict[str, Any]:
-    published = published_names(script)
+def _values_before_run(script: Script, overrides: dict,
+                       published: set[str]) -> dict[str, Any]:
     return {name: value for name, value in {**script.parameters, **overrides}.items()
             if name not in published}
 
@@ -177,8 +180,8 @@ def _with_task_place(script: Script, where: tuple, error: UserError) -> UserErro
     return script.error(where, error.what + place, error.fix)
 
 
-def _check_references(script: Script, overrides: dict) -> None:
-    known = set(script.parameters) | set(overrides) | published_names(script)
+def _check_references(script: Script, overrides: dict, published: set[str]) -> None:
+    known = set(script.parameters) | set(overrides) | published
     for spec in script.tasks():
         for name in sorted(referenced_names(spec.config) - known):
             raise script.error((*spec.where, "Config"), f"@[{name}] is never published by any "
