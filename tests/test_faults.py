@@ -1,20 +1,19 @@
 """Runtime faults: kernels that crash their rank, leave, or run past their Timeout, and
 waits that time out. Every run must end (bounded by the timeouts) with a results file
-holding what finished and, where a rank could say it, the error."""
+holding what finished and, where a rank could say it, the error. Where scripts wait 600 s,
+a 60 s subprocess limit proves that nothing waited for those timeouts."""
 
 from __future__ import annotations
-
-import time
 
 import h5py
 import numpy as np
 import pytest
-from conftest import SCRIPTS, distx, milestones, run_script, text
+from conftest import SCRIPTS, distx, experiments, milestones, run_script, text
 
 
-def experiments(output) -> np.ndarray:
+def table_of(output) -> np.ndarray:
     with h5py.File(output, "r") as file:
-        return file["experiments"][()]
+        return experiments(file)
 
 
 def task_errors(output) -> dict[tuple[int, int], str]:
@@ -31,11 +30,9 @@ def run_state(output) -> tuple[str, int]:
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_worker_kernel_past_its_timeout_ends_the_run(tmp_path, ranks):
     output = tmp_path / "out.h5"
-    began = time.monotonic()
     # Every wait in the script allows 600 s and the kernel sleeps an hour.
-    result = run_script(SCRIPTS / "stuck_worker.yml", output, ranks, timeout=120)
+    result = run_script(SCRIPTS / "stuck_worker.yml", output, ranks, timeout=60)
     assert result.returncode == 1, result.stderr
-    assert time.monotonic() - began < 60
     assert "ran past its Timeout of 1 s" in result.stderr and "Traceback" not in result.stderr
     assert run_state(output) == ("Errored", 1)
     errors = task_errors(output)
@@ -62,7 +59,7 @@ def test_sweep_kernel_past_its_timeout_then_resume(tmp_path):
                         timeout=120)
     assert result.returncode == 1, result.stderr
     assert run_state(output) == ("Errored", 1)
-    table = experiments(output)
+    table = table_of(output)
     stuck = table[table["seed"] == 20][0]
     assert stuck["status"] == b"error" and "ran past its Timeout of 2 s" in text(stuck["error"])
     assert "{'seed': 20}" in text(stuck["error"])
@@ -71,7 +68,7 @@ def test_sweep_kernel_past_its_timeout_then_resume(tmp_path):
     assert set(table["status"]) <= {b"done", b"error", b"created"}  # nothing left running
     resumed = run_script(SCRIPTS / "faulty_sweep.yml", output, 3, "--resume", timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    table = experiments(output)
+    table = table_of(output)
     assert (table["status"] == b"done").all() and (table["result"] == table["seed"] ** 2).all()
 
 
@@ -79,10 +76,8 @@ def test_numba_kernel_holding_the_gil_is_ended_by_the_backstop(tmp_path):
     """The watchdog thread gets no GIL: faulthandler's timer ends the rank, the launcher
     the job. No error can be recorded, but the file stays readable."""
     output = tmp_path / "out.h5"
-    began = time.monotonic()
-    result = run_script(SCRIPTS / "stuck_numba.yml", output, 3, timeout=120)
+    result = run_script(SCRIPTS / "stuck_numba.yml", output, 3, timeout=60)
     assert result.returncode != 0
-    assert time.monotonic() - began < 60
     assert "Timeout (0:00:0" in result.stderr  # faulthandler's stacks of the stuck rank
     shown = distx("show", output)
     assert shown.returncode == 0 and "no end recorded" in shown.stdout
@@ -95,13 +90,13 @@ def test_kernel_that_crashes_its_rank_then_resume(tmp_path):
     assert result.returncode != 0
     assert "Fatal Python error: Aborted" in result.stderr
     assert "faults.py\", line" in result.stderr  # the kernel's own line, from faulthandler
-    table = experiments(output)
+    table = table_of(output)
     before = {row["id"] for row in table[table["status"] == b"done"]}
     assert before and all(row["result"] == row["seed"] ** 2
                           for row in table[table["status"] == b"done"])
     resumed = run_script(SCRIPTS / "faulty_sweep.yml", output, 3, "--resume", timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    table = experiments(output)
+    table = table_of(output)
     assert (table["status"] == b"done").all()
     with h5py.File(output, "r") as file:
         attempts = file["attempts"][()]
@@ -129,10 +124,8 @@ def test_halo_wait_times_out(tmp_path):
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_value_never_published_fails_the_wait_at_once(tmp_path, ranks):
     output = tmp_path / "out.h5"
-    began = time.monotonic()
-    result = run_script(SCRIPTS / "never_published.yml", output, ranks, timeout=120)
+    result = run_script(SCRIPTS / "never_published.yml", output, ranks, timeout=60)
     assert result.returncode == 1, result.stderr
-    assert time.monotonic() - began < 60
     error = task_errors(output)[(0, 0)]
     assert "rank 1 (side) cannot give 'answer'" in error
     assert "without publishing 'answer'" in error
