@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import JOBS, SCRIPTS, experiments, run_script, text, values
 
-from distx.data import row_blocks
+from distx.engine.data import row_blocks
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3, 8])

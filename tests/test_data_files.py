@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SCRIPTS, TESTS, experiments, run_script, text, values
 
-from distx.data import row_blocks
+from distx.engine.data import row_blocks
 
 SCRIPT = """\
 Version: 2

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distx.data import row_blocks
+from distx.engine.data import row_blocks
+from distx.engine.tasks import reduce_values
 from distx.errors import TaskFailed
-from distx.evaluate import evaluate
-from distx.expand import expand, referenced_names
-from distx.grid import Grid, GridError, experiment_id, keyfield_values
-from distx.roles import parse_ranks
-from distx.tasks import reduce_values
+from distx.script.evaluate import evaluate
+from distx.script.expand import expand, referenced_names
+from distx.script.grid import Grid, GridError, experiment_id, keyfield_values
+from distx.script.roles import parse_ranks
 
 BUILTINS = {"Rank": 3, "RunId": "r1"}
 
@@ -186,7 +186,7 @@ def test_reading_a_results_file_retries_a_read_that_meets_a_write(tmp_path):
     import h5py
 
     from distx.errors import UserError
-    from distx.results import FORMAT, read_results
+    from distx.results.store import FORMAT, read_results
 
     path = tmp_path / "r.h5"
     with h5py.File(path, "w") as file:
@@ -210,7 +210,7 @@ def test_reading_a_results_file_retries_a_read_that_meets_a_write(tmp_path):
 
 
 def test_mpi_library_name_has_no_nul_bytes():
-    from distx.provenance import library_name
+    from distx.results.provenance import library_name
 
     padded = "Open MPI v5.0.11, package: Open MPI\x00\x00\x00"  # as Open MPI returns it
     assert library_name(padded) == "Open MPI v5.0.11, package: Open MPI"

@@ -124,8 +124,8 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _validate(arguments: argparse.Namespace) -> int:
-    from distx.checks import check_script
-    from distx.script import load_script
+    from distx.check.checks import check_script
+    from distx.script.model import load_script
 
     if arguments.ranks < 1:
         raise UserError("-n must be at least 1")
@@ -137,21 +137,21 @@ def _validate(arguments: argparse.Namespace) -> int:
 
 
 def _show(arguments: argparse.Namespace) -> int:
-    from distx.show import summary
+    from distx.results.show import summary
 
     print(summary(arguments.results))
     return 0
 
 
 def _status(arguments: argparse.Namespace) -> int:
-    from distx.show import status
+    from distx.results.show import status
 
     print(status(arguments.results))
     return 0
 
 
 def _reset(arguments: argparse.Namespace) -> int:
-    from distx.results import reset_experiments
+    from distx.results.store import reset_experiments
 
     statuses = {item.strip() for item in arguments.status.split(",") if item.strip()}
     counts = reset_experiments(arguments.results, statuses)
@@ -163,7 +163,7 @@ def _reset(arguments: argparse.Namespace) -> int:
 
 
 def _export(arguments: argparse.Namespace) -> int:
-    from distx.export import export_csv
+    from distx.results.export import export_csv
 
     rows = export_csv(arguments.results, arguments.table, arguments.csv)
     if arguments.csv != "-":
@@ -172,14 +172,14 @@ def _export(arguments: argparse.Namespace) -> int:
 
 
 def _timeline(arguments: argparse.Namespace) -> int:
-    from distx.timeline import draw
+    from distx.results.timeline import draw
 
     print(f"timeline written to {draw(arguments.results, arguments.output, arguments.run)}")
     return 0
 
 
 def _bench(arguments: argparse.Namespace) -> int:
-    from distx.bench import run_bench
+    from distx.bench.harness import run_bench
 
     print(run_bench(arguments.ranks, arguments.quick, arguments.json))
     return 0

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from distx import data
+from distx.engine import data
+from distx.engine.runtime import RunInfo, Runtime
+from distx.engine.transport import LocalHub, MPITransport, Transport
 from distx.errors import UserError
-from distx.runtime import RunInfo, Runtime
-from distx.script import Script, load_script
-from distx.transport import LocalHub, MPITransport, Transport
+from distx.script.model import Script, load_script
 
 
 @dataclass
@@ -57,8 +57,8 @@ class _Prepared:
 
 # Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts).
 if TYPE_CHECKING:
-    from distx.coordinator import Coordinator
-    from distx.results import ResultsFile
+    from distx.engine.coordinator import Coordinator
+    from distx.results.store import ResultsFile
 
 
 def run(options: RunOptions) -> int:
@@ -73,9 +73,9 @@ def run(options: RunOptions) -> int:
 
 
 def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
-    from distx import provenance
-    from distx.checks import check_script
-    from distx.results import ResultsFile, RunIdentity
+    from distx.check.checks import check_script
+    from distx.results import provenance
+    from distx.results.store import ResultsFile, RunIdentity
 
     script = load_script(options.script)
     plan = check_script(script, size, options.overrides)
@@ -96,7 +96,7 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
 
 def _info(script: Script, options: RunOptions, run_id: str, size: int,
           hosts: list[str]) -> RunInfo:
-    from distx.roles import plan_roles
+    from distx.script.roles import plan_roles
 
     plan = plan_roles(script, size)
     timeout = options.timeout if options.timeout is not None else script.timeout
@@ -169,7 +169,7 @@ def _stop_on_signals(runtime: Runtime) -> None:
 
 
 def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int:
-    from distx.coordinator import Coordinator
+    from distx.engine.coordinator import Coordinator
 
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     coordinator = Coordinator(transport, info, prepared.results, shapes)
@@ -195,7 +195,7 @@ def _work(transport: Transport, info: RunInfo) -> int:
 
 
 def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
-    from distx.coordinator import STOPPED
+    from distx.engine.coordinator import STOPPED
 
     state, exit_code = coordinator.run_as_coordinator()
     if not coordinator.stuck:
@@ -215,7 +215,7 @@ def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
 
 
 def _run_single_process(options: RunOptions) -> int:
-    from distx.coordinator import Coordinator
+    from distx.engine.coordinator import Coordinator
 
     host = socket.gethostname()
     prepared = _prepare(options, 1, [host])

@@ -6,7 +6,7 @@ import time
 
 from mpi4py import MPI
 
-from distx.transport import Kind, MPITransport
+from distx.engine.transport import Kind, MPITransport
 
 transport = MPITransport(MPI.COMM_WORLD)
 if transport.rank == 0:

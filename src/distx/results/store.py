@@ -40,7 +40,7 @@ import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.grid import Grid
+from distx.script.grid import Grid
 
 FORMAT = "distx-results"
 FORMAT_VERSION = 1

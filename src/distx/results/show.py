@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from distx.results import read_results, status_counts
+from distx.results.store import read_results, status_counts
 
 
 def _text(value: object) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import distx
-from distx.script import Script
+from distx.script.model import Script
 
 
 def versions() -> dict[str, str]:

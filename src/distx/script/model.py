@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distx import grid
+from distx.engine.tasks import TASKS
 from distx.errors import UserError
-from distx.schema import (
+from distx.script import grid
+from distx.script.schema import (
     BOOL,
     COUNT,
     DICT,
@@ -26,8 +27,7 @@ from distx.schema import (
     is_reference,
     suggestion,
 )
-from distx.tasks import TASKS
-from distx.yamlsource import Source, Where
+from distx.script.source import Source, Where
 
 COORDINATOR = "coordinator"
 SEQUENCE_LIST = Type("a list of tasks", lambda v: isinstance(v, list))

@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distx.data import row_blocks
+from distx.engine.data import row_blocks
+from distx.engine.tasks import reduce_values
+from distx.engine.transport import Kind
+from distx.engine.worker import BatchResult, SweepPlan
 from distx.errors import Cancelled, TaskFailed
-from distx.results import ATTEMPTS
-from distx.tasks import reduce_values
-from distx.transport import Kind
-from distx.worker import BatchResult, SweepPlan
+from distx.results.store import ATTEMPTS
 
 if TYPE_CHECKING:
-    from distx.coordinator import Coordinator
-    from distx.results import ExperimentTable
-    from distx.runtime import TaskRun
+    from distx.engine.coordinator import Coordinator
+    from distx.engine.runtime import TaskRun
+    from distx.results.store import ExperimentTable
 
 BATCH_SECONDS = 0.05
 MAX_BATCH = 4096

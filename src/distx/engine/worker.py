@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distx.engine.kernels import PARTITION_NAMES, Kernel, is_compile_error, outputs_of
+from distx.engine.transport import Kind
+from distx.engine.watchdog import WATCHDOG
 from distx.errors import TaskFailed, UserError
-from distx.grid import Grid
-from distx.kernels import PARTITION_NAMES, Kernel, is_compile_error, outputs_of
-from distx.transport import Kind
-from distx.watchdog import WATCHDOG
+from distx.script.grid import Grid
 
 if TYPE_CHECKING:
-    from distx.runtime import Runtime
+    from distx.engine.runtime import Runtime
 
 
 @dataclass

@@ -27,16 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from distx.data import Partition
+from distx.engine.data import Partition
+from distx.engine.kernels import KernelLibrary
+from distx.engine.tasks import TASKS
+from distx.engine.transport import Kind, Message, Transport
+from distx.engine.watchdog import WATCHDOG
+from distx.engine.worker import SweepWorker
 from distx.errors import Cancelled, TaskFailed, UserError
-from distx.expand import expand
-from distx.kernels import KernelLibrary
-from distx.roles import RolePlan
-from distx.script import Script, TaskSpec
-from distx.tasks import TASKS
-from distx.transport import Kind, Message, Transport
-from distx.watchdog import WATCHDOG
-from distx.worker import SweepWorker
+from distx.script.expand import expand
+from distx.script.model import Script, TaskSpec
+from distx.script.roles import RolePlan
 
 TERMINAL = ("Finished", "Cancelled", "Errored")
 ABORT_WAIT = 30.0  # how long a rank stuck in a kernel waits for rank 0 to abort the job

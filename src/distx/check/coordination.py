@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distx.roles import SERVE_ONLY, RolePlan
-from distx.schema import is_reference
-from distx.script import Script, TaskSpec
+from distx.script.model import Script, TaskSpec
+from distx.script.roles import SERVE_ONLY, RolePlan
+from distx.script.schema import is_reference
 
 STARTED = ("Init", "PreRun", "Run")
 ENDED = ("PostRun", "Finished")

@@ -1,6 +1,6 @@
 """Benchmark cases that run under mpiexec: distx and its raw-mpi4py reference, same run.
 
-`python -m distx.bench_cases CASE JSON_ARGS` is launched by `distx bench`; rank 0 prints
+`python -m distx.bench.cases CASE JSON_ARGS` is launched by `distx bench`; rank 0 prints
 one JSON line with the figures. The distx side uses the real runtime (transport, milestone
 and value handling, a coordinator writing a results file), not a mock.
 """
@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from distx import data
-from distx.coordinator import Coordinator
-from distx.provenance import new_run_id
-from distx.results import ResultsFile, RunIdentity
-from distx.roles import plan_roles
-from distx.runtime import RunInfo, Runtime
-from distx.script import parse_script
-from distx.transport import MPITransport
-from distx.yamlsource import Source
+from distx.engine import data
+from distx.engine.coordinator import Coordinator
+from distx.engine.runtime import RunInfo, Runtime
+from distx.engine.transport import MPITransport
+from distx.results.provenance import new_run_id
+from distx.results.store import ResultsFile, RunIdentity
+from distx.script.model import parse_script
+from distx.script.roles import plan_roles
+from distx.script.source import Source
 
 PEERS = """\
 Version: 2

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distx.engine.kernels import outputs_of
 from distx.errors import TaskFailed
-from distx.evaluate import evaluate
-from distx.kernels import outputs_of
-from distx.schema import (
+from distx.script.evaluate import evaluate
+from distx.script.schema import (
     ANY,
     BOOL,
     COUNT,
@@ -38,7 +38,7 @@ from distx.schema import (
 )
 
 if TYPE_CHECKING:
-    from distx.runtime import TaskRun
+    from distx.engine.runtime import TaskRun
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def run_kernel(run: TaskRun, config: dict) -> None:
                         optional={**KERNEL_OPTIONS, **WAIT, "Reduce": REDUCE}),
       coordinator_only=True)
 def sweep(run: TaskRun, config: dict) -> None:
-    from distx.sweep import run_sweep
+    from distx.engine.sweep import run_sweep
 
     run_sweep(run, config)
 
@@ -256,7 +256,7 @@ def sweep(run: TaskRun, config: dict) -> None:
       needs_data=True)
 def iterate(run: TaskRun, config: dict) -> None:
     """Step a kernel over a row-partitioned array, exchanging halo rows with neighbours."""
-    from distx.halo import iterate_with_halos
+    from distx.engine.halo import iterate_with_halos
 
     iterate_with_halos(run, config)
 

@@ -3,7 +3,7 @@
 Every case measures distx and its reference in the same invocation and reports the
 ratio distx / reference (for rates: reference / distx, so that > 1 is always "distx
 slower") next to its target. Figures depend on the machine; nothing here is pass/fail.
-The cases launch their own `mpiexec` runs of real scripts and of `distx.bench_cases`.
+The cases launch their own `mpiexec` runs of real scripts and of `distx.bench.cases`.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class Bench:
         return done.stdout, seconds
 
     def case(self, ranks: int, name: str, **arguments: object) -> dict:
-        stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "distx.bench_cases", name,
+        stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "distx.bench.cases", name,
                                  json.dumps(arguments))
         return json.loads(stdout.strip().splitlines()[-1])
 

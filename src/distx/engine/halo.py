@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from distx.engine.kernels import PARTITION_NAMES
+from distx.engine.transport import Kind
 from distx.errors import TaskFailed
-from distx.kernels import PARTITION_NAMES
-from distx.transport import Kind
 
 if TYPE_CHECKING:
-    from distx.runtime import TaskRun
+    from distx.engine.runtime import TaskRun
 
 
 def iterate_with_halos(run: TaskRun, config: dict) -> None:

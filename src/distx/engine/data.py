@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distx.transport import Kind, Message, MPITransport
+from distx.engine.transport import Kind, Message, MPITransport
 
 if TYPE_CHECKING:
-    from distx.script import DataSpec, Script
+    from distx.script.model import DataSpec, Script
 
 
 @dataclass

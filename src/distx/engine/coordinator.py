@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from distx.results import ResultsFile
-from distx.runtime import RunInfo, Runtime
-from distx.transport import Kind, Transport
+from distx.engine.runtime import RunInfo, Runtime
+from distx.engine.transport import Kind, Transport
+from distx.results.store import ResultsFile
 
 if TYPE_CHECKING:
-    from distx.sweep import Sweep
+    from distx.engine.sweep import Sweep
 
 
 STOPPED = 3  # exit code of a run stopped by a signal: --resume continues it

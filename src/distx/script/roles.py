@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from distx.script import COORDINATOR, Script
+from distx.script.model import COORDINATOR, Script
 
 SERVE_ONLY = "-"
 

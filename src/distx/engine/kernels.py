@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from distx.errors import TaskFailed, UserError
-from distx.schema import suggestion
+from distx.script.schema import suggestion
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 PARTITION_NAMES = ("row_offset", "global_rows", "global_shape")

@@ -1,0 +1,2 @@
+"""The engine: transport, the rank core, the coordinator, holders, sweeps, data, kernels
+and the task catalogue."""
