@@ -29,6 +29,7 @@ from distx.engine.runtime import RunInfo, Runtime
 from distx.engine.transport import LocalHub, MPITransport, Transport
 from distx.errors import UserError
 from distx.script.model import Script, load_script
+from distx.vocabulary import ExitCode
 
 
 @dataclass
@@ -195,14 +196,12 @@ def _work(transport: Transport, info: RunInfo) -> int:
 
 
 def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
-    from distx.engine.coordinator import STOPPED
-
     state, exit_code = coordinator.run_as_coordinator()
     if not coordinator.stuck:
         coordinator.transport.close()  # a rank lost in a kernel would never join
     prepared.results.close(state, exit_code)
     shutil.rmtree(coordinator.info.temp_root, ignore_errors=True)
-    hint = "; --resume continues it" if exit_code == STOPPED else ""
+    hint = "; --resume continues it" if exit_code == ExitCode.STOPPED else ""
     print(f"distx: {coordinator.info.script.name} {state.lower()} "
           f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
           file=sys.stderr, flush=True)

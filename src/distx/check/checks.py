@@ -16,13 +16,13 @@ import numpy as np
 from distx.check.coordination import check_coordination, produced_values
 from distx.engine.data import check_data
 from distx.engine.kernels import PARTITION_NAMES, KernelLibrary
-from distx.engine.runtime import AUTOMATIC
 from distx.engine.tasks import TASKS
 from distx.errors import TaskFailed, UserError
 from distx.script.expand import expand, referenced_names
 from distx.script.model import COORDINATOR, Script, TaskSpec
 from distx.script.roles import RolePlan, check_rank_syntax, plan_roles
 from distx.script.schema import is_reference, suggestion
+from distx.vocabulary import AUTOMATIC
 
 HALO_NAMES = {"above", "below", "step"}
 MAX_SIGNATURES = 16  # keyfield type combinations compiled at validation

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from distx.script.model import Script, TaskSpec
 from distx.script.roles import SERVE_ONLY, RolePlan
 from distx.script.schema import is_reference
+from distx.vocabulary import STARTED
 
-STARTED = ("Init", "PreRun", "Run")
 ENDED = ("PostRun", "Finished")
 
 

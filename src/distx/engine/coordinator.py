@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from distx.engine.runtime import RunInfo, Runtime
 from distx.engine.transport import Kind, Transport
 from distx.results.store import ResultsFile
+from distx.vocabulary import ExitCode
 
 if TYPE_CHECKING:
     from distx.engine.sweep import Sweep
 
 
-STOPPED = 3  # exit code of a run stopped by a signal: --resume continues it
 
 
 class Coordinator(Runtime):
@@ -97,9 +97,9 @@ class Coordinator(Runtime):
         states = {state for state, _ in self.terminal.values()}
         state = next((s for s in ("Errored", "Cancelled") if s in states), "Finished")
         if state == "Errored" or (state == "Finished" and self.failed_experiments):
-            exit_code = 1
+            exit_code = ExitCode.FAILED
         else:
-            exit_code = STOPPED if state == "Cancelled" else 0
+            exit_code = ExitCode.STOPPED if state == "Cancelled" else ExitCode.OK
         for rank in range(1, self.info.plan.size):
             self.transport.send(rank, Kind.CONTROL, ("shutdown", exit_code))
         self.exit_code = exit_code

@@ -37,10 +37,9 @@ from distx.errors import Cancelled, TaskFailed, UserError
 from distx.script.expand import expand
 from distx.script.model import Script, TaskSpec
 from distx.script.roles import RolePlan
+from distx.vocabulary import TERMINAL
 
-TERMINAL = ("Finished", "Cancelled", "Errored")
 ABORT_WAIT = 30.0  # how long a rank stuck in a kernel waits for rank 0 to abort the job
-AUTOMATIC = ("Init", "PreRun", "Run", "PostRun", *TERMINAL)
 _SERVE_SLICE = 0.05
 
 
