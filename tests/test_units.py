@@ -186,7 +186,8 @@ def test_reading_a_results_file_retries_a_read_that_meets_a_write(tmp_path):
     import h5py
 
     from distx.errors import UserError
-    from distx.results.store import FORMAT, read_results
+    from distx.results.layout import FORMAT
+    from distx.results.reader import read_results
 
     path = tmp_path / "r.h5"
     with h5py.File(path, "w") as file:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distx.errors import UserError
+from distx.errors import ResultsWriteError, UserError
 
-COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline", "bench")
+COMMANDS = ("run", "validate", "show", "status", "reset", "recover", "export", "timeline",
+            "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"distx: error: {error}", file=sys.stderr, flush=True)
         return 2
+    except ResultsWriteError as error:
+        if arguments.debug:
+            raise
+        print(f"distx: error: {error}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("--status", required=True, metavar="S1,S2",
                        help="statuses to reset, e.g. error,running")
     reset.set_defaults(handler=_reset)
+    recover = commands.add_parser(
+        "recover", help="apply what a killed run left in the journal to its results file "
+        "(--resume does this first)")
+    recover.add_argument("results")
+    recover.set_defaults(handler=_recover)
 
     export = commands.add_parser("export", help="write a table as CSV")
     export.add_argument("results")
@@ -94,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.set_defaults(handler=_bench)
 
-    for sub in (run, validate, show, status, reset, export, timeline, bench):
+    for sub in (run, validate, show, status, reset, recover, export, timeline, bench):
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -151,7 +162,7 @@ def _status(arguments: argparse.Namespace) -> int:
 
 
 def _reset(arguments: argparse.Namespace) -> int:
-    from distx.results.store import reset_experiments
+    from distx.results.admin import reset_experiments
 
     statuses = {item.strip() for item in arguments.status.split(",") if item.strip()}
     counts = reset_experiments(arguments.results, statuses)
@@ -159,6 +170,20 @@ def _reset(arguments: argparse.Namespace) -> int:
     detail = ", ".join(f"{number} {status}" for status, number in sorted(counts.items()))
     print(f"{arguments.results}: {total} experiment(s) set back to created"
           + (f" ({detail})" if detail else ""))
+    return 0
+
+
+def _recover(arguments: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from distx.results.admin import recover
+    from distx.results.reader import read_results
+
+    path = Path(arguments.results)
+    read_results(path, lambda file: None)   # a distx results file, readable
+    replayed = recover(path)
+    print(f"{path}: {replayed} journal record(s) applied" if replayed
+          else f"{path}: nothing to recover")
     return 0
 
 

@@ -32,6 +32,11 @@ class UserError(Exception):
         return text
 
 
+class ResultsWriteError(Exception):
+    """The results file cannot be written (no space left, the disk failed): exit code 1.
+    What was recorded before stays in the file and its journal."""
+
+
 class TaskFailed(Exception):
     """A task could not complete; the message is what the user reads in the results file."""
 

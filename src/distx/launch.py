@@ -27,7 +27,7 @@ import numpy as np
 from distx.engine import data
 from distx.engine.runtime import RunInfo, Runtime
 from distx.engine.transport import LocalHub, MPITransport, Transport
-from distx.errors import UserError
+from distx.errors import ResultsWriteError, UserError
 from distx.script.model import Script, load_script
 from distx.vocabulary import ExitCode
 
@@ -59,7 +59,7 @@ class _Prepared:
 # Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts).
 if TYPE_CHECKING:
     from distx.engine.coordinator import Coordinator
-    from distx.results.store import ResultsFile
+    from distx.results.writer import ResultsFile
 
 
 def run(options: RunOptions) -> int:
@@ -76,7 +76,7 @@ def run(options: RunOptions) -> int:
 def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
     from distx.check.checks import check_script
     from distx.results import provenance
-    from distx.results.store import ResultsFile, RunIdentity
+    from distx.results.writer import ResultsFile, RunIdentity
 
     script = load_script(options.script)
     plan = check_script(script, size, options.overrides)
@@ -119,7 +119,7 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
     aborts the whole MPI job, after rank 0 has closed the results file: a rank that just
     exited would leave the others waiting for it.
     """
-    prepared = None
+    prepared = failure = None
     try:
         hosts = transport.gather(socket.gethostname())
         verdict = None
@@ -127,13 +127,14 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
             try:
                 prepared = _prepare(options, transport.size, hosts)
                 verdict = ("ok", prepared.script, prepared.run_id, hosts)
-            except UserError as error:
-                verdict = ("error", str(error))
+            except (UserError, ResultsWriteError) as error:
+                failure = error
+                verdict = ("error", 1 if isinstance(error, ResultsWriteError) else 2)
         verdict = transport.broadcast(verdict)
         if verdict[0] == "error":
             if transport.rank == 0:
-                raise UserError(verdict[1])
-            return 2
+                raise failure
+            return verdict[1]
         _, script, run_id, hosts = verdict  # parsed on rank 0: the others need no YAML parser
         info = _info(script, options, run_id, transport.size, hosts)
         if transport.rank == 0:
@@ -174,6 +175,7 @@ def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int
 
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     coordinator = Coordinator(transport, info, prepared.results, shapes)
+    prepared.results.on_failure = transport.abort  # a file it cannot write ends the job
     _stop_on_signals(coordinator)
     coordinator.reach("Init")
     coordinator.reach("PreRun")
@@ -222,6 +224,7 @@ def _run_single_process(options: RunOptions) -> int:
     hub = LocalHub(info.plan.size)
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     coordinator = Coordinator(hub.transport(0), info, prepared.results, shapes)
+    prepared.results.on_failure = coordinator.transport.abort
     _stop_on_signals(coordinator)
     others = [Runtime(hub.transport(rank), info) for rank in range(1, info.plan.size)]
     layout = data.layouts(prepared.arrays, info.script.data)

@@ -22,7 +22,7 @@ from distx.engine.coordinator import Coordinator
 from distx.engine.runtime import RunInfo, Runtime
 from distx.engine.transport import MPITransport
 from distx.results.provenance import new_run_id
-from distx.results.store import ResultsFile, RunIdentity
+from distx.results.writer import ResultsFile, RunIdentity
 from distx.script.model import parse_script
 from distx.script.roles import plan_roles
 from distx.script.source import Source

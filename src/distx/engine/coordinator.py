@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from distx.engine.runtime import RunInfo, Runtime
 from distx.engine.transport import Kind, Transport
-from distx.results.store import ResultsFile
+from distx.results.writer import ResultsFile
 from distx.vocabulary import ExitCode
 
 if TYPE_CHECKING:

@@ -32,12 +32,12 @@ from distx.engine.tasks import reduce_values
 from distx.engine.transport import Kind
 from distx.engine.worker import BatchResult, SweepPlan
 from distx.errors import Cancelled, TaskFailed
-from distx.results.store import ATTEMPTS
+from distx.vocabulary import Status
 
 if TYPE_CHECKING:
     from distx.engine.coordinator import Coordinator
     from distx.engine.runtime import TaskRun
-    from distx.results.store import ExperimentTable
+    from distx.results.experiments import ExperimentTable
 
 BATCH_SECONDS = 0.05
 MAX_BATCH = 4096
@@ -70,7 +70,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     table = coordinator.results.experiments(grid, ids, outputs)
     table_rows = np.array([table.row_of[experiment_id] for experiment_id in ids],
                           dtype=np.int64)
-    todo = np.flatnonzero(table.rows["status"][table_rows] != b"done")
+    todo = np.flatnonzero(table.status_of(table_rows) != Status.DONE.encoded)
     plan = SweepPlan(next(_numbers), config["Kernel"], inputs, config.get("Args", {}), outputs,
                      len(holders) if rows_inputs else 1, todo, config.get("Timeout"))
     weights = None
@@ -88,7 +88,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     finally:
         coordinator.active_sweep = None
         sweep.progress.finish(sweep.remaining, sweep.errors)
-        coordinator.results.flush()
+        coordinator.results.checkpoint()
     _report(run, coordinator, table)
 
 
@@ -97,10 +97,9 @@ def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable) -> N
     run.log(f"sweep finished: {counts.get('done', 0)} done, {counts.get('error', 0)} error")
     if counts.get("error"):
         coordinator.failed_experiments += counts["error"]
-        first = table.rows[table.rows["status"] == b"error"][0]
-        run.log(f"{counts['error']} experiment(s) failed; first: id {first['id'].decode()}: "
-                f"{first['error'].splitlines()[0] if first['error'] else ''}", "ERROR",
-                echo=True)
+        first_id, first_error = table.first_error()
+        run.log(f"{counts['error']} experiment(s) failed; first: id {first_id}: {first_error}",
+                "ERROR", echo=True)
 
 
 class Sweep:
@@ -113,7 +112,7 @@ class Sweep:
         self.table = table
         self.ids = ids
         self.rows = rows  # table row of each experiment to run
-        self.earlier_attempts = table.rows["attempts"][self.rows].astype(np.int32)
+        self.earlier_attempts = table.attempts_of(self.rows)
         self.retries = retries
         self.reduce = reduce
         self.weights = weights
@@ -166,8 +165,7 @@ class Sweep:
 
     def _unfinished_back_to_created(self) -> None:
         """After a stop or a fatal error: what did not finish is not done."""
-        running = self.rows[self.table.rows["status"][self.rows] == b"running"]
-        self.table.update_many(running, status=b"created")
+        self.table.back_to_created(self.rows)
 
     def on_stuck(self, source: int, number: int, task_id: int, start: float,
                  error: str) -> None:
@@ -175,11 +173,11 @@ class Sweep:
         if number != self.plan.number:
             return
         position = task_id // self.plan.parts
-        if self.table.rows["status"][self.rows[position]] == b"running":  # not yet recorded
+        if self.table.status_of(self.rows[position]) == Status.RUNNING.encoded:  # not recorded
             entry = self._entry(position, source, start)
             entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
             entry.failed = True
-            self._record(position, entry, source, time.time(), "error", error)
+            self._record(position, entry, source, time.time(), Status.ERROR, error)
         self.fatal = error
         self._unfinished_back_to_created()
 
@@ -197,9 +195,7 @@ class Sweep:
             self.in_flight[rank] += 1
             self.attempts[batch] += 1
             rows = self.rows[batch // self.plan.parts]
-            starting = rows[self.table.rows["status"][rows] != b"running"]
-            self.table.update_many(starting, status=b"running", rank=rank,
-                                   host=self.hosts[rank], start=time.time())
+            self.table.start(rows, rank, self.hosts[rank], time.time())
             self.coordinator.transport.send(rank, Kind.SWEEP_TASKS, (self.plan.number, batch))
 
     def _batch_size(self, rank: int) -> int:
@@ -270,19 +266,11 @@ class Sweep:
     def _record_attempts(self, source: int, batch: BatchResult) -> None:
         """One /attempts row per task, written as a block."""
         positions, parts = np.divmod(batch.task_ids, self.plan.parts)
-        block = np.empty(len(batch.task_ids), dtype=ATTEMPTS)
-        block["run"] = self.results.run
-        block["id"] = self.table.rows["id"][self.rows[positions]]
-        block["part"] = parts
-        block["attempt"] = self.earlier_attempts[positions] + self.attempts[batch.task_ids]
-        block["rank"] = source
-        block["host"] = self.hosts[source]
-        block["start"], block["end"] = batch.start, batch.end
-        block["status"] = np.where(batch.ok, b"done", b"error")
-        block["error"] = ""
-        for position, (text, _) in batch.errors.items():
-            block["error"][position] = text
-        self.results.tables["attempts"].append_block(block)
+        self.table.record_attempts(
+            self.rows[positions], parts,
+            self.earlier_attempts[positions] + self.attempts[batch.task_ids], source,
+            self.hosts[source], batch.start, batch.end, batch.ok,
+            {position: text for position, (text, _) in batch.errors.items()})
 
     def _record_done(self, source: int, batch: BatchResult, chosen: np.ndarray) -> None:
         """Experiments finished by one successful task with numeric outputs, all at once."""
@@ -290,11 +278,11 @@ class Sweep:
         if not len(task_ids):
             return
         positions = task_ids // self.plan.parts
-        self.table.update_many(
-            self.rows[positions], status=b"done", rank=source, host=self.hosts[source],
-            attempts=self.earlier_attempts[positions] + self.attempts[task_ids],
-            start=batch.start[chosen], end=batch.end[chosen], error="",
-            **{name: column[chosen] for name, column in batch.values.items()})
+        self.table.record_done(
+            self.rows[positions], source, self.hosts[source],
+            self.earlier_attempts[positions] + self.attempts[task_ids],
+            batch.start[chosen], batch.end[chosen],
+            {name: column[chosen] for name, column in batch.values.items()})
         self.remaining -= len(task_ids)
 
     def _one_result(self, source: int, batch: BatchResult, position: int) -> None:
@@ -326,7 +314,7 @@ class Sweep:
         entry.outputs[part] = outputs
         entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
         if len(entry.outputs) == self.plan.parts:
-            self._record(position, entry, source, end, "done", "")
+            self._record(position, entry, source, end, Status.DONE, "")
 
     def _task_failed(self, task_id: int, source: int, error: str, start: float,
                      end: float) -> None:
@@ -340,27 +328,28 @@ class Sweep:
             return
         entry.failed = True
         entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
-        self._record(position, entry, source, end, "error", error)
+        self._record(position, entry, source, end, Status.ERROR, error)
 
     def _record(self, position: int, entry: _Pending, source: int, end: float,
-                status: str, error: str) -> None:
-        fields: dict[str, Any] = {"status": status, "start": entry.start, "end": end,
-                                  "attempts": self.earlier_attempts[position] + entry.attempts,
-                                  "error": error}
+                status: Status, error: str) -> None:
+        row = int(self.rows[position])
         if self.plan.parts == 1 or len(entry.ranks) == 1:
-            fields.update(rank=source, host=self.hosts[source])  # the attempt that decided
+            rank, host = source, self.hosts[source]  # the attempt that decided
         else:
-            fields.update(rank=-1, host=b"")
-        if status == "done":
+            rank, host = -1, ""
+        numbers = {}
+        if status == Status.DONE:
             for name, value in self._combine(entry).items():
                 if isinstance(value, np.ndarray) and value.ndim > 0:
-                    self.table.set_output_array(self.ids[position], name, value)
+                    self.table.set_output_array(row, name, value)
                 else:
-                    fields[name] = float(value)
-        self.table.update(int(self.rows[position]), **fields)
+                    numbers[name] = value
+        self.table.record(row, Status(status), rank, host,
+                          self.earlier_attempts[position] + entry.attempts, entry.start, end,
+                          error, numbers)
         del self.pending[position]
         self.remaining -= 1
-        self.errors += status == "error"
+        self.errors += status == Status.ERROR
 
     def _combine(self, entry: _Pending) -> dict[str, Any]:
         if self.plan.parts == 1:

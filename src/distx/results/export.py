@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from distx.errors import UserError
-from distx.results.store import read_results
+from distx.results.reader import read_results
 
 TABLES = ("experiments", "attempts", "milestones", "values", "tasks", "logs", "runs")
 

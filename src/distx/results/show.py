@@ -9,7 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from distx.results.store import read_results, status_counts
+from distx.results.experiments import status_counts
+from distx.results.reader import read_results
 
 
 def _text(value: object) -> str:

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.results.store import read_results
+from distx.results.reader import read_results
 
 WAITS = {"Remote.WaitForMilestone", "Remote.GetValue", "Run.Delay", "Run.Sweep"}
 

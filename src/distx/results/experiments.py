@@ -1,0 +1,194 @@
+"""The experiments table and the attempt history: their one owner.
+
+Rank 0 keeps the table in memory. The sweep changes it only through the named transitions
+below (start, record a batch, record one, put back to created, reset); each marks the rows
+it changed, and the writer collects those changes (`take_changes`) into journal records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from distx.results.journal import Record
+from distx.results.layout import (
+    ATTEMPTS,
+    cell,
+    column_type,
+    experiment_dtype,
+    python_value,
+    stored_text,
+)
+from distx.script.grid import Grid
+from distx.vocabulary import Status
+
+CREATED, RUNNING, DONE, ERROR = (status.encoded for status in Status)
+
+
+def experiment_rows(grid: Grid, ids: list[str], outputs: list[str],
+                    existing: np.ndarray | None) -> np.ndarray:
+    """The table for this grid: the rows of the file as they are (same ids, positions,
+    history), then the experiments of the grid that the file lacks."""
+    known = set() if existing is None else {row_id.decode() for row_id in existing["id"]}
+    added = np.array([index for index, row_id in enumerate(ids) if row_id not in known],
+                     dtype=np.int64)
+    keyfields = {}
+    for name, values in grid.columns.items():
+        values = list(values)
+        if existing is not None and name in existing.dtype.names:
+            values += [python_value(v) for v in np.unique(existing[name])]
+        keyfields[name] = column_type(values)
+    rows = np.zeros(len(known) + len(added), dtype=experiment_dtype(keyfields, outputs))
+    rows["error"] = ""
+    for name in outputs:
+        rows[name] = np.nan
+    if existing is not None:
+        for name in rows.dtype.names:
+            if name in existing.dtype.names:
+                rows[name][:len(existing)] = existing[name]
+    new = rows[len(known):]
+    new["id"] = [ids[i] for i in added.tolist()]
+    new["index"] = np.arange(len(known), len(rows))
+    for name, values in grid.keyfield_columns(added).items():
+        new[name] = [cell(value) for value in values]
+    new["status"] = CREATED
+    new["rank"] = -1
+    new["start"] = np.nan
+    new["end"] = np.nan
+    return rows
+
+
+class ExperimentTable:
+    """The experiments of a results file and the attempts of this run, in memory."""
+
+    def __init__(self, rows: np.ndarray, run: int) -> None:
+        self.rows = rows
+        self.run = run
+        self.row_of = {row_id.decode(): position
+                       for position, row_id in enumerate(rows["id"])}
+        self._changed = np.zeros(len(rows), dtype=bool)
+        self._attempts: list[np.ndarray] = []
+        self._arrays: list[Record] = []
+
+    # ----- transitions ---------------------------------------------------------------------
+    def start(self, rows: np.ndarray, rank: int, host: str, when: float) -> None:
+        """Rows not yet running become running on `rank`."""
+        starting = rows[self.rows["status"][rows] != RUNNING]
+        self._set(starting, status=RUNNING, rank=rank, host=host, start=when)
+
+    def record_done(self, rows: np.ndarray, rank: int, host: str, attempts: np.ndarray,
+                    start: np.ndarray, end: np.ndarray,
+                    outputs: dict[str, np.ndarray]) -> None:
+        """A batch of experiments finished, each by one task on `rank`, numeric outputs."""
+        self._set(rows, status=DONE, rank=rank, host=host, attempts=attempts, start=start,
+                  end=end, error="", **{name: _floats(column)
+                                        for name, column in outputs.items()})
+
+    def record(self, row: int, status: Status, rank: int, host: str, attempts: int,
+               start: float, end: float, error: str, outputs: dict[str, Any]) -> None:
+        """One experiment finished as done or error (numeric outputs; arrays go through
+        set_output_array)."""
+        self._set(np.array([row]), status=status.encoded, rank=rank, host=host,
+                  attempts=attempts, start=start, end=end, error=stored_text(error),
+                  **{name: _floats(np.array([value], dtype=object))
+                     for name, value in outputs.items()})
+
+    def set_output_array(self, row: int, output: str, array: np.ndarray) -> None:
+        experiment_id = self.rows["id"][row].decode()
+        self._arrays.append(Record("dataset", {"name": f"experiment_arrays/{output}/"
+                                               f"{experiment_id}"}, {"data": array}))
+
+    def back_to_created(self, rows: np.ndarray) -> None:
+        """The running ones among `rows` did not finish (a stop, a fatal error)."""
+        self._set(rows[self.rows["status"][rows] == RUNNING], status=CREATED)
+
+    def reset(self, statuses: set[str]) -> dict[str, int]:
+        """Experiments with one of `statuses` back to created; returns what was reset."""
+        chosen = np.flatnonzero(np.isin(self.rows["status"], [s.encode() for s in statuses]))
+        counts = status_counts(self.rows[chosen])
+        self._set(chosen, status=CREATED)
+        return counts
+
+    def record_attempts(self, rows: np.ndarray, parts: np.ndarray, attempts: np.ndarray,
+                        rank: int, host: str, start: np.ndarray, end: np.ndarray,
+                        ok: np.ndarray, errors: dict[int, str]) -> None:
+        """One /attempts row per task of a batch (errors: text by position in the batch)."""
+        block = np.empty(len(rows), dtype=ATTEMPTS)
+        block["run"] = self.run
+        block["id"] = self.rows["id"][rows]
+        block["part"] = parts
+        block["attempt"] = attempts
+        block["rank"] = rank
+        block["host"] = host.encode()
+        block["start"], block["end"] = start, end
+        block["status"] = np.where(ok, DONE, ERROR)
+        block["error"] = ""
+        for position, text in errors.items():
+            block["error"][position] = stored_text(text)
+        self._attempts.append(block)
+
+    def _set(self, rows: np.ndarray, **columns: Any) -> None:
+        if not len(rows):
+            return
+        for name, value in columns.items():
+            self.rows[name][rows] = value.encode() if isinstance(value, str) and \
+                self.rows.dtype[name].kind == "S" else value
+        self._changed[rows] = True
+
+    # ----- questions -----------------------------------------------------------------------
+    def status_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.rows["status"][rows]
+
+    def attempts_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.rows["attempts"][rows].astype(np.int32)
+
+    def counts(self) -> dict[str, int]:
+        return status_counts(self.rows)
+
+    def first_error(self) -> tuple[str, str] | None:
+        """(id, first line of the error) of the first experiment in error."""
+        failed = np.flatnonzero(self.rows["status"] == ERROR)
+        if not len(failed):
+            return None
+        row = self.rows[failed[0]]
+        return row["id"].decode(), (row["error"].splitlines() or [""])[0]
+
+    # ----- for the writer ------------------------------------------------------------------
+    def take_changes(self) -> list[Record]:
+        """Journal records of everything changed since the last call."""
+        records = self._arrays
+        self._arrays = []
+        positions = np.flatnonzero(self._changed)
+        if len(positions):
+            self._changed[positions] = False
+            low, high = int(positions[0]), int(positions[-1]) + 1
+            changed = self.rows[low:high].copy() if len(positions) == high - low \
+                else self.rows[positions]   # a sweep changes rows in order: often a slice
+            records.append(Record("rows", {}, {"positions": positions, "rows": changed}))
+        if self._attempts:
+            block = np.concatenate(self._attempts)
+            self._attempts = []
+            records.append(Record("append", {"table": "attempts"}, {"rows": block}))
+        return records
+
+
+def status_counts(rows: np.ndarray) -> dict[str, int]:
+    statuses, numbers = np.unique(rows["status"], return_counts=True)
+    return {status.decode(): int(number) for status, number in zip(statuses, numbers)}
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    """Output values as float64; one that is no number (10**400, text) becomes NaN
+    rather than failing the sweep."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return np.array([_float(value) for value in np.asarray(values, dtype=object)])
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return np.nan

@@ -1,0 +1,101 @@
+"""Reading a results file, also while a run writes it: the last checkpoint plus the journal.
+
+The writer never keeps the file at the results path open: it replaces it whole at each
+checkpoint. A reader opens the path (always a complete file), and if the journal beside it
+holds records newer than that checkpoint, applies them to an in-memory copy: a consistent
+snapshot as current as the last journal write (SYNC_SECONDS), without writing anything.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import h5py
+
+from distx.errors import UserError
+from distx.results import checkpoint, journal
+from distx.results.layout import FORMAT, READABLE_VERSIONS
+
+T = TypeVar("T")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class _Moved(Exception):
+    """The file was replaced by a checkpoint while being read: read again."""
+
+
+def snapshot(path: Path, read: Callable[[h5py.File], T], tries: int = 50) -> T:
+    """`read(file)` on the current content of a results file (checkpoint + journal)."""
+    for _ in range(tries):
+        try:
+            return _read_once(Path(path), read)
+        except _Moved:
+            continue
+    raise UserError("cannot read the file: a run replaces it faster than it can be read",
+                    file=str(path), fix="try again in a moment")
+
+
+def _read_once(path: Path, read: Callable[[h5py.File], T]) -> T:
+    with path.open("rb") as raw:             # pins this version of the file
+        pinned = os.fstat(raw.fileno()).st_ino
+        with _open(path) as file:
+            if os.stat(path).st_ino != pinned:
+                raise _Moved
+            seq = int(file.attrs.get("journal_seq", 0))
+            file_id = str(file.attrs.get("file_id", ""))
+            records = journal.after(journal.read(journal.journal_path(path), file_id), seq)
+            if records is None:
+                raise _Moved
+            if not records:
+                return read(file)
+        with h5py.File(io.BytesIO(raw.read()), "r+") as image:
+            checkpoint.apply(image, records)
+            return read(image)
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as error:
+        raise UserError(f"not a readable HDF5 file ({error})", file=str(path)) from None
+
+
+def read_results(path: str | Path, read: Callable[[h5py.File], Any], tries: int = 20) -> Any:
+    """`read(file)` on a distx results file (also while a run writes it), or explain why
+    it cannot be read. A read that fails is tried again as a whole: the file at the path
+    is always complete, but a version-1 file may still be written in place by an older
+    distx."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("no such file", file=str(path), fix="give the path of a results file")
+
+    def checked(file: h5py.File) -> Any:
+        if file.attrs.get("format") != FORMAT:
+            raise UserError("not a distx results file (no format attribute "
+                            f"'{FORMAT}')", file=str(path), fix="give a file written by "
+                            "distx run")
+        check_version(file, str(path))
+        return read(file)
+
+    for attempt in range(tries):
+        try:
+            return snapshot(path, checked)
+        except (OSError, KeyError, RuntimeError, ValueError) as error:
+            if attempt == tries - 1:
+                raise UserError(f"cannot read the file while a run writes it ({error})",
+                                file=str(path), fix="try again in a moment") from None
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def check_version(file: h5py.File, path: str) -> None:
+    version = int(file.attrs.get("format_version", 1))
+    if version not in READABLE_VERSIONS:
+        raise UserError(f"written by another distx (results format version {version}; this "
+                        f"one reads versions {', '.join(map(str, READABLE_VERSIONS))})",
+                        file=path, fix="use the distx version that wrote it")

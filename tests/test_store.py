@@ -1,0 +1,327 @@
+"""The results store in process: journal, checkpoints, table transitions, claims, odd records.
+
+Fast (no MPI): each test drives the writer, the reader and the administration functions
+directly on files in tmp_path, as rank 0 and the `distx` commands do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from distx.errors import UserError
+from distx.results import admin, checkpoint, journal
+from distx.results.claim import Claim
+from distx.results.experiments import ExperimentTable, experiment_rows
+from distx.results.journal import Record
+from distx.results.layout import EXPERIMENT_COLUMNS, FORMAT, FORMAT_VERSION, stored_text
+from distx.results.reader import read_results
+from distx.results.writer import ResultsFile, RunIdentity
+from distx.script.grid import Grid
+from distx.vocabulary import Status
+
+DONE, RUNNING, CREATED = Status.DONE.encoded, Status.RUNNING.encoded, Status.CREATED.encoded
+
+
+def identity(run_id: str = "run-a", name: str = "demo") -> RunIdentity:
+    return RunIdentity(name, run_id, "Version: 2\n", "demo.yml", "sha",
+                       dict.fromkeys(("script", "kernels", "data"), "f"),
+                       {"world_size": 2, "command_line": "distx demo.yml"}, ["h0", "h1"])
+
+
+def grid(count: int) -> Grid:
+    return Grid({"seed": list(range(count))}, folds=1)
+
+
+def start_sweep(path: Path, count: int = 10, **options) -> tuple[ResultsFile, ExperimentTable]:
+    results = ResultsFile.open(path, identity(options.pop("run_id", "run-a")), **options)
+    keyfields = grid(count)
+    return results, results.experiments(keyfields, keyfields.ids(), ["result"])
+
+
+def finish(table: ExperimentTable, rows: np.ndarray, rank: int = 1) -> None:
+    table.start(rows, rank, "h1", 1.0)
+    table.record_done(rows, rank, "h1", np.ones(len(rows), dtype=np.int32),
+                      np.full(len(rows), 1.0), np.full(len(rows), 2.0),
+                      {"result": rows.astype(float) ** 2})
+    table.record_attempts(rows, np.zeros(len(rows), dtype=np.int64),
+                          np.ones(len(rows), dtype=np.int32), rank, "h1",
+                          np.full(len(rows), 1.0), np.full(len(rows), 2.0),
+                          np.ones(len(rows), dtype=bool), {})
+
+
+def on_disk(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as file:
+        return file["experiments"][()]
+
+
+def current(path: Path) -> np.ndarray:
+    return read_results(path, lambda file: file["experiments"][()])
+
+
+# ----- the journal ---------------------------------------------------------------------------
+def test_journal_round_trips_tables_text_and_arrays(tmp_path):
+    rows = np.zeros(3, dtype=[("n", "i8"), ("x", "f8"), ("s", "S4"),
+                              ("t", h5py.string_dtype())])
+    rows["n"], rows["x"], rows["s"] = [1, 2, 3], [0.5, np.inf, -1], [b"a", b"bb", b""]
+    rows["t"] = ["", "line\\x00with NUL", "ünïcode"]
+    records = [Record("append", {"table": "tasks"}, {"rows": rows}, seq=1),
+               Record("dataset", {"name": "a"}, {"data": np.arange(6.0).reshape(2, 3)}, seq=2)]
+    path = tmp_path / "j"
+    path.write_bytes(b"".join(journal.encode(record, "id") for record in records))
+    back = journal.read(path, "id")
+    assert [record.seq for record in back] == [1, 2]
+    assert back[0].arrays["rows"].tolist() == rows.tolist()
+    assert np.array_equal(back[1].arrays["data"], records[1].arrays["data"])
+    assert journal.read(path, "another file") == []
+
+
+def test_a_torn_or_corrupt_tail_ends_the_journal_at_the_last_whole_record(tmp_path):
+    frames = [journal.encode(Record("attrs", {"attrs": {"n": i}}, seq=i), "id")
+              for i in (1, 2, 3)]
+    path = tmp_path / "j"
+    for cut in range(1, len(frames[2])):
+        path.write_bytes(frames[0] + frames[1] + frames[2][:cut])
+        assert [record.seq for record in journal.read(path)] == [1, 2]
+    flipped = bytearray(frames[1])
+    flipped[-1] ^= 0xFF
+    path.write_bytes(frames[0] + bytes(flipped) + frames[2])
+    assert [record.seq for record in journal.read(path)] == [1]
+
+
+def test_a_crafted_journal_cannot_make_numpy_unpickle(tmp_path):
+    """Raw columns must not be objects: a pickle payload is refused, never loaded."""
+    header = json.dumps({"op": "dataset", "seq": 1, "file_id": "id", "fields": {"name": "x"},
+                         "arrays": {"data": {"shape": [1], "descr": None, "columns": {
+                             "null": {"descr": "|O", "offset": 0, "nbytes": 8}}}}}).encode()
+    payload = struct.pack("<I", len(header)) + header + b"\x80\x04N."  # pickle of None
+    frame = struct.pack("<4sII", journal.MAGIC, len(payload), zlib.crc32(payload)) + payload
+    (tmp_path / "j").write_bytes(frame)
+    assert journal.read(tmp_path / "j") == []
+
+
+# ----- table transitions -----------------------------------------------------------------------
+def test_transitions_change_only_their_rows_and_report_them(tmp_path):
+    keyfields = grid(6)
+    table = ExperimentTable(experiment_rows(keyfields, keyfields.ids(), ["result"], None), 0)
+    assert set(table.status_of(np.arange(6))) == {CREATED}
+    rows = np.array([0, 1, 2])
+    table.start(rows, 1, "h1", 5.0)
+    table.start(np.array([2, 3]), 2, "h2", 6.0)      # 2 is running already: stays on rank 1
+    assert table.rows["rank"][:4].tolist() == [1, 1, 1, 2]
+    table.record_done(np.array([0, 1]), 1, "h1", np.array([1, 1]), np.array([5.0, 5.0]),
+                      np.array([6.0, 6.0]), {"result": np.array([10**400, 4], dtype=object)})
+    assert np.isnan(table.rows["result"][0]) and table.rows["result"][1] == 4
+    table.record(2, Status.ERROR, 1, "h1", 3, 5.0, 7.0, "boom\0\udcff", {})
+    assert table.first_error() == (keyfields.ids()[2], "boom\\x00\\udcff")
+    table.back_to_created(np.arange(6))                # only 3 was still running
+    assert table.status_of(np.arange(6)).tolist() == [DONE, DONE, b"error", CREATED,
+                                                      CREATED, CREATED]
+    changes = table.take_changes()
+    assert [record.op for record in changes] == ["rows"]
+    assert changes[0].arrays["positions"].tolist() == [0, 1, 2, 3]
+    assert table.take_changes() == []
+    assert table.reset({"error"}) == {"error": 1}
+    assert table.counts() == {"created": 4, "done": 2}
+    assert table.take_changes()[0].arrays["positions"].tolist() == [2]
+
+
+def test_resume_keeps_rows_and_appends_the_new_grid_points():
+    first = grid(4)
+    rows = experiment_rows(first, first.ids(), ["result"], None)
+    rows["status"][:2] = DONE
+    bigger = Grid({"seed": [0.5, *range(6)]}, folds=1)     # int column becomes float
+    merged = experiment_rows(bigger, bigger.ids(), ["result"], rows)
+    assert merged.dtype["seed"] == np.float64
+    assert merged["id"][:4].tolist() == rows["id"].tolist()
+    assert merged["status"][:4].tolist() == rows["status"].tolist()
+    assert sorted(merged["seed"][4:].tolist()) == [0.5, 4.0, 5.0]
+    assert merged["index"].tolist() == list(range(7))
+
+
+def test_experiment_columns_name_the_tables_own_columns():
+    assert {"id", "index", "status", "attempts", "rank", "host", "start", "end",
+            "error"} == set(EXPERIMENT_COLUMNS)
+
+
+# ----- writer, checkpoints, recovery ----------------------------------------------------------
+def test_a_crash_leaves_the_last_checkpoint_and_the_journal_the_rest(tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path)
+    finish(table, np.arange(3))
+    results.flush()                  # durable in the journal, not yet in a checkpoint
+    finish(table, np.arange(3, 5))   # arrived, not yet synced: may be run again
+    # "killed" here: the object is dropped without close
+    assert (on_disk(path)["status"] == CREATED).all()          # the checkpoint
+    assert (current(path)["status"][:3] == DONE).all()          # checkpoint + journal
+    results.claim.release()          # what the kernel does when the process dies
+    assert admin.recover(path) > 0
+    rows = on_disk(path)
+    assert rows["status"][:3].tolist() == [DONE] * 3 and rows["result"][2] == 4
+    assert not journal.journal_path(path).exists()
+
+
+def test_a_checkpoint_replaces_the_file_whole_and_close_removes_journal_and_claim(tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path)
+    inode = path.stat().st_ino
+    finish(table, np.arange(10))
+    results.checkpoint()
+    assert path.stat().st_ino != inode          # a new file, renamed over the old one
+    assert (on_disk(path)["status"] == DONE).all()
+    results.close("Finished", 0)
+    with h5py.File(path, "r") as file:
+        assert file.attrs["state"] == "Finished" and file.attrs["format"] == FORMAT
+        assert file.attrs["format_version"] == FORMAT_VERSION
+        assert len(file["attempts"]) == 10 and file["runs"][0]["state"] == b"Finished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+
+
+def test_a_kill_during_a_checkpoint_leaves_the_old_file_and_a_leftover_that_recover_removes(
+        tmp_path, monkeypatch):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path)
+    finish(table, np.arange(4))
+    results.flush()
+    before = path.read_bytes()
+
+    def killed(*_):
+        raise KeyboardInterrupt  # stands for SIGKILL between the copy and the rename
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        results.checkpoint()
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    results.claim.release()
+    admin.recover(path)
+    assert (on_disk(path)["status"][:4] == DONE).all()
+    assert checkpoint.leftovers(path) == []
+
+
+def test_resume_replays_the_journal_and_rebuilds_the_table_in_one_checkpoint(tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path, 4)
+    finish(table, np.arange(2))
+    results.flush()
+    results.claim.release()                       # killed
+    again = ResultsFile.open(path, identity("run-b"), resume=True)
+    bigger = Grid({"seed": [0.5, *range(4)]}, folds=1)
+    table = again.experiments(bigger, bigger.ids(), ["result"])
+    rows = on_disk(path)
+    assert rows.dtype["seed"] == np.float64 and len(rows) == 5
+    assert rows["status"].tolist() == [DONE, DONE, CREATED, CREATED, CREATED]
+    assert table.counts() == {"done": 2, "created": 3}
+    again.close("Finished", 0)
+    with h5py.File(path, "r") as file:
+        assert file["runs"]["run_id"].tolist() == [b"run-a", b"run-b"]
+
+
+def test_reset_goes_through_a_checkpoint_and_keeps_attempts(tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path, 5)
+    finish(table, np.arange(5))
+    results.close("Finished", 0)
+    assert admin.reset_experiments(path, {"done"}) == {"done": 5}
+    rows = on_disk(path)
+    assert (rows["status"] == CREATED).all()
+    with h5py.File(path, "r") as file:
+        assert len(file["attempts"]) == 5
+
+
+# ----- one writer per file ---------------------------------------------------------------------
+def test_a_second_writer_is_refused_naming_the_first_and_a_dead_claim_is_taken_over(tmp_path):
+    path = tmp_path / "out.h5"
+    results, _ = start_sweep(path)
+    for options in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(UserError, match=r"being written by run run-a \(run; host .*pid "
+                           rf"{os.getpid()}"):
+            ResultsFile.open(path, identity("run-b"), **options)
+    with pytest.raises(UserError, match="run-a"):
+        admin.reset_experiments(path, {"done"})
+    with pytest.raises(UserError, match="run-a"):
+        admin.recover(path)
+    results.claim.release()                   # the first writer dies: its lock goes
+    taken = Claim(path, "run-c", "resume")
+    taken.release()
+
+
+# ----- what may be replaced --------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["script", "not hdf5", "other hdf5", "folder", "device"])
+def test_overwrite_replaces_only_a_distx_results_file(tmp_path, kind):
+    path = tmp_path / "target"
+    if kind == "script":
+        path.write_text("Version: 2\nName: mine\n")
+    elif kind == "not hdf5":
+        path.write_bytes(b"\0" * 100)
+    elif kind == "other hdf5":
+        with h5py.File(path, "w") as file:
+            file["x"] = 1
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        os.mknod(path, 0o600 | 0o020000, os.makedev(1, 3))
+    before = None if path.is_dir() or kind == "device" else path.read_bytes()
+    with pytest.raises(UserError):
+        ResultsFile.open(path, identity(), overwrite=True)
+    if before is not None:
+        assert path.read_bytes() == before
+    assert not Path(str(path) + ".lock").exists()
+
+
+def test_an_output_under_a_regular_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        ResultsFile.open(tmp_path / "file" / "sub" / "out.h5", identity())
+
+
+# ----- any record from any rank ----------------------------------------------------------------
+ODD_TEXT = ["a\0b", "", ".", "/", "\udcff\udcfe not UTF-8", "x" * 10_000]
+
+
+def test_odd_records_from_any_rank_are_all_stored(tmp_path):
+    path = tmp_path / "out.h5"
+    results = ResultsFile.open(path, identity())
+    for key in ("", ".", "/", "a/b", "..", "\0"):
+        results.record_value(1, {"key": key, "role": "r\0", "time": 1.0,
+                                 "value": np.arange(3)})
+    for value in (10**400, "t\0ext", b"\xff\xfe", {"k": [1, None]}, np.int64(3), float("nan")):
+        results.record_value(2, {"key": "odd", "role": "r", "time": 1.0, "value": value})
+    results.record_value(2, {"key": "u", "role": "r", "time": 1.0,
+                             "value": np.array(["é", "\0"])})
+    for text in ODD_TEXT:
+        results.record_task(1, {"role": text, "index": 0, "task": text, "status": "error",
+                                "start": 0.0, "end": 1.0, "error": text,
+                                "log": [(1.0, "INFO", text)]})
+        results.record_milestone(1, text, text, 1.0, text)
+    results.record_file(1, {"name": "..", "role": "r", "index": 0, "source": "\0",
+                            "data": b"\0\xff"})
+    keyfields = grid(2)
+    table = results.experiments(keyfields, keyfields.ids(), ["result"])
+    table.record(0, Status.ERROR, 1, "h\0", 1, 0.0, 1.0, "\0\udcff", {"result": 10**400})
+    table.record_attempts(np.array([0]), np.array([0]), np.array([1]), 1, "h", np.zeros(1),
+                          np.ones(1), np.zeros(1, dtype=bool), {0: "err\0"})
+    results.close("Finished", 0)
+    with h5py.File(path, "r") as file:
+        values = file["values"][()]
+        assert len(values) == 13
+        for row in values[:6]:
+            assert np.array_equal(file[row["value"].decode()][()], np.arange(3))
+        assert json.loads(values[6]["value"]) == 10**400
+        assert len(file["tasks"]) == len(ODD_TEXT) and len(file["logs"]) == len(ODD_TEXT)
+        assert file["tasks"][0]["error"] == b"a\\x00b"
+        assert file["experiments"][0]["error"] == b"\\x00\\udcff"
+        assert len(file["files/run0/rank1"]) == 1
+
+
+def test_stored_text_keeps_plain_text_and_escapes_what_hdf5_refuses():
+    assert stored_text("plain") == "plain"
+    assert stored_text("a\0b") == "a\\x00b"
+    assert stored_text("\udcff") == "\\udcff"
+    assert stored_text(b"\xff") == "\\xff"
