@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -175,7 +176,7 @@ def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int
 
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     coordinator = Coordinator(transport, info, prepared.results, shapes)
-    prepared.results.on_failure = transport.abort  # a file it cannot write ends the job
+    prepared.results.on_failure = _ender(transport)  # a file it cannot write ends the job
     _stop_on_signals(coordinator)
     coordinator.reach("Init")
     coordinator.reach("PreRun")
@@ -183,6 +184,14 @@ def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int
     prepared.arrays.clear()
     coordinator.preload_kernels()
     return _finish(coordinator, prepared)
+
+
+def _ender(transport: Transport) -> Callable[[int], None]:
+    """Ends the whole job at once (MPI_Abort may return before the job is torn down)."""
+    def end(exit_code: int) -> None:
+        transport.abort(exit_code)
+        os._exit(exit_code)
+    return end
 
 
 def _work(transport: Transport, info: RunInfo) -> int:
@@ -224,7 +233,7 @@ def _run_single_process(options: RunOptions) -> int:
     hub = LocalHub(info.plan.size)
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     coordinator = Coordinator(hub.transport(0), info, prepared.results, shapes)
-    prepared.results.on_failure = coordinator.transport.abort
+    prepared.results.on_failure = _ender(coordinator.transport)
     _stop_on_signals(coordinator)
     others = [Runtime(hub.transport(rank), info) for rank in range(1, info.plan.size)]
     layout = data.layouts(prepared.arrays, info.script.data)

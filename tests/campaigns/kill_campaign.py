@@ -37,6 +37,8 @@ sys.path.insert(0, str(TESTS))
 from conftest import mpiexec  # noqa: E402
 from test_durability import kill_everything, rank_pids  # noqa: E402
 
+from distx.results import checkpoint  # noqa: E402
+
 SCRIPT = """\
 Version: 2
 Name: campaign
@@ -100,10 +102,13 @@ def table(path: Path) -> np.ndarray:
 
 
 def kill_at_random(command: list[str], output: Path, seconds: float, rng: random.Random,
-                   ranks: bool = True) -> float | None:
-    """Start `command`, SIGKILL it after `seconds`; the kill time, or None if it ended."""
+                   ranks: bool = True, after_checkpoint: bool = False) -> float | None:
+    """Start `command`, SIGKILL it after `seconds` (counted from its first checkpoint if
+    `after_checkpoint`); the kill time, or None if it ended first."""
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        while after_checkpoint and not checkpoint.leftovers(output) and job.poll() is None:
+            time.sleep(0.005)
         end = time.monotonic() + seconds
         while time.monotonic() < end and job.poll() is None:
             time.sleep(0.01)
@@ -157,7 +162,7 @@ def sweep_kills(work: Path, script: Path, count: int, horizon: float, rng: rando
     while figures.kills < count:
         extra = ["--resume"] if output.exists() else []
         killed_at = kill_at_random(distx_command(script, "-o", output, *extra), output,
-                                   rng.uniform(0, horizon), rng)
+                                   rng.uniform(0, 1.3 * horizon), rng)
         if killed_at is None:        # the run finished: start over with a new file
             figures.finished_before_kill += 1
             output.unlink()
@@ -179,14 +184,16 @@ def sweep_kills(work: Path, script: Path, count: int, horizon: float, rng: rando
 
 
 def rebuild_kills(work: Path, base: Path, script: Path, count: int, rng: random.Random,
-                  figures: Figures) -> Path:
+                  figures: Figures, rebuild_seconds: float) -> Path:
+    """Kills from the resume's first checkpoint (the file is copied) to `rebuild_seconds`
+    later: the table is read, merged, rebuilt and written in that window."""
     output = work / "rebuild.h5"
     rows = table(base)
     done = dict(zip(rows["id"].tolist(), rows["result"].tolist()))
     while figures.rebuild_kills < count:
         shutil.copyfile(base, output)
         killed_at = kill_at_random(distx_command(script, "-o", output, "--resume"), output,
-                                   rng.uniform(0.5, 12), rng)
+                                   rng.uniform(0, rebuild_seconds), rng, after_checkpoint=True)
         if killed_at is None:
             figures.finished_before_kill += 1
             continue
@@ -238,7 +245,8 @@ def run_campaign(work: Path, rows: int, kills: int, rebuilds: int, resets: int,
                                   capture_output=True, text=True)
         if finished.returncode != 0 or not np.array_equal(table(killed)[KEYS], reference):
             figures.failures.append("the resumed table differs from the uninterrupted run's")
-    rebuilt = rebuild_kills(work, reference_path, floats, rebuilds, rng, figures)
+    rebuilt = rebuild_kills(work, reference_path, floats, rebuilds, rng, figures,
+                            rebuild_seconds=horizon / 2)
     if not figures.failures and rebuilds:
         finished = subprocess.run(distx_command(floats, "-o", rebuilt, "--resume"),
                                   capture_output=True, text=True)

@@ -15,6 +15,7 @@ superblock leaves dangling addresses), which is why the file at the path is neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -37,6 +38,7 @@ def replace(path: Path, records: list[Record], seq: int, file_id: str, *, fresh:
     file, which leaves out the space that deleted and rewritten objects held (HDF5 never
     gives it back): at close and when the experiments table is rebuilt.
     """
+    _check_room(path, records, fresh)
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         if fresh:
@@ -61,6 +63,17 @@ def replace(path: Path, records: list[Record], seq: int, file_id: str, *, fresh:
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise
+
+
+def _check_room(path: Path, records: list[Record], fresh: bool) -> None:
+    """Refuse a checkpoint that cannot fit before writing any of it: HDF5 meeting a full
+    disk halfway fails with errors of its own, in places it cannot report cleanly."""
+    needed = sum(array.nbytes for record in records for array in record.arrays.values())
+    needed = needed * 3 // 2 + (0 if fresh else path.stat().st_size) + (1 << 18)
+    folder = os.statvfs(path.parent)
+    if folder.f_bavail * folder.f_frsize < needed:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a checkpoint needs "
+                      f"{needed / 2**20:.1f} MiB)")
 
 
 def _copy_objects(source: Path, target: Path, skip: set[str]) -> None:
@@ -103,11 +116,13 @@ def apply(file: h5py.File, records: list[Record]) -> None:
 def _apply_rows(file: h5py.File, records: list[Record]) -> None:
     """Experiment rows by position, as one read-modify-write of the span they cover."""
     dataset = file["experiments"]
-    positions = np.unique(np.concatenate([record.arrays["positions"] for record in records]))
-    low, high = int(positions[0]), int(positions[-1]) + 1
+    low = min(int(record.arrays["positions"][0]) for record in records)
+    high = max(int(record.arrays["positions"][-1]) for record in records) + 1
+    covered = np.zeros(high - low, dtype=bool)
+    for record in records:
+        covered[record.arrays["positions"] - low] = True
     # A sweep changes rows in order: when the records cover the whole span, skip reading it.
-    covered = len(positions) == high - low
-    span = np.empty(high - low, dtype=dataset.dtype) if covered else dataset[low:high]
+    span = np.empty(high - low, dtype=dataset.dtype) if covered.all() else dataset[low:high]
     for record in records:
         span[record.arrays["positions"] - low] = _as(record.arrays["rows"], dataset.dtype)
     dataset[low:high] = span
@@ -129,10 +144,17 @@ def _create_table(file: h5py.File, name: str, dtype: np.dtype) -> h5py.Dataset:
 
 
 def _apply_experiments(file: h5py.File, record: Record) -> None:
-    """A new experiments table (first sweep, or resume with a changed column type)."""
-    if "experiments" in file:
-        del file["experiments"]
+    """The experiments table of a sweep: new (a first sweep, or a column that changed type
+    on resume), or the existing one with the grid's new experiments appended."""
     rows = record.arrays["rows"]
+    if "experiments" in file:
+        existing = file["experiments"]
+        if existing.dtype == _h5_dtype(rows.dtype) and len(existing) <= len(rows):
+            start = len(existing)
+            existing.resize((len(rows),))
+            existing[start:] = _as(rows[start:], existing.dtype)
+            return
+        del file["experiments"]
     dataset = file.create_dataset("experiments", data=_as(rows, _h5_dtype(rows.dtype)),
                                   maxshape=(None,), chunks=True)
     dataset.attrs["keyfields"] = record.fields["keyfields"]

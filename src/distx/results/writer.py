@@ -67,6 +67,7 @@ class ResultsFile:
         self.table: ExperimentTable | None = None
         self.journal: JournalWriter | None = None
         self.on_failure: Callable[[int], None] | None = None  # ends the job (launch sets it)
+        self.failed = False
         self._array_count = 0
         self._last_sync = self._last_checkpoint = time.monotonic()
         self._checkpoint_cost = 0.0
@@ -190,7 +191,7 @@ class ResultsFile:
 
     def close(self, state: str, exit_code: int) -> None:
         """The run's end, in a last checkpoint; the journal and the claim go."""
-        if self.journal is None:   # closed already, or the writer failed
+        if self.journal is None or self.failed:   # closed already, or cannot write
             return
         ended = time.time()
         self.arrived += [Record("run_end", {"run": self.run, "ended": ended, "state": state,
@@ -203,17 +204,20 @@ class ResultsFile:
         self.claim.release()
 
     def _guarded(self, action: Callable[[], Any]) -> Any:
+        """Run a write; after a failed one, writes do nothing (the run is ending)."""
+        if self.failed:
+            return None
         try:
             return action()
-        except OSError as error:
+        except (OSError, RuntimeError) as error:   # h5py reports some write failures so
             self._fail(error)
 
-    def _fail(self, error: OSError) -> NoReturn:
+    def _fail(self, error: Exception) -> NoReturn:
         """The file cannot be written: one line, and the job ends (exit code 1)."""
-        message = (f"{self.path}: cannot write the results file ({error.strerror or error}); "
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        message = (f"{self.path}: cannot write the results file ({reason}); "
                    "it keeps everything recorded before. Fix: free space, then --resume")
-        if self.journal is not None:
-            self.journal = None
+        self.failed = True
         if self.on_failure is not None:
             print(f"distx: error: {message}", file=sys.stderr, flush=True)
             self.on_failure(1)
@@ -279,7 +283,8 @@ class ResultsFile:
         rows = experiment_rows(grid, ids, outputs, existing)
         table = Record("experiments", {"keyfields": grid.names, "outputs": outputs},
                        {"rows": rows})
-        self._guarded(lambda: self._checkpoint([table], compact=existing is not None))
+        rebuilt = existing is not None and existing.dtype != rows.dtype
+        self._guarded(lambda: self._checkpoint([table], compact=rebuilt))
         self.table = ExperimentTable(rows, self.run)
         return self.table
 
