@@ -34,7 +34,7 @@ from distx.engine.transport import LocalHub, MPITransport, Transport
 from distx.errors import UserError
 from distx.script.model import Script, load_script
 from distx.script.roles import plan_roles
-from distx.vocabulary import ExitCode, RunState
+from distx.vocabulary import INIT, PRE_RUN, ExitCode, RunState
 
 
 @dataclass
@@ -184,8 +184,8 @@ def _start_coordinator(transport: Transport, info: RunInfo, prepared: _Prepared)
 
 def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int:
     executor = _start_coordinator(transport, info, prepared)
-    executor.core.reach("Init")
-    executor.core.reach("PreRun")
+    executor.core.reach(INIT)
+    executor.core.reach(PRE_RUN)
     _distribute(transport, executor, prepared.arrays, info.script.data)
     prepared.arrays.clear()
     preload_kernels(executor)
@@ -195,8 +195,8 @@ def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int
 def _work(transport: Transport, info: RunInfo) -> int:
     executor = start_rank(transport, info)
     _stop_on_signals(executor)
-    executor.core.reach("Init")
-    executor.core.reach("PreRun")
+    executor.core.reach(INIT)
+    executor.core.reach(PRE_RUN)
     _distribute(transport, executor, None, info.script.data)
     preload_kernels(executor)
     run_as_worker(executor)
@@ -234,8 +234,8 @@ def _run_single_process(options: RunOptions) -> int:
     partitions = data.split_locally(prepared.arrays, layout, info.plan.holders)
     for executor in (coordinator, *others):
         executor.partitions = partitions.get(executor.rank, {})
-        executor.core.reach("Init")
-        executor.core.reach("PreRun")
+        executor.core.reach(INIT)
+        executor.core.reach(PRE_RUN)
         preload_kernels(executor)
     threads = [threading.Thread(target=_virtual_rank, args=(executor,), daemon=True,
                                 name=f"distx-rank{executor.rank}") for executor in others]

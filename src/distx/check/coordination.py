@@ -17,9 +17,10 @@ from distx.engine.tasks import MILESTONE, TASKS
 from distx.script.model import Script, TaskSpec
 from distx.script.roles import SERVE_ONLY, RolePlan, default_target
 from distx.script.schema import is_reference
-from distx.vocabulary import STARTED
+from distx.vocabulary import POST_RUN, STARTED, RunState
 
-ENDED = ("PostRun", "Finished")
+ENDED = (POST_RUN, RunState.FINISHED.value)
+"""What every role reaches once its sequence is done."""
 
 
 @dataclass(frozen=True)

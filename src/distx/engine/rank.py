@@ -16,7 +16,7 @@ from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.tasks import TASKS
 from distx.engine.transport import Transport
 from distx.errors import Cancelled, TaskFailed
-from distx.vocabulary import RunState
+from distx.vocabulary import POST_RUN, RUN, RunState
 
 
 def start_rank(transport: Transport, info: RunInfo) -> Executor:
@@ -39,7 +39,7 @@ def preload_kernels(executor: Executor) -> None:
 def run_sequence(executor: Executor) -> str:
     """Run this rank's role sequence; return the terminal state reached."""
     core = executor.core
-    core.reach("Run")
+    core.reach(RUN)
     roles = executor.info.script.roles
     sequence = roles[core.role].sequence if core.role in roles else ()
     previous_log: list[str] = []
@@ -53,7 +53,7 @@ def run_sequence(executor: Executor) -> str:
         return core.end_sequence(RunState.CANCELLED, str(stop))
     except TaskFailed as failure:
         return core.end_sequence(RunState.ERRORED, str(failure).splitlines()[0])
-    core.reach("PostRun")
+    core.reach(POST_RUN)
     return core.end_sequence(RunState.FINISHED, "")
 
 
