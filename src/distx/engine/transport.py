@@ -170,7 +170,7 @@ class MPITransport(Transport):
                 self._held.extend(early)
                 return message.body
             # MPI orders messages per sender only: a faster rank's milestone can come
-            # before rank 0's start message. Without a runtime yet, keep it for later.
+            # before rank 0's start message. Without a rank core yet, keep it for later.
             if dispatch is None:
                 early.append(message)
             else:
