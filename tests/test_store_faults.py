@@ -237,7 +237,7 @@ def test_random_kills_of_a_large_sweep_a_rebuild_and_a_reset_all_recover(tmp_pat
     sys.path.insert(0, str(TESTS / "campaigns"))
     from kill_campaign import run_campaign
 
-    figures = run_campaign(tmp_path, rows=200_000, kills=4, rebuilds=3, resets=2, seed=7)
+    figures = run_campaign(tmp_path, rows=100_000, kills=3, rebuilds=2, resets=2, seed=7)
     print(figures.report())
     assert not figures.failures
     assert figures.recovered == figures.kills + figures.rebuild_kills + figures.reset_kills

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import h5py
 import numpy as np
 
 from distx.errors import ResultsWriteError, UserError
@@ -109,6 +110,12 @@ class ResultsFile:
                 force: bool) -> ResultsFile:
         """Replay what a killed run left in the journal, then check the file read-only:
         a file that is refused stays as it was (apart from the replay)."""
+        try:
+            h5py.File(path, "r", locking=False).close()
+        except OSError as error:
+            raise UserError(f"cannot resume: not a writable HDF5 file ({error})",
+                            file=str(path), fix="give the results file of an earlier run of "
+                            "this script, or drop --resume") from None
         admin.recover(path, claimed=True)
         runs, file_id, seq = snapshot(path, lambda file: _check_resumable(file, path, identity,
                                                                           force))
