@@ -180,6 +180,9 @@ def sweep_kills(work: Path, script: Path, count: int, horizon: float, rng: rando
             figures.rerun_seconds.append(max(0.0, killed_at - float(finished["end"].max())))
         done = dict(zip(finished["id"].tolist(), finished["result"].tolist()))
         print(f"  sweep kill {figures.kills}: {len(finished)} done kept", flush=True)
+        if len(finished) == len(rows) > 0:   # complete: the next kill starts a new file
+            output.unlink()
+            done = {}
     return output
 
 
