@@ -100,17 +100,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(pairs: list[str]) -> dict:
-    import yaml
+    from distx.script.source import read_scalar
 
     values = {}
     for pair in pairs:
         name, equals, text = pair.partition("=")
         if not equals or not name:
             raise UserError(f"--set {pair!r} is not NAME=VALUE", fix="write e.g. --set seed=3")
-        try:
-            values[name] = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            values[name] = text
+        values[name] = read_scalar(text) if text else ""
     return values
 
 

@@ -1,0 +1,88 @@
+"""Hostile input is refused within fixed bounds, with one line and exit code 2.
+
+The corpus in tests/bad/ holds the small cases; here are the ones too large to keep in the
+repository (generated into a temporary folder) and property tests over random input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distx.cli import main
+from distx.errors import UserError
+from distx.script import source
+from distx.script.source import Source
+
+
+def refused_quickly(path, capsys, expect: str) -> str:
+    started = time.monotonic()
+    assert main(["validate", str(path)]) == 2
+    assert time.monotonic() - started < 10
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and expect in message, message
+    return message
+
+
+def test_a_50_mb_script_is_refused_before_it_is_parsed(tmp_path, capsys):
+    script = tmp_path / "big.yml"
+    script.write_text("Name: big\nParameters:\n"
+                      + "".join(f"  key{i}: {i}\n" for i in range(3_000_000)))
+    assert script.stat().st_size > 50_000_000
+    refused_quickly(script, capsys, f"larger than {source.MAX_SCRIPT_BYTES:,} bytes")
+
+
+def test_a_1200_deep_block_mapping_is_refused(tmp_path, capsys):
+    script = tmp_path / "deep.yml"
+    script.write_text("Name: deep\nParameters:\n"
+                      + "".join(" " * (i + 1) + f"k{i}:\n" for i in range(1200)))
+    message = refused_quickly(script, capsys, f"more than {source.MAX_DEPTH} deep")
+    assert ", line " in message
+
+
+def test_nesting_up_to_the_limit_is_accepted():
+    depth = source.MAX_DEPTH - 2
+    document = Source("ok.yml", "Name: ok\nParameters:\n  a: " + "[" * depth + "]" * depth)
+    assert document.data["Name"] == "ok"
+
+
+def test_aliases_within_the_bound_are_expanded():
+    document = Source("ok.yml", "a: &a [1, 2]\nb: [*a, *a]\n")
+    assert document.data["b"] == [[1, 2], [1, 2]]
+
+
+def test_a_plain_date_is_text():
+    assert Source("ok.yml", "day: 2020-01-01\n").data == {"day": "2020-01-01"}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_random_bytes_load_or_raise_user_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("random") / "script.yml"
+    path.write_bytes(data)
+    with contextlib.suppress(UserError):
+        Source.read(path)
+
+
+YAML_PIECES = st.sampled_from(["&a ", "*a", "[", "]", "{", "}", ": ", "- ", "\n", "  ", "!!",
+                               "python/name:os.system", "<<", "!!int ", "!!timestamp ",
+                               "2020-13-45", "x", "1", ", ", "'", '"', "? ", "%YAML 1.1\n",
+                               "---\n", "!t ", ".nan", "0x1F", "~"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(YAML_PIECES, max_size=40).map("".join))
+def test_random_yaml_like_text_loads_or_raises_user_error(text):
+    try:
+        Source("random.yml", text)
+    except UserError as error:
+        assert "\n" not in str(error)
+
+
+def test_set_values_and_defaults_never_construct_objects():
+    assert source.read_scalar("!!python/name:os.system") == "!!python/name:os.system"
+    assert source.read_scalar("2020-01-01") == "2020-01-01"
+    assert source.read_scalar("3") == 3 and source.read_scalar("null") is None
