@@ -18,6 +18,7 @@ from distx.engine.data import check_data
 from distx.engine.kernels import PARTITION_NAMES, KernelLibrary
 from distx.engine.tasks import TASKS
 from distx.errors import TaskFailed, UserError
+from distx.results.store import EXPERIMENT_COLUMNS
 from distx.script.expand import expand, referenced_names
 from distx.script.model import COORDINATOR, Script, TaskSpec
 from distx.script.roles import RolePlan, check_rank_syntax, plan_roles
@@ -65,6 +66,10 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
     if spec.task == "Run.Sweep" and script.experiments is None:
         raise script.error(spec.where, "Run.Sweep needs an Experiments section",
                            "add Experiments: {Keyfields: {...}}")
+    if "Outputs" in config:
+        _check_output_names(script, spec)
+    if spec.task == "Run.Sweep":
+        _check_experiment_columns(script, spec)
     for position, name in enumerate(config.get("Inputs", [])):
         if is_reference(name):
             continue
@@ -74,6 +79,38 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
                                f"declare it under Data: (arrays: {', '.join(script.data)})")
     if spec.kernel:
         _check_kernel(script, spec, kernels, before_run)
+
+
+def _check_output_names(script: Script, spec: TaskSpec) -> None:
+    """Outputs name values to publish or columns to write: distinct plain names."""
+    seen: set[str] = set()
+    for position, name in enumerate(spec.config["Outputs"]):
+        where = (*spec.where, "Config", "Outputs", position)
+        if is_reference(name) or not name.strip() or "/" in name or name == ".":
+            raise script.error(where, f"output name {name!r} is not a plain name",
+                               "use a name such as loss or accuracy")
+        if name in seen:
+            raise script.error(where, f"output '{name}' is listed twice", "keep one of them")
+        seen.add(name)
+
+
+def _check_experiment_columns(script: Script, spec: TaskSpec) -> None:
+    """Keyfields and Outputs are columns of the experiments table, beside its own."""
+    experiments = script.experiments
+    keyfields = list(experiments.keyfields) + (["fold"] if experiments.folds else [])
+    for name in keyfields:
+        if name in EXPERIMENT_COLUMNS:
+            raise script.error(("Experiments", "Keyfields", name), f"keyfield '{name}' has "
+                               "the name of a column of the experiments table",
+                               f"rename it (taken: {', '.join(EXPERIMENT_COLUMNS)})")
+    outputs = spec.config.get("Outputs", ["result"])
+    for position, name in enumerate(outputs):
+        where = (*spec.where, "Config", "Outputs", position) if "Outputs" in spec.config \
+            else (*spec.where, "Config")
+        if name in EXPERIMENT_COLUMNS or name in keyfields:
+            taken = "a keyfield" if name in keyfields else "a column of the experiments table"
+            raise script.error(where, f"output '{name}' has the name of {taken}",
+                               f"rename it (taken: {', '.join((*EXPERIMENT_COLUMNS, *keyfields))})")
 
 
 def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:

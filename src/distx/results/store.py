@@ -40,10 +40,11 @@ import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.script.grid import Grid
+from distx.script.grid import Grid, column_type
 
 FORMAT = "distx-results"
 FORMAT_VERSION = 1
+EXPERIMENT_COLUMNS = ("id", "index", "status", "attempts", "rank", "host", "start", "end", "error")
 FLUSH_SECONDS = 0.5
 TEXT = h5py.string_dtype()
 FINGERPRINTS = ("script", "kernels", "data")
@@ -347,7 +348,7 @@ class ExperimentTable:
             values = list(values)
             if existing is not None and name in existing.dtype.names:
                 values += [_python(v) for v in np.unique(existing[name])]
-            columns.append((name, _column_type(values)))
+            columns.append((name, column_type(values)))
         columns += [("status", "S8"), ("attempts", "i4"), ("rank", "i4"), ("host", "S64"),
                     ("start", "f8"), ("end", "f8"), ("error", TEXT)]
         columns += [(name, "f8") for name in outputs]
@@ -402,16 +403,6 @@ class ExperimentTable:
 def status_counts(rows: np.ndarray) -> dict[str, int]:
     statuses, numbers = np.unique(rows["status"], return_counts=True)
     return {status.decode(): int(number) for status, number in zip(statuses, numbers)}
-
-
-def _column_type(values: list) -> str:
-    if all(isinstance(v, bool) for v in values):
-        return "?"
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return "i8"
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return "f8"
-    return f"S{max(len(str(v).encode()) for v in values)}"
 
 
 def _python(value: Any) -> Any:
