@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import time
 
+import pytest
+from conftest import JOBS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -86,3 +88,29 @@ def test_set_values_and_defaults_never_construct_objects():
     assert source.read_scalar("!!python/name:os.system") == "!!python/name:os.system"
     assert source.read_scalar("2020-01-01") == "2020-01-01"
     assert source.read_scalar("3") == 3 and source.read_scalar("null") is None
+
+
+@pytest.mark.parametrize("arguments, expect", [
+    (["run", "JOB", "--timeout", "-5"], "argument --timeout: -5 is not a number of seconds"),
+    (["run", "JOB", "--timeout", "0"], "argument --timeout: 0 is not a number of seconds"),
+    (["run", "JOB", "--timeout", "nan"], "argument --timeout: nan is not a number of seconds"),
+    (["run", "JOB", "--timeout", "1e10"], "argument --timeout: 1e10 is not a number"),
+    (["run", "JOB", "--grace", "inf"], "argument --grace: inf is not a number of seconds"),
+    (["run", "JOB", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["validate", "JOB", "-n", "1000000000"], "1000000000 ranks: give 1 to 100,000"),
+    (["validate", "JOB", "-n", "0"], "0 ranks: give 1 to 100,000"),
+    (["show"], "the following arguments are required: results"),
+])
+def test_command_line_errors_are_one_line(arguments, expect, tmp_path, capsys):
+    job = str(JOBS / "pi.yml")
+    started = time.monotonic()
+    assert main([job if item == "JOB" else item for item in arguments]) == 2
+    assert time.monotonic() - started < 10
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("distx: error: ") and "\n" not in message, message
+    assert expect in message
+
+
+def test_validate_plans_the_largest_world_it_accepts(capsys):
+    assert main(["validate", str(JOBS / "pi.yml"), "-n", "100000"]) == 0
+    assert ": OK (" in capsys.readouterr().out

@@ -29,8 +29,8 @@ from distx.script.schema import (
     DICT,
     FROM,
     KEYS,
-    POSITIVE,
     REDUCE,
+    SECONDS,
     SEVERITY,
     STR,
     STR_LIST,
@@ -61,7 +61,7 @@ def task(name: str, keys: Keys, **options: Any) -> Callable:
     return register
 
 
-WAIT = {"Timeout": POSITIVE}
+WAIT = {"Timeout": SECONDS}
 
 
 @task("Run.AddMilestone", Keys(required={"Milestone": STR}))
@@ -170,7 +170,7 @@ def message(run: TaskRun, config: dict) -> None:
     run.log(str(config["Message"]), config.get("Severity", "INFO").upper(), echo=True)
 
 
-@task("Run.Delay", Keys(required={"Time": POSITIVE}))
+@task("Run.Delay", Keys(required={"Time": SECONDS}))
 def delay(run: TaskRun, config: dict) -> None:
     run.runtime.sleep(float(config["Time"]))
 

@@ -20,7 +20,7 @@ from distx.script.schema import (
     COUNT,
     DICT,
     NUMBER,
-    POSITIVE,
+    SECONDS,
     STR,
     Keys,
     Type,
@@ -42,7 +42,7 @@ SHAPE = Type("a list of whole numbers >= 1", lambda v: isinstance(v, list) and l
 TOP_LEVEL = Keys(
     required={"Name": STR},
     optional={"Version": COUNT, "Description": STR, "Distributed": BOOL, "Output": STR,
-              "Timeout": POSITIVE, "Kernels": STR, "Parameters": DICT, "Data": DICT,
+              "Timeout": SECONDS, "Kernels": STR, "Parameters": DICT, "Data": DICT,
               "Experiments": DICT, "Roles": DICT, "Sequence": SEQUENCE_LIST},
 )
 ROLE = Keys(optional={"Ranks": RANKS, "Sequence": SEQUENCE_LIST})
@@ -178,8 +178,9 @@ def check_keys(source: Source, mapping: Any, keys: Keys, where: Where) -> None:
             raise source.error((*where, key), f"unknown key '{key}'." + suggestion(key, allowed),
                                f"use one of: {', '.join(allowed)}")
         if not allowed[key].check(value):
+            detail = f" ({allowed[key].detail})" if allowed[key].detail else ""
             raise source.error((*where, key), f"'{key}' must be {allowed[key].name}, "
-                               f"not {value!r}")
+                               f"not {value!r}{detail}")
     for key in keys.required:
         if key not in mapping:
             raise source.error(where, f"'{key}' is missing", f"add {key}: ...")
