@@ -7,16 +7,20 @@ repository (generated into a temporary folder) and property tests over random in
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
+import h5py
 import pytest
-from conftest import JOBS
+from conftest import JOBS, run_script, text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distx.cli import main
-from distx.errors import UserError
+from distx.errors import TaskFailed, UserError
+from distx.script import evaluate as evaluate_module
 from distx.script import source
+from distx.script.evaluate import evaluate
 from distx.script.source import Source
 
 
@@ -114,3 +118,69 @@ def test_command_line_errors_are_one_line(arguments, expect, tmp_path, capsys):
 def test_validate_plans_the_largest_world_it_accepts(capsys):
     assert main(["validate", str(JOBS / "pi.yml"), "-n", "100000"]) == 0
     assert ": OK (" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("expression, expect", [
+    ("((10**10000)**10000)**10000", "more than 4,096 bits"),
+    ("'a' * 10**10 * 10**10", "more than 1,000,000 characters"),
+    ("10**10 * 'a'", "more than 1,000,000 characters"),
+    ("(2**4000) * (2**4000)", "more than 4,096 bits"),
+    ("9**9**9", "more than 4,096 bits"),
+    ("(-1) ** 0.5", "complex"),
+    ("2.0 ** 100000", "cannot evaluate"),
+    ("-" * 5000 + "1", "nests too deeply"),
+    ("+".join(["1"] * 4000), "nests too deeply"),
+    ("1" * 20_000, "longer than 10,000 characters"),
+])
+def test_evaluate_refuses_what_would_exceed_its_bounds_at_once(expression, expect):
+    started = time.monotonic()
+    with pytest.raises(TaskFailed, match=re.escape(expect)):
+        evaluate(expression, {})
+    assert time.monotonic() - started < 1
+
+
+def test_evaluate_computes_up_to_its_bounds():
+    assert evaluate("2 ** 4095", {}) == 2 ** 4095
+    assert evaluate("'ab' * 500000", {}) == "ab" * 500_000
+    assert evaluate("10 ** -400", {}) == 0.0
+
+
+LEAVES = st.one_of(st.integers(-(10**30), 10**30), st.sampled_from(
+    ["10**4000", "2**4095", "'ab'", "'x' * 1000", "1.5e300", "0.5", "0", "-1", "true"]))
+OPERATORS = st.sampled_from(["+", "-", "*", "/", "//", "%", "**"])
+
+
+def expressions():
+    return st.recursive(LEAVES.map(str), lambda inner: st.tuples(inner, OPERATORS, inner)
+                        .map(lambda parts: f"({parts[0]}) {parts[1]} ({parts[2]})"),
+                        max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(expressions())
+def test_evaluate_never_exceeds_its_bounds(expression):
+    started = time.monotonic()
+    try:
+        value = evaluate(expression, {})
+    except TaskFailed:
+        value = None
+    assert time.monotonic() - started < 1, expression
+    if isinstance(value, int):
+        assert value.bit_length() <= evaluate_module.MAX_INT_BITS
+    if isinstance(value, str):
+        assert len(value) <= evaluate_module.MAX_LENGTH
+
+
+def test_evaluate_of_a_published_value_fails_the_task_with_the_bound(tmp_path):
+    script = tmp_path / "bomb.yml"
+    script.write_text("Name: bomb\nSequence:\n"
+                      "  - Task: Run.Publish\n    Config: {n: 100000}\n"
+                      "  - Task: Run.Evaluate\n    Config: {Key: x, Expression: \"n ** n ** n\"}\n")
+    output = tmp_path / "bomb.h5"
+    started = time.monotonic()
+    result = run_script(script, output, None, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert time.monotonic() - started < 60
+    with h5py.File(output, "r") as file:
+        errors = [text(row["error"]) for row in file["tasks"][()] if text(row["error"])]
+    assert any("would be an integer of more than 4,096 bits" in error for error in errors)
