@@ -16,7 +16,7 @@ import numpy as np
 from distx.check.coordination import check_coordination, produced_values
 from distx.engine.data import check_data
 from distx.engine.kernels import PARTITION_NAMES, KernelLibrary
-from distx.engine.tasks import TASKS
+from distx.engine.tasks import TASKS, capture_keys, compile_pattern
 from distx.errors import TaskFailed, UserError
 from distx.results.store import EXPERIMENT_COLUMNS
 from distx.script.evaluate import UnknownName, evaluate
@@ -82,6 +82,8 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
         _check_kernel(script, spec, kernels, before_run)
     if spec.task == "Run.Evaluate":
         _check_expression(script, spec, before_run)
+    if "Pattern" in config and not is_reference(config["Pattern"]):
+        _check_pattern(script, spec)
 
 
 def _check_output_names(script: Script, spec: TaskSpec) -> None:
@@ -130,6 +132,20 @@ def _check_expression(script: Script, spec: TaskSpec, before_run: _BeforeRun) ->
     except TaskFailed as error:
         raise script.error((*spec.where, "Config", "Expression"), str(error),
                            "correct the expression") from None
+
+
+def _check_pattern(script: Script, spec: TaskSpec) -> None:
+    """The regex compiles (with RE2) and has the groups Keys names."""
+    try:
+        pattern = compile_pattern(spec.config["Pattern"])
+    except ValueError as error:
+        raise script.error((*spec.where, "Config", "Pattern"), str(error),
+                           "correct the pattern") from None
+    try:
+        capture_keys(spec.config["Keys"], pattern.groups)
+    except ValueError as error:
+        raise script.error((*spec.where, "Config", "Keys"), str(error),
+                           "add the group to Pattern or correct Keys") from None
 
 
 def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:

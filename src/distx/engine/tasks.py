@@ -8,6 +8,7 @@ so the rank keeps serving other ranks meanwhile.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import subprocess
@@ -103,33 +104,75 @@ def publish_from_previous_task_log(run: TaskRun, config: dict) -> None:
 def _publish_matches(run: TaskRun, lines: list[str], config: dict, origin: str) -> None:
     """Publish the groups of `Pattern` on every matching line (later lines win)."""
     try:
-        pattern = re.compile(config["Pattern"])
-    except re.error as error:
-        raise TaskFailed(f"Pattern {config['Pattern']!r} is not a valid regex: {error}") from None
-    keys = [(item, index + 1) if isinstance(item, str) else (item[1], item[0])
-            for index, item in enumerate(config["Keys"])]
-    found: dict[str, str] = {}
+        pattern = compile_pattern(config["Pattern"])
+        captures = capture_keys(config["Keys"], pattern.groups)
+    except ValueError as error:
+        raise TaskFailed(str(error)) from None
+    found: dict[Capture, str] = {}
     for line in lines:
         match = pattern.search(line)
         if match:
-            for key, group in keys:
-                if group > pattern.groups:
-                    raise TaskFailed(f"Pattern has {pattern.groups} group(s), no group {group}")
-                if match.group(group) is not None:
-                    found[key] = match.group(group)
+            for capture in captures:
+                if match.group(capture.group) is not None:
+                    found[capture] = match.group(capture.group)
     if not found:
         run.log(f"no line of {origin} matched {config['Pattern']!r}", "WARNING")
-    for key, text in found.items():
-        run.publish(key, _number_or_text(text))
+    for capture, text in found.items():
+        run.publish(capture.name, capture.convert(text))
 
 
-def _number_or_text(text: str) -> Any:
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
+def compile_pattern(text: str) -> Any:
+    """`text` compiled by RE2, whose matching time is linear in the line's length (no
+    backtracking: `^(a+)+$` cannot run for minutes). ValueError says what RE2 refused,
+    which includes backreferences and lookaround."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would also print the error on stderr
+    try:
+        return re2.compile(text, options)
+    except re2.error as error:
+        reason = error.args[0].decode(errors="replace") if error.args and isinstance(
+            error.args[0], bytes) else str(error)
+        raise ValueError(f"Pattern {text!r} is not a regular expression distx can match: "
+                         f"{reason} (RE2 syntax: no backreferences or lookaround)") from None
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One of a pattern's groups, published as `name`: text unless the script asks for
+    `int` or `float` (ELCM's captures are text: `001` stays "001", `1.10` stays "1.10")."""
+
+    group: int
+    name: str
+    type: str = "text"
+
+    def convert(self, text: str) -> Any:
+        if self.type == "text":
+            return text
+        if self.type == "int" and _INTEGER.fullmatch(text) and abs(int(text)) < 2**63:
+            return int(text)
+        if self.type == "float" and _FLOAT.fullmatch(text) and math.isfinite(float(text)):
+            return float(text)
+        kind = "a 64-bit integer" if self.type == "int" else "a finite decimal number"
+        raise TaskFailed(f"'{self.name}' (group {self.group}) captured {text[:80]!r}, "
+                         f"not {kind}")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_FLOAT = re.compile(r"[+-]?([0-9]{1,400}\.?[0-9]{0,400}|\.[0-9]{1,400})([eE][+-]?[0-9]{1,3})?")
+
+
+def capture_keys(keys: list, groups: int) -> list[Capture]:
+    """The captures `Keys` names: `name` (group = its position + 1), `[group, name]` or
+    `[group, name, type]`. ValueError for a group the pattern does not have."""
+    captures = [Capture(position + 1, item) if isinstance(item, str) else Capture(*item)
+                for position, item in enumerate(keys)]
+    for capture in captures:
+        if not 0 <= capture.group <= groups:
+            raise ValueError(f"Keys names group {capture.group} ({capture.name}) but Pattern "
+                             f"has {groups} group(s)")
+    return captures
 
 
 @task("Remote.GetValue", Keys(required={"Value": STR},

@@ -52,11 +52,21 @@ REDUCE = Type("one of sum, min, max, mean, concat",
 SEVERITY = Type("one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
                 lambda v: isinstance(v, str) and v.upper() in
                 ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
-KEYS = Type("a list of names, or of [group, name] pairs",
-            lambda v: isinstance(v, list) and all(
-                isinstance(item, str) or (isinstance(item, list) and len(item) == 2
-                                          and isinstance(item[0], int)
-                                          and isinstance(item[1], str)) for item in v))
+CAPTURE_TYPES = ("text", "int", "float")
+
+
+def _capture_keys(value: Any) -> bool:
+    def one(item: Any) -> bool:
+        if isinstance(item, str):
+            return True
+        return (isinstance(item, list) and len(item) in (2, 3) and isinstance(item[0], int)
+                and not isinstance(item[0], bool) and isinstance(item[1], str)
+                and (len(item) == 2 or item[2] in CAPTURE_TYPES))
+    return isinstance(value, list) and all(one(item) for item in value)
+
+
+KEYS = Type("a list of names, or of [group, name] pairs or [group, name, type] triples "
+            f"(type: {', '.join(CAPTURE_TYPES)})", _capture_keys)
 
 
 @dataclass(frozen=True)
