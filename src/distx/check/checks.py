@@ -71,6 +71,7 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
         _check_output_names(script, spec)
     if spec.task == "Run.Sweep":
         _check_experiment_columns(script, spec)
+        _check_sweep_reduce(script, spec)
     for position, name in enumerate(config.get("Inputs", [])):
         if is_reference(name):
             continue
@@ -146,6 +147,20 @@ def _check_pattern(script: Script, spec: TaskSpec) -> None:
     except ValueError as error:
         raise script.error((*spec.where, "Config", "Keys"), str(error),
                            "add the group to Pattern or correct Keys") from None
+
+
+def _check_sweep_reduce(script: Script, spec: TaskSpec) -> None:
+    """A sweep over row-partitioned inputs runs the kernel once per block and combines the
+    blocks' results: how depends on the kernel (a sum of counts, a min, a mean...), so the
+    script says it; a silent `sum` gave results that change with the number of ranks."""
+    rows = [name for name in spec.config.get("Inputs", [])
+            if name in script.data and script.data[name].partition == "rows"]
+    if rows and "Reduce" not in spec.config:
+        raise script.error((*spec.where, "Config"), f"Run.Sweep over row-partitioned "
+                           f"input '{rows[0]}' needs Reduce: the kernel runs once per block "
+                           "of rows and Reduce combines the blocks' results",
+                           "add Reduce: sum (or min, max, mean, concat) if the kernel's result "
+                           "combines that way, or give the input Partition: replicate")
 
 
 def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:

@@ -241,8 +241,15 @@ def _parse_data(source: Source, data_doc: Any) -> dict[str, DataSpec]:
             raise source.error(where, f"array '{name}' needs exactly one of Generate or File")
         if "Generate" in item:
             check_keys(source, item["Generate"], GENERATE, (*where, "Generate"))
+        if "Partition" not in item:
+            # No default: `rows` changes a non-additive kernel's result with the number of
+            # ranks, `replicate` costs memory on every holder; only the script knows.
+            raise source.error(where, f"array '{name}' does not say how it is partitioned",
+                               "add Partition: rows (each holder gets a block of rows; "
+                               "kernels see only their block) or Partition: replicate "
+                               "(every holder gets the whole array)")
         specs[name] = DataSpec(name, item.get("Generate"), item.get("File"),
-                               item.get("Partition", "rows"), where)
+                               item["Partition"], where)
     return specs
 
 
