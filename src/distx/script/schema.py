@@ -40,7 +40,6 @@ SECONDS = Type("a positive number", _seconds,
 COUNT = Type("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool)
              and v >= 0)
 BOOL = Type("true or false", lambda v: isinstance(v, bool))
-SCALAR = Type("a number or string", lambda v: isinstance(v, (int, float, str, bool)))
 ANY = Type("any value", lambda v: True)
 DICT = Type("a mapping", lambda v: isinstance(v, dict))
 STR_LIST = Type("a list of strings", lambda v: isinstance(v, list)
