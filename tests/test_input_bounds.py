@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import re
+import subprocess
+import sys
 import time
 
 import h5py
 import pytest
-from conftest import JOBS, run_script, text
+from conftest import BAD, JOBS, run_script, text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,3 +186,24 @@ def test_evaluate_of_a_published_value_fails_the_task_with_the_bound(tmp_path):
     with h5py.File(output, "r") as file:
         errors = [text(row["error"]) for row in file["tasks"][()] if text(row["error"])]
     assert any("would be an integer of more than 4,096 bits" in error for error in errors)
+
+
+MEASURE = """\
+import resource, sys
+from distx.cli import main
+code = main(sys.argv[1:])
+print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.parametrize("case, ranks", [
+    ("grid_huge_ranges.yml", "1"), ("ranks_beyond_any_world.yml", "4"),
+    ("data_shape_too_large.yml", "1"), ("yaml_alias_bomb.yml", "1"),
+])
+def test_validation_refuses_without_allocating(case, ranks):
+    """Refused from counts and shapes alone: the process stays small (MiB of peak RSS)."""
+    result = subprocess.run([sys.executable, "-c", MEASURE, "validate", str(BAD / case),
+                             "-n", ranks], capture_output=True, text=True, timeout=120)
+    code, peak_mib = map(int, result.stdout.split())
+    assert code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert peak_mib < 300, peak_mib

@@ -91,7 +91,15 @@ def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _range_values(name: str, spec: dict) -> list:
+def keyfield_count(name: str, spec: Any) -> int:
+    """How many values a keyfield has, without making them (a range is checked first)."""
+    if isinstance(spec, dict):
+        return _range(name, spec)[3]
+    return len(spec) if isinstance(spec, list) else 1
+
+
+def _range(name: str, spec: dict) -> tuple[Any, Any, Any, int]:
+    """A range's start, stop and step, checked, and its number of values."""
     unknown = set(spec) - {"start", "stop", "step"}
     if unknown or "stop" not in spec:
         extra = f", unknown: {', '.join(sorted(unknown))}" if unknown else ""
@@ -106,8 +114,7 @@ def _range_values(name: str, spec: dict) -> list:
         _check_storable(name, value)
     if step == 0:
         raise GridError(f"keyfield '{name}' range has step 0")
-    integers = all(isinstance(value, int) for value in (start, stop, step))
-    count = _range_count(start, stop, step, integers)
+    count = _range_count(start, stop, step, _integers(start, stop, step))
     if count <= 0:
         raise GridError(f"keyfield '{name}' range from {start} to {stop} with step {step} "
                         "is empty (stop is excluded)")
@@ -115,7 +122,16 @@ def _range_values(name: str, spec: dict) -> list:
         shown = f"{count:,}" if math.isfinite(count) else "too many"
         raise GridError(f"keyfield '{name}' range has {shown} values, more than "
                         f"{MAX_EXPERIMENTS:,}")
-    if integers:
+    return start, stop, step, int(count)
+
+
+def _integers(*values: Any) -> bool:
+    return all(isinstance(value, int) for value in values)
+
+
+def _range_values(name: str, spec: dict) -> list:
+    start, stop, step, count = _range(name, spec)
+    if _integers(start, stop, step):
         return list(range(start, stop, step))
     values = [round(start + i * step, 12) for i in range(count)]
     _check_distinct_when_stored(name, values, f" range from {start} to {stop} with step "
@@ -129,10 +145,6 @@ def _range_count(start: float, stop: float, step: float, integers: bool) -> floa
         return -(-(stop - start) // step)
     quotient = (stop - start) / step
     return math.ceil(quotient - 1e-9) if math.isfinite(quotient) else math.inf
-
-
-def grid_size(keyfields: dict[str, list], folds: int | None) -> int:
-    return math.prod(len(values) for values in keyfields.values()) * (folds or 1)
 
 
 class Grid:

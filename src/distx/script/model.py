@@ -8,6 +8,8 @@ more than the text (kernels, ranks for a world size, coordination) live in check
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,29 +250,37 @@ def _parse_data(source: Source, data_doc: Any) -> dict[str, DataSpec]:
     return specs
 
 
+def _keyfield(source: Source, name: Any, read: Callable[[str, Any], Any], spec: Any) -> Any:
+    """`read(name, spec)` of one keyfield, its GridError as the script's error."""
+    try:
+        return read(str(name), spec)
+    except grid.GridError as error:
+        raise source.error(("Experiments", "Keyfields", name), str(error)) from None
+
+
 def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
     if doc is None:
         return None
     where = ("Experiments",)
     check_keys(source, doc, EXPERIMENTS, where)
-    keyfields = {}
-    for name, spec in doc["Keyfields"].items():
+    for name in doc["Keyfields"]:
         if name == "fold" and doc.get("Folds"):
             raise source.error((*where, "Keyfields", name),
                                "keyfield 'fold' is added by Folds", "rename the keyfield")
-        try:
-            keyfields[str(name)] = grid.keyfield_values(str(name), spec)
-        except grid.GridError as error:
-            raise source.error((*where, "Keyfields", name), str(error)) from None
-    if not keyfields:
+    if not doc["Keyfields"]:
         raise source.error((*where, "Keyfields"), "no keyfields", "add at least one keyfield")
     folds = doc.get("Folds")
     if folds is not None and folds < 2:
         raise source.error((*where, "Folds"), "Folds must be at least 2")
-    size = grid.grid_size(keyfields, folds)
+    # The size first, from the counts alone: values are made only for a grid that fits.
+    counts = {name: _keyfield(source, name, grid.keyfield_count, spec)
+              for name, spec in doc["Keyfields"].items()}
+    size = math.prod(counts.values()) * (folds or 1)
     if size > grid.MAX_EXPERIMENTS:
         raise source.error((*where, "Keyfields"), f"the grid has {size:,} experiments, more "
                            f"than the {grid.MAX_EXPERIMENTS:,} one results file holds",
                            "split the sweep into several scripts or use fewer values")
+    keyfields = {str(name): _keyfield(source, name, grid.keyfield_values, spec)
+                 for name, spec in doc["Keyfields"].items()}
     return ExperimentsSpec(keyfields, folds, doc.get("Retries", 0))
 
