@@ -133,6 +133,7 @@ def test_validate_plans_the_largest_world_it_accepts(capsys):
     ("-" * 5000 + "1", "nests too deeply"),
     ("+".join(["1"] * 4000), "nests too deeply"),
     ("1" * 20_000, "longer than 10,000 characters"),
+    ("round(5, -10**7)", "round() to -10000000 digits"),
 ])
 def test_evaluate_refuses_what_would_exceed_its_bounds_at_once(expression, expect):
     started = time.monotonic()
@@ -148,14 +149,22 @@ def test_evaluate_computes_up_to_its_bounds():
 
 
 LEAVES = st.one_of(st.integers(-(10**30), 10**30), st.sampled_from(
-    ["10**4000", "2**4095", "'ab'", "'x' * 1000", "1.5e300", "0.5", "0", "-1", "true"]))
+    ["10**4000", "2**4095", "'ab'", "'x' * 1000", "1.5e300", "0.5", "0", "-1", "true",
+     "-10**7", "10**7"]))
 OPERATORS = st.sampled_from(["+", "-", "*", "/", "//", "%", "**"])
 
 
+FUNCTION_NAMES = st.sampled_from(["round", "max", "min", "abs", "int", "float", "floor",
+                                  "sqrt", "exp", "log"])
+
+
 def expressions():
-    return st.recursive(LEAVES.map(str), lambda inner: st.tuples(inner, OPERATORS, inner)
-                        .map(lambda parts: f"({parts[0]}) {parts[1]} ({parts[2]})"),
-                        max_leaves=12)
+    def grow(inner):
+        return st.one_of(
+            st.tuples(inner, OPERATORS, inner).map(lambda p: f"({p[0]}) {p[1]} ({p[2]})"),
+            st.tuples(FUNCTION_NAMES, inner, inner).map(lambda p: f"{p[0]}({p[1]}, {p[2]})"),
+            st.tuples(FUNCTION_NAMES, inner).map(lambda p: f"{p[0]}({p[1]})"))
+    return st.recursive(LEAVES.map(str), grow, max_leaves=12)
 
 
 @settings(max_examples=400, deadline=None)

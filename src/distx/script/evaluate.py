@@ -22,6 +22,11 @@ from typing import Any
 
 from distx.errors import TaskFailed
 
+MAX_INT_BITS = 4096          # about 1,233 decimal digits
+MAX_LENGTH = 1_000_000       # characters of text, items of a list
+MAX_EXPRESSION = 10_000      # characters of an expression
+MAX_ROUND_DIGITS = 1_300     # round(x, n): |n| at most the digits of a MAX_INT_BITS integer
+
 _BINARY = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
     ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
@@ -32,8 +37,17 @@ _COMPARE = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
     ast.Gt: operator.gt, ast.GtE: operator.ge,
 }
+
+
+def _round(number: Any, ndigits: Any = None) -> Any:
+    """round(), with ndigits bounded: round(5, -10**7) computes 10**(10**7) first."""
+    if ndigits is not None and isinstance(ndigits, int) and abs(ndigits) > MAX_ROUND_DIGITS:
+        raise TaskFailed(f"round() to {ndigits} digits: at most {MAX_ROUND_DIGITS} either way")
+    return round(number, ndigits)
+
+
 FUNCTIONS = {
-    "abs": abs, "min": min, "max": max, "round": round, "int": int, "float": float,
+    "abs": abs, "min": min, "max": max, "round": _round, "int": int, "float": float,
     "sqrt": math.sqrt, "exp": math.exp, "log": math.log, "log10": math.log10,
     "sin": math.sin, "cos": math.cos, "tan": math.tan, "floor": math.floor, "ceil": math.ceil,
 }
@@ -43,10 +57,6 @@ CONSTANTS = {"pi": math.pi, "e": math.e, "true": True, "false": False}
 class UnknownName(TaskFailed):
     """The expression names a value that is not (yet) known."""
 
-
-MAX_INT_BITS = 4096          # about 1,233 decimal digits
-MAX_LENGTH = 1_000_000       # characters of text, items of a list
-MAX_EXPRESSION = 10_000      # characters of an expression
 
 
 def evaluate(expression: str, names: Mapping[str, Any] | None = None) -> Any:
