@@ -197,11 +197,13 @@ def test_evaluate_of_a_published_value_fails_the_task_with_the_bound(tmp_path):
     assert any("would be an integer of more than 4,096 bits" in error for error in errors)
 
 
+# VmHWM is this process's own peak (ru_maxrss would include the forking parent's memory).
 MEASURE = """\
-import resource, sys
+import re, sys
 from distx.cli import main
 code = main(sys.argv[1:])
-print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+status = open("/proc/self/status").read()
+print(code, int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) // 1024)
 """
 
 
