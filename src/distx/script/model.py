@@ -37,8 +37,13 @@ RANKS = Type("a rank, a list of ranks, or text like \"1-\", \"1-3\", \"1,3,5-7\"
                                                        and not isinstance(v, bool)))
 PARTITION = Type("rows or replicate", lambda v: v in ("rows", "replicate"))
 DISTRIBUTION = Type("uniform, normal or integers", lambda v: v in ("uniform", "normal", "integers"))
-SHAPE = Type("a list of whole numbers >= 1", lambda v: isinstance(v, list) and len(v) > 0 and all(
-    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v))
+MAX_DIMENSIONS = 32  # as HDF5 (numpy allows 64)
+SHAPE = Type("a list of whole numbers >= 1", lambda v: isinstance(v, list)
+             and 0 < len(v) <= MAX_DIMENSIONS and all(
+                 isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v),
+             f"1 to {MAX_DIMENSIONS} dimensions")
+ORDER = Type("a finite number", lambda v: isinstance(v, (int, float))
+             and not isinstance(v, bool) and math.isfinite(v))
 
 TOP_LEVEL = Keys(
     required={"Name": STR},
@@ -47,7 +52,7 @@ TOP_LEVEL = Keys(
               "Experiments": DICT, "Roles": DICT, "Sequence": SEQUENCE_LIST},
 )
 ROLE = Keys(optional={"Ranks": RANKS, "Sequence": SEQUENCE_LIST})
-TASK_ITEM = Keys(required={"Task": STR}, optional={"Config": DICT, "Order": NUMBER})
+TASK_ITEM = Keys(required={"Task": STR}, optional={"Config": DICT, "Order": ORDER})
 DATA_ITEM = Keys(optional={"Generate": DICT, "File": STR, "Partition": PARTITION})
 GENERATE = Keys(required={"Distribution": DISTRIBUTION, "Shape": SHAPE},
                 optional={"Seed": COUNT, "DType": STR, "Low": NUMBER, "High": NUMBER,
