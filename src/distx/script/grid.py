@@ -16,6 +16,7 @@ import numpy as np
 
 MAX_EXPERIMENTS = 10_000_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TEXT_BYTES = 1024  # a text keyfield value, in UTF-8
 
 
 class GridError(ValueError):
@@ -45,6 +46,11 @@ def keyfield_values(name: str, spec: Any) -> list:
 
 def _check_storable(name: str, value: Any) -> None:
     """A value the results table stores exactly and a resume finds again."""
+    if isinstance(value, str) and (len(value.encode()) > MAX_TEXT_BYTES or "\0" in value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise GridError(f"keyfield '{name}' has text value {shown!r}: text values are "
+                        f"at most {MAX_TEXT_BYTES} bytes, without NUL characters (the table "
+                        "keeps every value at the longest one's width)")
     if isinstance(value, float) and not math.isfinite(value):
         raise GridError(f"keyfield '{name}' has value {value}: values must be finite numbers")
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value \
