@@ -150,8 +150,8 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
               file=sys.stderr, flush=True)
         if prepared is not None:
             prepared.results.close(RunState.ERRORED.value, ExitCode.FAILED)
-        transport.comm.Abort(1)
-        return 1
+        transport.comm.Abort(ExitCode.FAILED)
+        return ExitCode.FAILED
 
 
 def _distribute(transport: MPITransport, executor: Executor, arrays: dict | None,
@@ -248,4 +248,4 @@ def _virtual_rank(executor: Executor) -> None:
         run_as_worker(executor)
     except Exception:
         traceback.print_exc()
-        os._exit(1)
+        os._exit(ExitCode.FAILED)
