@@ -70,7 +70,7 @@ class Coordinator:
         core.wait_until(self._all_terminal, None, "every rank to finish its sequence",
                         stoppable=False)
         states = {state for state, _ in core.terminal.values()}
-        state = next((s for s in (RunState.ERRORED, RunState.CANCELLED) if s in states),
+        state = next((s for s in (RunState.ERRORED, RunState.CANCELLED) if s.value in states),
                      RunState.FINISHED)
         if state == RunState.ERRORED or (state == RunState.FINISHED and
                                          self.failed_experiments):
