@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         arguments = _parser().parse_args(argv)
     except UserError as error:
         print(f"distx: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return ExitCode.BAD_INPUT
     if arguments.command is None:
         _parser().print_help(sys.stderr)
         return ExitCode.BAD_INPUT
