@@ -18,11 +18,13 @@ from conftest import BAD, JOBS, run_script, text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from distx.check.checks import check_script
 from distx.cli import main
 from distx.errors import TaskFailed, UserError
 from distx.script import evaluate as evaluate_module
 from distx.script import source
 from distx.script.evaluate import evaluate
+from distx.script.model import parse_script
 from distx.script.source import Source
 
 
@@ -218,3 +220,58 @@ def test_validation_refuses_without_allocating(case, ranks):
     code, peak_mib = map(int, result.stdout.split())
     assert code == 2 and result.stderr.count("\n") == 1, result.stderr
     assert peak_mib < 300, peak_mib
+
+
+NUMBERS = st.one_of(st.integers(-2**66, 2**66), st.floats(),
+                    st.sampled_from([0, 1, -1, 255, 256, 2**31, 2**63]))
+ANY_VALUE = st.one_of(NUMBERS, st.text(max_size=6), st.booleans(), st.none(),
+                      st.lists(NUMBERS, max_size=3))
+GENERATE = st.fixed_dictionaries(
+    {"Distribution": st.sampled_from(["uniform", "normal", "integers"]),
+     "Shape": st.lists(st.integers(1, 2**62), min_size=1, max_size=3)},
+    optional={"DType": st.sampled_from(["int8", "uint8", "int64", "float32", "bool", "S3",
+                                        "(2,)f8", "O", "M8", "c16"]),
+              "Low": NUMBERS, "High": NUMBERS, "Mean": NUMBERS, "Std": NUMBERS,
+              "Seed": ANY_VALUE})
+KEYFIELD = st.one_of(
+    st.fixed_dictionaries({"stop": NUMBERS}, optional={"start": NUMBERS, "step": NUMBERS}),
+    st.lists(st.one_of(NUMBERS, st.text(max_size=3), st.booleans()), min_size=1, max_size=4))
+CAPTURE_KEY = st.one_of(
+    st.text(max_size=3), st.tuples(st.integers(-2, 5), st.text(max_size=3)).map(list),
+    st.tuples(st.integers(-2, 5), st.text(max_size=3),
+              st.sampled_from(["int", "float", "text", "x"])).map(list))
+TASK = st.one_of(
+    st.fixed_dictionaries({"Task": st.just("Run.Sweep"), "Config": st.fixed_dictionaries(
+        {"Kernel": st.just("constant.kernel")},
+        optional={"Outputs": st.lists(st.text(max_size=4), max_size=3), "Inputs": st.just(["X"]),
+                  "Reduce": st.sampled_from(["sum", "mean"]), "Timeout": ANY_VALUE})}),
+    st.fixed_dictionaries({"Task": st.just("Run.PublishFromPreviousTaskLog"),
+                           "Config": st.fixed_dictionaries({
+                               "Pattern": st.text(max_size=12),
+                               "Keys": st.lists(CAPTURE_KEY, max_size=3)})}),
+    st.fixed_dictionaries({"Task": st.just("Run.Evaluate"), "Config": st.fixed_dictionaries({
+        "Key": st.just("k"), "Expression": st.one_of(ANY_VALUE, st.text(
+            alphabet="0123456789+-*/%()<>=! andortx'.,[]{}~^&|", max_size=20))})}))
+SCRIPTS_WITH_ODD_VALUES = st.fixed_dictionaries({
+    "Name": st.just("odd"), "Kernels": st.just("kernels"),
+    "Data": st.fixed_dictionaries({"X": st.fixed_dictionaries(
+        {"Generate": GENERATE, "Partition": st.sampled_from(["rows", "replicate"])})}),
+    "Experiments": st.fixed_dictionaries(
+        {"Keyfields": st.dictionaries(st.text(max_size=4), KEYFIELD, min_size=1, max_size=2)},
+        optional={"Folds": ANY_VALUE, "Retries": ANY_VALUE}),
+    "Parameters": st.fixed_dictionaries({"x": ANY_VALUE}),
+    "Sequence": st.lists(TASK, max_size=2)})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(SCRIPTS_WITH_ODD_VALUES, st.integers(1, 3))
+def test_validation_of_odd_values_raises_only_one_line_user_errors(document, ranks):
+    """Scripts with odd values everywhere validation looks: accepted, or one UserError line
+    (never another exception: that would be a traceback, exit 1)."""
+    import yaml
+
+    try:
+        check_script(parse_script(Source(str(BAD / "odd.yml"), yaml.safe_dump(document))),
+                     ranks)
+    except UserError as error:
+        assert "\n" not in str(error)
