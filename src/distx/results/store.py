@@ -40,7 +40,7 @@ import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.script.grid import Grid, column_type
+from distx.script.grid import Grid, column_type, from_cell, to_cell
 
 FORMAT = "distx-results"
 FORMAT_VERSION = 1
@@ -288,7 +288,7 @@ def _check_resumable(file: h5py.File, identity: RunIdentity, force: bool) -> Non
                if file.attrs.get(f"fingerprint_{key}") != identity.fingerprints[key]]
     if not changed or force:
         return
-    written_by = str(_python(file.attrs.get("name", "")))
+    written_by = str(from_cell(file.attrs.get("name", "")))
     if written_by != identity.name:
         raise UserError(f"cannot resume: it holds the results of script '{written_by}', not "
                         f"of '{identity.name}'", file=path,
@@ -347,7 +347,7 @@ class ExperimentTable:
         for name, values in grid.columns.items():
             values = list(values)
             if existing is not None and name in existing.dtype.names:
-                values += [_python(v) for v in np.unique(existing[name])]
+                values += [from_cell(v) for v in np.unique(existing[name])]
             columns.append((name, column_type(values)))
         columns += [("status", "S8"), ("attempts", "i4"), ("rank", "i4"), ("host", "S64"),
                     ("start", "f8"), ("end", "f8"), ("error", TEXT)]
@@ -359,7 +359,7 @@ class ExperimentTable:
         new["id"] = ids
         new["index"] = np.arange(first, first + len(ids))
         for name, values in grid.keyfield_columns(indices).items():
-            new[name] = [_cell(value) for value in values]
+            new[name] = [to_cell(value) for value in values]
         new["status"] = b"created"
         new["rank"] = -1
         new["start"] = np.nan
@@ -403,17 +403,6 @@ class ExperimentTable:
 def status_counts(rows: np.ndarray) -> dict[str, int]:
     statuses, numbers = np.unique(rows["status"], return_counts=True)
     return {status.decode(): int(number) for status, number in zip(statuses, numbers)}
-
-
-def _python(value: Any) -> Any:
-    """A table cell back as the Python value a keyfield holds."""
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _cell(value: Any) -> Any:
-    return value.encode() if isinstance(value, str) else value
 
 
 def _json_default(value: Any) -> Any:

@@ -63,7 +63,7 @@ def _check_distinct_when_stored(name: str, values: list, described: str = "") ->
     """Two values that the results table would store alike (1 and 1.0 in a float column,
     1 and "1" in a text column, floats that round alike) would give experiments that share
     one id: refuse them, naming the values. `described` says where they came from."""
-    stored = np.array([_cell(value) for value in values], dtype=column_type(values))
+    stored = np.array([to_cell(value) for value in values], dtype=column_type(values))
     _, first, counts = np.unique(stored, return_index=True, return_counts=True)
     if (counts == 1).all():
         return
@@ -71,7 +71,7 @@ def _check_distinct_when_stored(name: str, values: list, described: str = "") ->
     twin = next(i for i in range(position + 1, len(values)) if stored[i] == stored[position])
     raise GridError(f"keyfield '{name}'{described} has values {values[position]!r} (value "
                     f"{position + 1}) and {values[twin]!r} (value {twin + 1}), stored alike as "
-                    f"{_python(stored[position])!r}; {len(values) - len(first)} value(s) "
+                    f"{from_cell(stored[position])!r}; {len(values) - len(first)} value(s) "
                     "repeat one before them, and experiments would share one id")
 
 
@@ -86,11 +86,12 @@ def column_type(values: list) -> str:
     return f"S{max(len(str(v).encode()) for v in values)}"
 
 
-def _cell(value: Any) -> Any:
+def to_cell(value: Any) -> Any:
+    """A keyfield value as a cell of its column (text as bytes)."""
     return value.encode() if isinstance(value, str) else value
 
 
-def _python(value: Any) -> Any:
+def from_cell(value: Any) -> Any:
     """A table cell back as the Python value a keyfield holds."""
     if isinstance(value, bytes):
         return value.decode()
