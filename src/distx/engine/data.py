@@ -91,7 +91,7 @@ def available_memory() -> int:
 def _check_memory(script: Script, described: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
     """Rank 0 makes or loads every array before distributing it: their bytes (and the
     float64 buffer a generator fills before converting to DType) must fit in memory."""
-    total = 0
+    total, available = 0, available_memory()
     for name, (dtype, shape) in described.items():
         spec = script.data[name]
         need = math.prod(shape) * dtype.itemsize
@@ -99,7 +99,6 @@ def _check_memory(script: Script, described: dict[str, tuple[np.dtype, tuple[int
                 and dtype != np.float64:
             need += math.prod(shape) * 8
         total += need
-        available = available_memory()
         if total > available:
             where = (*spec.where, "Generate", "Shape") if spec.generate is not None \
                 else (*spec.where, "File")
@@ -111,7 +110,9 @@ def _check_memory(script: Script, described: dict[str, tuple[np.dtype, tuple[int
 
 
 def _gigabytes(count: int) -> str:
-    return f"{count / 1e9:,.1f} GB" if count < 1e21 else f"{count / 1e9:.2e} GB"
+    if count < 10**21:
+        return f"{count / 1e9:,.1f} GB"
+    return f"over 10^{len(str(count // 10**9)) - 1} GB"  # beyond what a float holds
 
 
 def _check_generation(spec: DataSpec, script: Script) -> np.dtype:
