@@ -26,6 +26,7 @@ import numpy as np
 
 from distx.engine import data
 from distx.engine.runtime import RunInfo, Runtime
+from distx.engine.shipping import KernelSources
 from distx.engine.transport import LocalHub, MPITransport, Transport
 from distx.errors import UserError
 from distx.script.model import Script, load_script
@@ -54,6 +55,7 @@ class _Prepared:
     arrays: dict[str, np.ndarray]
     results: ResultsFile
     run_id: str
+    kernels: KernelSources
 
 
 # Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts).
@@ -80,23 +82,24 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
 
     script = load_script(options.script)
     plan = check_script(script, size, options.overrides)
+    kernels = KernelSources.of_script(script)
     arrays = {name: data.materialize(spec, script) for name, spec in script.data.items()}
     run_id = provenance.new_run_id()
     identity = RunIdentity(
         name=script.name, run_id=run_id, script_text=script.text,
         script_path=str(script.path), script_sha256=script.sha256,
-        fingerprints=provenance.fingerprints(script),
+        fingerprints=provenance.fingerprints(script, kernels),
         attributes={"world_size": plan.size, "command_line": " ".join(options.command_line),
                     **provenance.versions()},
         hosts=list(_hosts_per_rank(hosts, plan.size)))
     results = ResultsFile.open(Path(options.output or script.output), identity,
                                overwrite=options.overwrite, resume=options.resume,
                                force=options.force)
-    return _Prepared(script, arrays, results, run_id)
+    return _Prepared(script, arrays, results, run_id, kernels)
 
 
 def _info(script: Script, options: RunOptions, run_id: str, size: int,
-          hosts: list[str]) -> RunInfo:
+          hosts: list[str], kernels_folder: Path | None = None) -> RunInfo:
     from distx.script.roles import plan_roles
 
     plan = plan_roles(script, size)
@@ -104,7 +107,7 @@ def _info(script: Script, options: RunOptions, run_id: str, size: int,
     temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
     return RunInfo(script, plan, run_id, timeout, dict(options.overrides),
                    _hosts_per_rank(hosts, plan.size),
-                   temp_root, options.verbose, options.grace)
+                   temp_root, options.verbose, options.grace, kernels_folder)
 
 
 def _hosts_per_rank(hosts: list[str], size: int) -> tuple[str, ...]:
@@ -126,7 +129,7 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
         if transport.rank == 0:
             try:
                 prepared = _prepare(options, transport.size, hosts)
-                verdict = ("ok", prepared.script, prepared.run_id, hosts)
+                verdict = ("ok", prepared.script, prepared.run_id, hosts, prepared.kernels)
             except UserError as error:
                 verdict = ("error", str(error))
         verdict = transport.broadcast(verdict)
@@ -134,8 +137,10 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
             if transport.rank == 0:
                 raise UserError(verdict[1])
             return 2
-        _, script, run_id, hosts = verdict  # parsed on rank 0: the others need no YAML parser
-        info = _info(script, options, run_id, transport.size, hosts)
+        # Parsed and read on rank 0: the others need no YAML parser, nor rank 0's folders.
+        _, script, run_id, hosts, kernels = verdict
+        kernels_folder = None if transport.rank == 0 else kernels.install()
+        info = _info(script, options, run_id, transport.size, hosts, kernels_folder)
         if transport.rank == 0:
             return _coordinate(transport, info, prepared)
         return _work(transport, info)

@@ -45,7 +45,9 @@ _SERVE_SLICE = 0.05
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What every rank knows about the run, identical on all ranks."""
+    """What every rank knows about the run, identical on all ranks but `kernels_folder`:
+    where this process imports kernel modules from, the script's kernels folder (None) on
+    rank 0 and in a single process, the shipped copy (engine/shipping.py) on other ranks."""
 
     script: Script
     plan: RolePlan
@@ -56,6 +58,7 @@ class RunInfo:
     temp_root: Path
     verbose: bool = False
     grace: float = 30.0
+    kernels_folder: Path | None = None
 
 
 class Runtime:
@@ -76,7 +79,7 @@ class Runtime:
         self.request_ids = itertools.count()
         self.halos: dict[tuple[str, int, str], np.ndarray] = {}
         self.partitions: dict[str, Partition] = {}
-        self.kernels = KernelLibrary(info.script.kernels_dir)
+        self.kernels = KernelLibrary(info.kernels_folder or info.script.kernels_dir)
         self.sweep_worker = SweepWorker(self)
         self.sequence_done = False
         self.cancel_requested = False

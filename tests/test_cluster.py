@@ -1,0 +1,252 @@
+"""Runs across hosts that share no filesystem: rank 0 ships the kernels and the data.
+
+The hosts are namespaces on this machine (tests/netns_hosts.py): node1 runs mpiexec and
+rank 0 and sees the test's folder; node2 sees a /tmp of its own, so neither the script
+folder nor the kernels. Ranks are placed round-robin: even ranks on node1, odd on node2.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import netns_hosts
+import numpy as np
+import pytest
+from conftest import done_count, experiments, text, values
+
+pytestmark = pytest.mark.skipif(netns_hosts.why_not_available() is not None,
+                                reason=str(netns_hosts.why_not_available()))
+
+HELPERS = '''\
+"""A module of the kernels folder that the kernel module imports (shipped with it)."""
+
+OFFSET = 1000
+'''
+NODEK = '''\
+"""Kernels of the multi-host tests."""
+
+import time
+
+import numba
+import numpy as np
+from helpers import OFFSET
+
+
+@numba.njit(cache=True)
+def square(seed):
+    return seed * seed + OFFSET
+
+
+def slow_square(seed, pause):
+    time.sleep(pause)
+    return seed * seed + OFFSET
+
+
+def smooth(grid, above, below, step):
+    """Each row becomes the mean of itself and its neighbours (zeros past the edges,
+    where `above` or `below` has no rows)."""
+    edge = np.zeros((1, grid.shape[1]))
+    padded = np.vstack([above if len(above) else edge, grid, below if len(below) else edge])
+    grid[:] = (padded[:-2] + padded[1:-1] + padded[2:]) / 3
+
+
+def block(grid):
+    return grid.copy()
+'''
+
+
+def smoothed(grid: np.ndarray, steps: int) -> np.ndarray:
+    """What `smooth` makes of `grid` in `steps` steps, on one process."""
+    for _ in range(steps):
+        edge = np.zeros((1, grid.shape[1]))
+        padded = np.vstack([edge, grid, edge])
+        grid = (padded[:-2] + padded[1:-1] + padded[2:]) / 3
+    return grid
+
+
+SWEEP = """\
+    Version: 2
+    Name: sweep
+    Experiments:
+      Keyfields:
+        seed: {stop: 40}
+    Sequence:
+      - Task: Run.Sweep
+        Config: {Kernel: nodek.square}
+    """
+
+
+def write(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with netns_hosts.hosts(tmp_path / "cluster") as made:
+        yield made
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """Rank 0's project folder: kernels/ (nodek imports helpers) beside the scripts."""
+    folder = tmp_path / "project"
+    write(folder, "kernels/nodek.py", NODEK)
+    write(folder, "kernels/helpers.py", HELPERS)
+    return folder
+
+
+def environment(cluster, **extra: str) -> dict[str, str]:
+    """Each host's cache of shipped kernels at one path, on that host's own disk."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", DISTX_CACHE_DIR=str(cluster.folder / "cache"),
+                **extra)
+
+
+def launch(cluster, ranks: int, script: Path, *arguments: str, hosts: list[str] | None = None,
+           timeout: float = 180, **extra: str) -> subprocess.CompletedProcess:
+    """`mpiexec` on node1 with ranks on `hosts` (all), as a user on the head node would.
+
+    It starts in / : hydra starts every rank in mpiexec's folder, which must exist on
+    every host."""
+    command = cluster.mpiexec(ranks, sys.executable, "-m", "distx", str(script), *arguments,
+                              hosts=hosts)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          cwd="/", env=environment(cluster, **extra), stdin=subprocess.DEVNULL)
+
+
+def hosts_of(output: Path) -> list[str]:
+    with h5py.File(output, "r") as file:
+        return [text(host) for host in file["provenance/hosts"][()]]
+
+
+def test_sweep_with_a_numba_kernel_on_a_host_without_the_kernels(cluster, project):
+    script = write(project, "sweep.yml", SWEEP)
+    assert not cluster.seen_by("node2", project).exists()  # node2 does not see the kernels
+    output = project / "sweep.h5"
+    result = launch(cluster, 3, script, "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert hosts_of(output) == ["node1", "node2", "node1"]
+    with h5py.File(output, "r") as file:
+        table = experiments(file)
+    assert (table["status"] == b"done").all()
+    assert sorted(table["result"].tolist()) == [seed * seed + 1000 for seed in range(40)]
+    by_rank = {int(rank) for rank in table["rank"]}
+    assert 1 in by_rank  # node2 ran some of the sweep
+
+
+def test_roles_iterate_and_kept_files_on_every_host(cluster, project):
+    script = write(project, "roles.yml", """\
+        Version: 2
+        Name: roles
+        Distributed: True
+        Timeout: 60
+        Data:
+          grid: {File: grid.npy, Partition: rows}
+        Roles:
+          coordinator:
+            Sequence:
+              - Task: Run.CliExecute
+                Config: {Parameters: "hostname > host.txt", CWD: "@{TempFolder}",
+                         Keep: [host.txt]}
+              - Task: Remote.WaitForMilestone
+                Config: {Milestone: Ready, From: workers}
+              - Task: Remote.GetValue
+                Config: {Value: block, From: workers, Reduce: concat, PublishName: grid}
+          workers:
+            Sequence:
+              - Task: Run.Iterate
+                Config: {Kernel: nodek.smooth, Inputs: [grid], Steps: 3}
+              - Task: Run.Kernel
+                Config: {Kernel: nodek.block, Inputs: [grid], Publish: block}
+              - Task: Run.CliExecute
+                Config: {Parameters: "hostname > host.txt; echo @{Host} >> host.txt",
+                         CWD: "@{TempFolder}", Keep: [host.txt]}
+              - Task: Run.AddMilestone
+                Config: {Milestone: Ready}
+        """)
+    grid = np.random.default_rng(3).random((12, 3))
+    np.save(project / "grid.npy", grid)  # a data file only rank 0's host has
+    output = project / "roles.h5"
+    result = launch(cluster, 3, script, "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert hosts_of(output) == ["node1", "node2", "node1"]
+    with h5py.File(output, "r") as file:
+        kept = {int(rank.removeprefix("rank")): bytes(files["host.txt"][()]).decode()
+                for run in file["files"].values() for rank, files in run.items()}
+        recorded = values(file)
+    assert kept == {0: "node1\n", 1: "node2\nnode2\n", 2: "node1\nnode1\n"}
+    # The halo rows crossed from node2 to node1 and back at every step.
+    np.testing.assert_allclose(recorded[(0, "grid")], smoothed(grid, 3))
+
+
+def test_numba_compiles_once_per_host_and_later_runs_load_its_cache(cluster, project):
+    script = write(project, "sweep.yml", SWEEP)
+    for run in ("first", "second"):
+        result = launch(cluster, 3, script, "--output", str(project / f"{run}.h5"),
+                        NUMBA_DEBUG_CACHE="1")
+        assert result.returncode == 0, result.stderr
+        compiled = result.stdout.count("[cache] data saved")
+        if run == "first":
+            shipped = next((cluster.folder / "cache" / "kernels").iterdir())
+            on_node2 = cluster.seen_by("node2", shipped)
+            assert sorted(path.name for path in on_node2.iterdir()) == [
+                "__pycache__", "helpers.py", "nodek.py"]
+            cache_files = {path: path.stat().st_mtime_ns
+                           for path in (on_node2 / "__pycache__").glob("nodek.square-*")}
+            assert len(cache_files) == 2  # numba's index and compiled code, on node2's disk
+            assert compiled >= 3  # rank 0 (its kernels folder), and each host's shipped copy
+    assert compiled == 0 and "[cache] data loaded" in result.stdout
+    assert {path: path.stat().st_mtime_ns for path in cache_files} == cache_files
+
+
+def test_host_lost_mid_sweep_ends_the_run_and_resume_completes_it(cluster, project):
+    script = write(project, "slow.yml", """\
+        Version: 2
+        Name: slow
+        Experiments:
+          Keyfields:
+            seed: {stop: 300}
+        Sequence:
+          - Task: Run.Sweep
+            Config: {Kernel: nodek.slow_square, Args: {pause: 0.04}}
+        """)
+    output = project / "slow.h5"
+    command = cluster.mpiexec(3, sys.executable, "-m", "distx", str(script),
+                              "--output", str(output))
+    started = time.monotonic()
+    with subprocess.Popen(command, cwd="/", env=environment(cluster), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as run:
+        while done_count(output) < 30 and run.poll() is None:
+            time.sleep(0.3)
+        cluster.power_off("node2")
+        try:
+            run.wait(timeout=120)
+        finally:
+            run.kill()
+        assert time.monotonic() - started < 150
+        assert run.returncode != 0
+    # mpiexec gives up when it loses node2's proxy (MPICH's choice: the whole job ends);
+    # node1's ranks are ended with it, which may take a moment longer.
+    assert cluster.settle("node1", 30)
+    with h5py.File(output, "r") as file:
+        table = experiments(file)
+    before = table[table["status"] == b"done"]
+    assert 30 <= len(before) < 300
+    assert (before["result"] == before["seed"] ** 2 + 1000).all()
+    resumed = launch(cluster, 2, script, "--output", str(output), "--resume",
+                     hosts=["node1"])
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(output, "r") as file:
+        table = experiments(file)
+    assert (table["status"] == b"done").all()
+    assert (table["result"] == table["seed"] ** 2 + 1000).all()
+    assert hosts_of(output) == ["node1", "node1"]
