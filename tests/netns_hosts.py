@@ -54,6 +54,9 @@ def why_not_available() -> str | None:
     missing = [tool for tool in ("ip", "unshare") if shutil.which(tool) is None]
     if missing:
         return f"{', '.join(missing)} not installed (Debian: iproute2, util-linux)"
+    if not _launcher().exists() or "HYDRA" not in subprocess.run(
+            [str(_launcher()), "--version"], capture_output=True, text=True).stdout:
+        return "the hosts are reached through MPICH's hydra launcher (pip install .[mpich])"
     probe = f"{PREFIX}probe{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
@@ -126,8 +129,7 @@ class Hosts:
 
     def mpiexec(self, ranks: int, *command: str, hosts: list[str] | None = None) -> list[str]:
         """`mpiexec` on the head host, placing ranks round-robin over `hosts` (all)."""
-        launcher = Path(sys.executable).parent / "mpiexec"
-        return self.command(self.names[0], str(launcher), "-launcher", "ssh",
+        return self.command(self.names[0], str(_launcher()), "-launcher", "ssh",
                             "-launcher-exec", str(self.wrapper),
                             "-hosts", ",".join(hosts or self.names), "-n", str(ranks),
                             *command)
@@ -157,6 +159,10 @@ class Hosts:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
             shutil.rmtree(Path("/etc/netns", namespace), ignore_errors=True)
         subprocess.run(["ip", "netns", "delete", self.switch], capture_output=True)
+
+
+def _launcher() -> Path:
+    return Path(sys.executable).parent / "mpiexec"
 
 
 def _ip(*arguments: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from distx.engine.kernels import KernelLibrary
 from distx.engine.shipping import KernelSources
+from distx.script.model import load_script
 
 
 def kernels_folder(folder: Path, files: dict[str, str]) -> Path:
@@ -68,3 +69,18 @@ def test_installed_once_at_a_path_named_by_the_content(tmp_path):
     assert [path.name for path in (cache / "kernels").iterdir()] == [installed.name]
     kernel = KernelLibrary(installed).get("shipk.twice")
     assert kernel.call({"x": 4}) == 9 and kernel.file == str(installed / "shipk.py")
+
+
+def test_a_kernel_named_by_a_reference_ships_the_whole_folder(tmp_path):
+    folder = kernels_folder(tmp_path / "kernels", {"one.py": "X = 1\n", "two.py": "Y = 2\n",
+                                                   "pkg/__init__.py": "",
+                                                   "notes.txt": "not a module\n"})
+    script = tmp_path / "job.yml"
+    script.write_text("Version: 2\nName: chosen\nParameters: {kernel: one.f}\nSequence:\n"
+                      "  - Task: Run.Kernel\n    Config: {Kernel: one.f}\n"
+                      "  - Task: Run.Kernel\n    Config: {Kernel: \"@[kernel]\"}\n")
+    shipped = KernelSources.of_script(load_script(script))
+    assert list(shipped.files) == ["one.py", "pkg/__init__.py", "two.py"]
+    assert folder == tmp_path / "kernels"
+    script.write_text(script.read_text().replace('"@[kernel]"', "two.g"))
+    assert list(KernelSources.of_script(load_script(script)).files) == ["one.py", "two.py"]

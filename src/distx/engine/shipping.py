@@ -52,9 +52,14 @@ class KernelSources:
 
     @classmethod
     def of_script(cls, script: Script) -> KernelSources:
-        """What `script` needs of its kernels folder."""
-        return cls.read(script.kernels_dir, sorted(
-            {spec.kernel.rpartition(".")[0] for spec in script.tasks() if spec.kernel}))
+        """What `script` needs of its kernels folder: every module of it when a `Kernel`
+        is a reference (`@[name]`), known only while the run goes."""
+        tasks = [spec for spec in script.tasks() if "Kernel" in spec.config]
+        if any(spec.kernel is None for spec in tasks):
+            modules = _every_module(script.kernels_dir)
+        else:
+            modules = sorted({spec.kernel.rpartition(".")[0] for spec in tasks})
+        return cls.read(script.kernels_dir, modules)
 
     @property
     def fingerprint(self) -> str:
@@ -92,6 +97,12 @@ def cache_folder() -> Path:
         return Path(os.environ[CACHE_VARIABLE])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "distx"
+
+
+def _every_module(folder: Path) -> list[str]:
+    """The top-level modules and packages of a kernels folder."""
+    return sorted({path.stem for path in folder.glob("*.py")}
+                  | {path.parent.name for path in folder.glob("*/__init__.py")})
 
 
 def _files_of(folder: Path, module: str) -> Iterator[str]:
