@@ -45,6 +45,12 @@ CASE = """\
       sh -c 'hostname "$0" && {mount}exec sh -c "$1"' {name} "$*";;"""
 
 
+# The MPICH wheel talks through UCX, which sees one machine (one boot id) and would pass
+# messages between the hosts through shared memory; TCP only makes them cross the links,
+# as between real nodes (ranks of one host still share memory, through MPICH's own).
+NETWORK_ONLY = {"UCX_TLS": "tcp,self"}
+
+
 def why_not_available() -> str | None:
     """None when test hosts can be made here, else the reason."""
     if sys.platform != "linux":
@@ -128,7 +134,8 @@ class Hosts:
         return [str(self.wrapper), name, shlex.join(command)]
 
     def mpiexec(self, ranks: int, *command: str, hosts: list[str] | None = None) -> list[str]:
-        """`mpiexec` on the head host, placing ranks round-robin over `hosts` (all)."""
+        """`mpiexec` on the head host, placing ranks round-robin over `hosts` (all); run it
+        with NETWORK_ONLY in its environment."""
         return self.command(self.names[0], str(_launcher()), "-launcher", "ssh",
                             "-launcher-exec", str(self.wrapper),
                             "-hosts", ",".join(hosts or self.names), "-n", str(ranks),
