@@ -25,12 +25,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distx.engine import data
-from distx.engine.runtime import RunInfo, Runtime
+from distx.engine.coordinator import Coordinator
+from distx.engine.core import RunInfo
+from distx.engine.protocol import Verdict
+from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
 from distx.engine.shipping import KernelSources
+from distx.engine.taskrun import Executor
 from distx.engine.transport import LocalHub, MPITransport, Transport
 from distx.errors import UserError
 from distx.script.model import Script, load_script
-from distx.vocabulary import ExitCode
+from distx.script.roles import plan_roles
+from distx.vocabulary import INIT, PRE_RUN, ExitCode, RunState
 
 
 @dataclass
@@ -58,9 +63,9 @@ class _Prepared:
     kernels: KernelSources
 
 
-# Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts).
+# Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts), so
+# results/ is imported inside the functions that only rank 0 runs.
 if TYPE_CHECKING:
-    from distx.engine.coordinator import Coordinator
     from distx.results.store import ResultsFile
 
 
@@ -88,7 +93,7 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
     identity = RunIdentity(
         name=script.name, run_id=run_id, script_text=script.text,
         script_path=str(script.path), script_sha256=script.sha256,
-        fingerprints=provenance.fingerprints(script, kernels),
+        fingerprints=provenance.fingerprints(script, kernels.fingerprint),
         attributes={"world_size": plan.size, "command_line": " ".join(options.command_line),
                     **provenance.versions()},
         hosts=list(_hosts_per_rank(hosts, plan.size)))
@@ -100,8 +105,6 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
 
 def _info(script: Script, options: RunOptions, run_id: str, size: int,
           hosts: list[str], kernels_folder: Path | None = None) -> RunInfo:
-    from distx.script.roles import plan_roles
-
     plan = plan_roles(script, size)
     timeout = options.timeout if options.timeout is not None else script.timeout
     temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
@@ -129,18 +132,19 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
         if transport.rank == 0:
             try:
                 prepared = _prepare(options, transport.size, hosts)
-                verdict = ("ok", prepared.script, prepared.run_id, hosts, prepared.kernels)
+                verdict = Verdict(None, prepared.script, prepared.run_id, hosts,
+                                  prepared.kernels)
             except UserError as error:
-                verdict = ("error", str(error))
+                verdict = Verdict(str(error))
         verdict = transport.broadcast(verdict)
-        if verdict[0] == "error":
+        if verdict.error is not None:
             if transport.rank == 0:
-                raise UserError(verdict[1])
-            return 2
+                raise UserError(verdict.error)
+            return ExitCode.BAD_INPUT
         # Parsed and read on rank 0: the others need no YAML parser, nor rank 0's folders.
-        _, script, run_id, hosts, kernels = verdict
-        kernels_folder = None if transport.rank == 0 else kernels.install()
-        info = _info(script, options, run_id, transport.size, hosts, kernels_folder)
+        kernels_folder = None if transport.rank == 0 else verdict.kernels.install()
+        info = _info(verdict.script, options, verdict.run_id, transport.size, verdict.hosts,
+                     kernels_folder)
         if transport.rank == 0:
             return _coordinate(transport, info, prepared)
         return _work(transport, info)
@@ -151,93 +155,96 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
         print(f"distx: internal error on rank {transport.rank}; aborting the MPI job",
               file=sys.stderr, flush=True)
         if prepared is not None:
-            prepared.results.close("Errored", 1)
+            prepared.results.close(RunState.ERRORED.value, ExitCode.FAILED)
         transport.comm.Abort(1)
         return 1
 
 
-def _distribute(transport: MPITransport, runtime: Runtime, arrays: dict | None,
+def _distribute(transport: MPITransport, executor: Executor, arrays: dict | None,
                 specs: dict) -> None:
+    dispatch = executor.core.dispatch
     layout = transport.broadcast(data.layouts(arrays, specs) if transport.rank == 0 else None,
-                                 runtime.dispatch)
-    runtime.partitions = data.distribute(transport, layout, runtime.info.plan.holders,
-                                         arrays, runtime.dispatch)
+                                 dispatch)
+    executor.partitions = data.distribute(transport, layout, executor.info.plan.holders,
+                                          arrays, dispatch)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-def _stop_on_signals(runtime: Runtime) -> None:
+def _stop_on_signals(executor: Executor) -> None:
     """SIGTERM, SIGINT and SIGUSR1 (Slurm's warning before a time limit) stop the run
     gracefully: no new tasks, a bounded wait for those in flight, state Cancelled."""
     for number in STOP_SIGNALS:
-        signal.signal(number, lambda *_: runtime.on_signal())
+        signal.signal(number, lambda *_: executor.core.on_signal())
+
+
+def _start_coordinator(transport: Transport, info: RunInfo, prepared: _Prepared) -> Executor:
+    """Rank 0: a rank that also records into the results file."""
+    executor = start_rank(transport, info)
+    shapes = {name: array.shape for name, array in prepared.arrays.items()}
+    Coordinator(executor, prepared.results, shapes)
+    _stop_on_signals(executor)
+    return executor
 
 
 def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int:
-    from distx.engine.coordinator import Coordinator
-
-    shapes = {name: array.shape for name, array in prepared.arrays.items()}
-    coordinator = Coordinator(transport, info, prepared.results, shapes)
-    _stop_on_signals(coordinator)
-    coordinator.reach("Init")
-    coordinator.reach("PreRun")
-    _distribute(transport, coordinator, prepared.arrays, info.script.data)
+    executor = _start_coordinator(transport, info, prepared)
+    executor.core.reach(INIT)
+    executor.core.reach(PRE_RUN)
+    _distribute(transport, executor, prepared.arrays, info.script.data)
     prepared.arrays.clear()
-    coordinator.preload_kernels()
-    return _finish(coordinator, prepared)
+    preload_kernels(executor)
+    return _finish(executor, prepared)
 
 
 def _work(transport: Transport, info: RunInfo) -> int:
-    runtime = Runtime(transport, info)
-    _stop_on_signals(runtime)
-    runtime.reach("Init")
-    runtime.reach("PreRun")
-    _distribute(transport, runtime, None, info.script.data)
-    runtime.preload_kernels()
-    runtime.run_as_worker()
-    shutil.rmtree(runtime.temp_folder, ignore_errors=True)
-    return runtime.exit_code
+    executor = start_rank(transport, info)
+    _stop_on_signals(executor)
+    executor.core.reach(INIT)
+    executor.core.reach(PRE_RUN)
+    _distribute(transport, executor, None, info.script.data)
+    preload_kernels(executor)
+    run_as_worker(executor)
+    shutil.rmtree(executor.temp_folder, ignore_errors=True)
+    return executor.core.exit_code
 
 
-def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
-    state, exit_code = coordinator.run_as_coordinator()
-    if not coordinator.stuck:
-        coordinator.transport.close()  # a rank lost in a kernel would never join
+def _finish(executor: Executor, prepared: _Prepared) -> int:
+    core, stuck = executor.core, executor.feature(Coordinator).stuck
+    state, exit_code = run_as_coordinator(executor)
+    if not stuck:
+        core.transport.close()  # a rank lost in a kernel would never join
     prepared.results.close(state, exit_code)
-    shutil.rmtree(coordinator.info.temp_root, ignore_errors=True)
+    shutil.rmtree(executor.info.temp_root, ignore_errors=True)
     hint = "; --resume continues it" if exit_code == ExitCode.STOPPED else ""
-    print(f"distx: {coordinator.info.script.name} {state.lower()} "
+    print(f"distx: {executor.info.script.name} {state.lower()} "
           f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
           file=sys.stderr, flush=True)
-    if coordinator.stuck:
-        lost = ", ".join(coordinator.describe(rank) for rank in coordinator.stuck)
+    if stuck:
+        lost = ", ".join(core.describe(rank) for rank in stuck)
         print(f"distx: {lost} cannot be stopped (in a kernel past its Timeout): aborting "
               "the MPI job", file=sys.stderr, flush=True)
-        coordinator.transport.abort(exit_code)
+        core.transport.abort(exit_code)
     return exit_code
 
 
 def _run_single_process(options: RunOptions) -> int:
-    from distx.engine.coordinator import Coordinator
-
     host = socket.gethostname()
     prepared = _prepare(options, 1, [host])
     info = _info(prepared.script, options, prepared.run_id, 1, [host])
     hub = LocalHub(info.plan.size)
-    shapes = {name: array.shape for name, array in prepared.arrays.items()}
-    coordinator = Coordinator(hub.transport(0), info, prepared.results, shapes)
-    _stop_on_signals(coordinator)
-    others = [Runtime(hub.transport(rank), info) for rank in range(1, info.plan.size)]
+    coordinator = _start_coordinator(hub.transport(0), info, prepared)
+    others = [start_rank(hub.transport(rank), info) for rank in range(1, info.plan.size)]
     layout = data.layouts(prepared.arrays, info.script.data)
     partitions = data.split_locally(prepared.arrays, layout, info.plan.holders)
-    for runtime in (coordinator, *others):
-        runtime.partitions = partitions.get(runtime.rank, {})
-        runtime.reach("Init")
-        runtime.reach("PreRun")
-        runtime.preload_kernels()
-    threads = [threading.Thread(target=_virtual_rank, args=(runtime,), daemon=True,
-                                name=f"distx-rank{runtime.rank}") for runtime in others]
+    for executor in (coordinator, *others):
+        executor.partitions = partitions.get(executor.rank, {})
+        executor.core.reach(INIT)
+        executor.core.reach(PRE_RUN)
+        preload_kernels(executor)
+    threads = [threading.Thread(target=_virtual_rank, args=(executor,), daemon=True,
+                                name=f"distx-rank{executor.rank}") for executor in others]
     for thread in threads:
         thread.start()
     exit_code = _finish(coordinator, prepared)
@@ -246,9 +253,9 @@ def _run_single_process(options: RunOptions) -> int:
     return exit_code
 
 
-def _virtual_rank(runtime: Runtime) -> None:
+def _virtual_rank(executor: Executor) -> None:
     try:
-        runtime.run_as_worker()
+        run_as_worker(executor)
     except Exception:
         traceback.print_exc()
         os._exit(1)

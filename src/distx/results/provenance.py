@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 import distx
-from distx.engine.shipping import KernelSources
 from distx.script.model import Script
 
 
@@ -49,10 +48,10 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def fingerprints(script: Script, kernels: KernelSources) -> dict[str, str]:
-    """The kernels fingerprint is that of the code shipped to the ranks: the modules the
-    script names and the modules of the kernels folder they import."""
-    return {"script": _script_fingerprint(script), "kernels": kernels.fingerprint,
+def fingerprints(script: Script, kernels: str) -> dict[str, str]:
+    """`kernels` is the fingerprint of the code shipped to the ranks (engine/shipping.py):
+    the modules the script names and the modules of the kernels folder they import."""
+    return {"script": _script_fingerprint(script), "kernels": kernels,
             "data": _data_fingerprint(script)}
 
 
