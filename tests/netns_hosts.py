@@ -158,8 +158,10 @@ class Hosts:
         return not self.processes(name)
 
     def tear_down(self) -> None:
-        for name in self.names:
-            self.power_off(name)
+        for _ in range(2):  # twice: a process may have been entering a host meanwhile
+            for name in self.names:
+                self.power_off(name)
+            time.sleep(0.3)
         for name in self.names:
             namespace = self.namespaces[name]
             self.settle(name, 10)

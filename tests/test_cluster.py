@@ -265,3 +265,18 @@ def test_host_lost_mid_sweep_ends_the_run_and_resume_completes_it(cluster, proje
     assert (table["status"] == b"done").all()
     assert (table["result"] == table["seed"] ** 2 + 1000).all()
     assert hosts_of(output) == ["node1", "node1"]
+
+
+def test_hosts_are_removed_even_when_the_test_fails(tmp_path):
+    with pytest.raises(RuntimeError), netns_hosts.hosts(tmp_path / "cluster") as made:
+        sleeper = subprocess.Popen(made.command("node2", "sleep", "300"))
+        end = time.monotonic() + 10
+        while not made.processes("node2") and time.monotonic() < end:
+            time.sleep(0.05)
+        assert made.processes("node2")  # the sleep runs on node2
+        raise RuntimeError("a failing test")
+    assert sleeper.wait(timeout=10) != 0
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for namespace in [*made.namespaces.values(), made.switch]:
+        assert namespace not in listed
+        assert not Path("/etc/netns", namespace).exists()
