@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from distx.engine.kernels import KernelLibrary
 from distx.engine.shipping import KernelSources
@@ -84,3 +87,23 @@ def test_a_kernel_named_by_a_reference_ships_the_whole_folder(tmp_path):
     assert folder == tmp_path / "kernels"
     script.write_text(script.read_text().replace('"@[kernel]"', "two.g"))
     assert list(KernelSources.of_script(load_script(script)).files) == ["one.py", "two.py"]
+
+
+def test_a_cache_that_cannot_be_written_is_named(tmp_path):
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "one.py").write_text("X = 1\n")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(OSError, match=r"a-file/kernels .*set DISTX_CACHE_DIR to a folder"):
+        KernelSources.read(tmp_path / "kernels", ["one"]).install(blocked)
+
+
+def test_ranks_of_one_host_installing_at_once_leave_one_copy(tmp_path):
+    folder = kernels_folder(tmp_path / "kernels", {f"m{index}.py": f"X = {index}\n"
+                                                   for index in range(20)})
+    sources = KernelSources.read(folder, [f"m{index}" for index in range(20)])
+    with ThreadPoolExecutor(8) as pool:
+        installed = set(pool.map(lambda _: sources.install(tmp_path / "cache"), range(8)))
+    assert len(installed) == 1
+    assert [path.name for path in (tmp_path / "cache" / "kernels").iterdir()] == [
+        installed.pop().name]  # no draft left behind

@@ -76,19 +76,27 @@ class KernelSources:
         process never sees half of it and ranks sharing a host write it once."""
         root = (cache or cache_folder()) / "kernels"
         target = root / self.fingerprint[:32]
-        if target.is_dir():
-            return target
+        if not target.is_dir():
+            try:
+                self._write(root, target)
+            except OSError as error:
+                raise OSError(f"cannot write the shipped kernel modules into {root} ({error}); "
+                              f"set {CACHE_VARIABLE} to a folder this host can write") from error
+        return target
+
+    def _write(self, root: Path, target: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         draft = Path(tempfile.mkdtemp(prefix=".draft-", dir=root))
-        for relative, source in self.files.items():
-            path = draft / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(source)
         try:
+            for relative, source in self.files.items():
+                path = draft / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(source)
             draft.rename(target)
-        except OSError:  # another rank of this host was first: its copy is the same
+        except OSError:
             shutil.rmtree(draft, ignore_errors=True)
-        return target
+            if not target.is_dir():  # else another rank of this host was first: same files
+                raise
 
 
 def cache_folder() -> Path:
