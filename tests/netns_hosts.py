@@ -9,7 +9,8 @@ folder nor its kernels (pytest's folders are under /tmp), but the venv is visibl
 software installed on every node is. MPICH's hydra starts the ranks through its ssh
 launcher with `-launcher-exec` set to a wrapper that runs the command on the named host
 instead of over ssh. Host names resolve through /etc/netns/NAME/hosts, which
-`ip netns exec` mounts over /etc/hosts in the namespace only.
+`ip netns exec` mounts over /etc/hosts in the namespace only. Folders named in `hidden`
+(outside /tmp) are covered with an empty tmpfs on every host but the head.
 
 Needs root, `ip` (iproute2) and `unshare` (util-linux). Every namespace, link, process and
 file made is removed on leaving the context, even when the test failed; the mounts live in
@@ -74,7 +75,7 @@ def why_not_available() -> str | None:
 class Hosts:
     """Hosts `names[0]` (the head) .. `names[-1]`, made by `hosts()`."""
 
-    def __init__(self, folder: Path, count: int) -> None:
+    def __init__(self, folder: Path, count: int, hidden: tuple[Path, ...] = ()) -> None:
         tag = f"{os.getpid() % 100000}"
         self.folder = folder
         self.names = [f"node{index + 1}" for index in range(count)]
@@ -84,6 +85,7 @@ class Hosts:
                           enumerate(self.names)}
         self.switch = f"{PREFIX}{tag}switch"
         self.wrapper = folder / "enter-host"
+        self.hidden = hidden
 
     def disk(self, name: str) -> Path:
         """What a host other than the head sees as /tmp."""
@@ -118,8 +120,9 @@ class Hosts:
             _ip("-n", self.namespaces[name], "link", "set", inner, "up")
         head = self.names[0]
         cases = []
+        covers = "".join(f"mount -t tmpfs none {path} && " for path in self.hidden)
         for name in self.names:
-            mount = "" if name == head else f"mount --bind {self.disk(name)} /tmp && "
+            mount = "" if name == head else f"mount --bind {self.disk(name)} /tmp && {covers}"
             if name != head:
                 self.disk(name).mkdir(parents=True)
             cases.append(CASE.format(name=name, namespace=self.namespaces[name],
@@ -185,9 +188,9 @@ def _wait(condition, seconds: float) -> None:
 
 
 @contextlib.contextmanager
-def hosts(folder: Path, count: int = 2) -> Iterator[Hosts]:
+def hosts(folder: Path, count: int = 2, hidden: tuple[Path, ...] = ()) -> Iterator[Hosts]:
     """`count` hosts made for the duration of the context, always removed after it."""
-    made = Hosts(folder, count)
+    made = Hosts(folder, count, hidden)
     try:
         made.build()
         yield made

@@ -89,9 +89,15 @@ def write(folder: Path, name: str, body: str) -> Path:
     return path
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture
 def cluster(tmp_path):
-    with netns_hosts.hosts(tmp_path / "cluster") as made:
+    """node1 and node2; node2 sees of this repository only what is installed (src/ and the
+    venv), not its kernels, tests or jobs."""
+    hidden = tuple(REPOSITORY / name for name in ("kernels", "tests", "jobs"))
+    with netns_hosts.hosts(tmp_path / "cluster", hidden=hidden) as made:
         yield made
 
 
@@ -144,6 +150,9 @@ def hosts_of(output: Path) -> list[str]:
 def test_sweep_with_a_numba_kernel_on_a_host_without_the_kernels(cluster, project):
     script = write(project, "sweep.yml", SWEEP)
     assert not cluster.seen_by("node2", project).exists()  # node2 does not see the kernels
+    listed = subprocess.run(cluster.command("node2", "ls", "-A", str(REPOSITORY / "kernels")),
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout == ""  # nor the repository's
     output = project / "sweep.h5"
     result = launch(cluster, 3, script, "--output", str(output))
     assert result.returncode == 0, result.stderr
