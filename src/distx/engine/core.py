@@ -58,6 +58,7 @@ class RunInfo:
     temp_root: Path
     verbose: bool = False
     grace: float = 30.0
+    progress: str = "auto"    # how rank 0 shows sweep progress (engine/progress.py)
 
 
 class RankCore:
