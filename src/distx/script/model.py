@@ -29,14 +29,19 @@ from distx.script.schema import (
 from distx.script.source import Source, Where
 
 COORDINATOR = "coordinator"
-SEQUENCE_LIST = Type("a list of tasks", lambda v: isinstance(v, list))
+SEQUENCE_LIST = Type("a list of tasks", lambda v: isinstance(v, list), {"type": "array"})
 RANKS = Type("a rank, a list of ranks, or text like \"1-\", \"1-3\", \"1,3,5-7\"",
              lambda v: isinstance(v, (str, list)) or (isinstance(v, int)
-                                                       and not isinstance(v, bool)))
-PARTITION = Type("rows or replicate", lambda v: v in ("rows", "replicate"))
-DISTRIBUTION = Type("uniform, normal or integers", lambda v: v in ("uniform", "normal", "integers"))
+                                                       and not isinstance(v, bool)),
+             {"type": ["string", "integer", "array"]})
+PARTITIONS = ("rows", "replicate")
+PARTITION = Type("rows or replicate", lambda v: v in PARTITIONS, {"enum": list(PARTITIONS)})
+DISTRIBUTIONS = ("uniform", "normal", "integers")
+DISTRIBUTION = Type("uniform, normal or integers", lambda v: v in DISTRIBUTIONS,
+                    {"enum": list(DISTRIBUTIONS)})
 SHAPE = Type("a list of whole numbers >= 1", lambda v: isinstance(v, list) and len(v) > 0 and all(
-    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v))
+    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v),
+    {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1}})
 
 TOP_LEVEL = Keys(
     required={"Name": STR},

@@ -16,6 +16,8 @@ from typing import Any
 class Type:
     name: str
     accepts: Any  # callable(value) -> bool
+    schema: dict = field(default_factory=dict, compare=False)
+    """The same rule as a JSON Schema fragment (`distx schema`; {} accepts anything)."""
 
     def check(self, value: Any) -> bool:
         return is_reference(value) or self.accepts(value)
@@ -25,28 +27,37 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-STR = Type("a string", lambda v: isinstance(v, str))
-NUMBER = Type("a number", _number)
-POSITIVE = Type("a positive number", lambda v: _number(v) and v > 0)
+STR = Type("a string", lambda v: isinstance(v, str), {"type": "string"})
+NUMBER = Type("a number", _number, {"type": "number"})
+POSITIVE = Type("a positive number", lambda v: _number(v) and v > 0,
+                {"type": "number", "exclusiveMinimum": 0})
 COUNT = Type("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool)
-             and v >= 0)
-BOOL = Type("true or false", lambda v: isinstance(v, bool))
-ANY = Type("any value", lambda v: True)
-DICT = Type("a mapping", lambda v: isinstance(v, dict))
+             and v >= 0, {"type": "integer", "minimum": 0})
+BOOL = Type("true or false", lambda v: isinstance(v, bool), {"type": "boolean"})
+ANY = Type("any value", lambda v: True, {})
+DICT = Type("a mapping", lambda v: isinstance(v, dict), {"type": "object"})
 STR_LIST = Type("a list of strings", lambda v: isinstance(v, list)
-                and all(isinstance(item, str) for item in v))
+                and all(isinstance(item, str) for item in v),
+                {"type": "array", "items": {"type": "string"}})
 FROM = Type("a role name or a rank number", lambda v: isinstance(v, (str, int))
-            and not isinstance(v, bool))
-REDUCE = Type("one of sum, min, max, mean, concat",
-              lambda v: v in ("sum", "min", "max", "mean", "concat"))
+            and not isinstance(v, bool), {"type": ["string", "integer"]})
+REDUCTIONS = ("sum", "min", "max", "mean", "concat")
+REDUCE = Type("one of sum, min, max, mean, concat", lambda v: v in REDUCTIONS,
+              {"enum": list(REDUCTIONS)})
+SEVERITIES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SEVERITY = Type("one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
-                lambda v: isinstance(v, str) and v.upper() in
-                ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+                lambda v: isinstance(v, str) and v.upper() in SEVERITIES,
+                {"type": "string", "pattern": "^(" + "|".join(  # any case, as checked
+                    "".join(f"[{c}{c.lower()}]" for c in word) for word in SEVERITIES) + ")$"})
 KEYS = Type("a list of names, or of [group, name] pairs",
             lambda v: isinstance(v, list) and all(
                 isinstance(item, str) or (isinstance(item, list) and len(item) == 2
                                           and isinstance(item[0], int)
-                                          and isinstance(item[1], str)) for item in v))
+                                          and isinstance(item[1], str)) for item in v),
+            {"type": "array", "items": {"anyOf": [
+                {"type": "string"},
+                {"type": "array", "minItems": 2, "maxItems": 2,
+                 "items": {"type": ["integer", "string"]}}]}})
 
 
 @dataclass(frozen=True)
