@@ -14,6 +14,7 @@ import sys
 from distx import __version__
 from distx.engine.progress import MODES as PROGRESS
 from distx.errors import UserError
+from distx.vocabulary import ExitCode
 
 COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline", "bench",
             "schema", "examples")
@@ -39,17 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     if arguments.command is None:
         _parser().print_help(sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     try:
         return arguments.handler(arguments)
     except UserError as error:
         if arguments.debug:
             raise
         print(f"distx: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return ExitCode.BAD_INPUT
     except BrokenPipeError:
         _quiet_stdout()
-        return 0
+        return ExitCode.OK
 
 
 def _quiet_stdout() -> None:
@@ -189,7 +190,7 @@ def _validate(arguments: argparse.Namespace) -> int:
     plan = check_script(script, arguments.ranks, _overrides(arguments.set))
     roles = ", ".join(f"{name} {list(ranks)}" for name, ranks in plan.ranks_of.items())
     print(f"{arguments.script}: OK ({len(script.tasks())} tasks; roles: {roles})")
-    return 0
+    return ExitCode.OK
 
 
 def _show(arguments: argparse.Namespace) -> int:
@@ -200,14 +201,14 @@ def _show(arguments: argparse.Namespace) -> int:
     by = [name.strip() for name in arguments.by.split(",") if name.strip()]
     print(summary(arguments.results, ShowOptions(by, arguments.sort, arguments.desc,
                                                  arguments.top)))
-    return 0
+    return ExitCode.OK
 
 
 def _status(arguments: argparse.Namespace) -> int:
     from distx.results.show import status
 
     print(status(arguments.results))
-    return 0
+    return ExitCode.OK
 
 
 def _reset(arguments: argparse.Namespace) -> int:
@@ -219,7 +220,7 @@ def _reset(arguments: argparse.Namespace) -> int:
     detail = ", ".join(f"{number} {status}" for status, number in sorted(counts.items()))
     print(f"{arguments.results}: {total} experiment(s) set back to created"
           + (f" ({detail})" if detail else ""))
-    return 0
+    return ExitCode.OK
 
 
 def _export(arguments: argparse.Namespace) -> int:
@@ -228,7 +229,7 @@ def _export(arguments: argparse.Namespace) -> int:
     rows = export_csv(arguments.results, arguments.table, arguments.csv)
     if arguments.csv != "-":
         print(f"{rows} row(s) of {arguments.table} written to {arguments.csv}")
-    return 0
+    return ExitCode.OK
 
 
 def _timeline(arguments: argparse.Namespace) -> int:
@@ -240,14 +241,14 @@ def _timeline(arguments: argparse.Namespace) -> int:
 
         events = write_trace(arguments.results, arguments.trace, arguments.run)
         print(f"trace of {events:,} events written to {arguments.trace}")
-    return 0
+    return ExitCode.OK
 
 
 def _bench(arguments: argparse.Namespace) -> int:
     from distx.bench.harness import run_bench
 
     print(run_bench(arguments.ranks, arguments.quick, arguments.json))
-    return 0
+    return ExitCode.OK
 
 
 def _schema(arguments: argparse.Namespace) -> int:
@@ -256,7 +257,7 @@ def _schema(arguments: argparse.Namespace) -> int:
     from distx.check.script_schema import script_schema
 
     print(json.dumps(script_schema(), indent=2))
-    return 0
+    return ExitCode.OK
 
 
 def _examples(arguments: argparse.Namespace) -> int:
@@ -265,4 +266,4 @@ def _examples(arguments: argparse.Namespace) -> int:
     written = copy_examples(arguments.folder)
     print(f"{len(written)} example file(s) copied to {arguments.folder}; try: cd "
           f"{arguments.folder} && mpiexec -n 4 distx jobs/pi.yml && distx show pi.h5")
-    return 0
+    return ExitCode.OK
