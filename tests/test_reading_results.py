@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import h5py
+import numpy as np
 import pytest
 from conftest import SCRIPTS, log_lines, mpiexec, run_script, text
 
@@ -213,3 +214,78 @@ def test_output_capture_takes_python_and_descriptor_writes(capsys):
     with OutputCapture(enabled=False).capture() as nothing:
         pass
     assert nothing == []
+
+
+# ----- timeline and trace ---------------------------------------------------------------------
+def read_trace(path) -> list[dict]:
+    import json
+
+    with open(path, encoding="utf-8") as source:
+        return json.load(source)["traceEvents"]
+
+
+def test_trace_holds_every_task_milestone_and_attempt_of_the_run(showcase, tmp_path):
+    from distx.cli import main
+
+    output, _, _ = showcase
+    trace = tmp_path / "trace.json"
+    assert main(["timeline", str(output), "-o", str(tmp_path / "t.png"), "--trace",
+                 str(trace), "--run", "0"]) == 0
+    events = read_trace(trace)
+    with h5py.File(output, "r", locking=False) as file:
+        tasks = file["tasks"][()]
+        milestones = file["milestones"][()]
+        attempts = file["attempts"][()]
+    tasks, milestones = tasks[tasks["run"] == 0], milestones[milestones["run"] == 0]
+    attempts = attempts[attempts["run"] == 0]
+    names = {event["pid"]: event["args"]["name"] for event in events
+             if event["ph"] == "M" and event["name"] == "process_name"}
+    assert names == {0: "rank 0 (coordinator)", 1: "rank 1 (workers)", 2: "rank 2 (workers)",
+                     3: "rank 3 (failing)"}
+    task_events = [event for event in events if event.get("cat") == "task"]
+    assert sorted((event["pid"], event["name"]) for event in task_events) == sorted(
+        (int(row["rank"]), text(row["task"])) for row in tasks)
+    assert all(event["ph"] == "X" and event["dur"] >= 0 and event["ts"] >= 0
+               for event in task_events)
+    failed = next(event for event in task_events if event["pid"] == 3)
+    assert "its second line says why" in failed["args"]["error"]
+    instants = [event for event in events if event["ph"] == "i"]
+    assert len(instants) == len(milestones)
+    assert {event["name"] for event in instants if event["pid"] == 3} == {
+        "Init", "PreRun", "Run", "Errored"}
+    tried = [event for event in events if event.get("cat", "").startswith("attempt")]
+    assert len(tried) == len(attempts) == 12
+    assert {event["tid"] for event in tried} == {1}
+    assert sum(event["args"]["status"] == "error" for event in tried) == 2
+    assert any(event["name"] == "data distribution" for event in events)
+
+
+def test_trace_of_100k_attempts(showcase, tmp_path):
+    from distx.results.trace import write_trace
+
+    output, _, _ = showcase
+    big = tmp_path / "big.h5"
+    shutil.copyfile(output, big)
+    with h5py.File(big, "r+") as file:
+        table = file["attempts"]
+        rows = table[()]
+        rows = rows[rows["run"] == 1]
+        many = np.resize(rows, 100_000)
+        table.resize((len(many),))
+        table[...] = many
+    trace = tmp_path / "big.json"
+    count = write_trace(big, trace)
+    events = read_trace(trace)
+    assert count == len(events)
+    assert sum(event.get("cat", "").startswith("attempt") for event in events) == 100_000
+
+
+def test_timeline_names_an_unknown_run(showcase, tmp_path):
+    from distx.errors import UserError
+    from distx.results.timeline import draw
+
+    output, _, _ = showcase
+    with pytest.raises(UserError, match="no run 7.*0, 1"):
+        draw(output, tmp_path / "t.png", 7)
+    picture = draw(output, tmp_path / "t.png", 1)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
