@@ -169,9 +169,13 @@ def _draw_tasks(axes, events: RunEvents, span: float) -> list:
         if _text_width(label, span) < width * 0.95:
             axes.text(left + width / 2, row["rank"], label, ha="center", va="center",
                       fontsize=FONT, color="black", clip_on=True)
-    return [Patch(facecolor=colours[name], alpha=0.55 if name in WAITS else 0.9,
-                  hatch="//" if name in WAITS else None,
-                  label=name + (" (waits)" if name in WAITS else "")) for name in names]
+    legend = [Patch(facecolor=colours[name], alpha=0.55 if name in WAITS else 0.9,
+                    hatch="//" if name in WAITS else None,
+                    label=name + (" (waits)" if name in WAITS else "")) for name in names]
+    if (events.tasks["status"] != b"done").any():
+        legend.append(Patch(facecolor="white", edgecolor="#b30000", linewidth=1.5,
+                            label="task not done"))
+    return legend
 
 
 def _draw_attempts(axes, events: RunEvents) -> list:
