@@ -289,3 +289,13 @@ def test_timeline_names_an_unknown_run(showcase, tmp_path):
         draw(output, tmp_path / "t.png", 7)
     picture = draw(output, tmp_path / "t.png", 1)
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_stuck_sweep_kernel_is_reported_on_the_terminal_while_its_output_is_captured(
+        tmp_path):
+    """The watchdog's line comes while the batch's output is captured: it must not be."""
+    result = run_script(SCRIPTS / "faulty_sweep.yml", tmp_path / "out.h5", 3, "--set",
+                        "sleep_at=4", timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"^\[rank \d \([^)]*\)\] ERROR: kernel \S+ on rank \d .*ran past its "
+                     r"Timeout of 2 s", result.stderr, re.MULTILINE), result.stderr
