@@ -216,6 +216,17 @@ def test_output_capture_takes_python_and_descriptor_writes(capsys):
     assert nothing == []
 
 
+def test_output_capture_keeps_a_bounded_amount(capsys, monkeypatch):
+    import os
+
+    from distx.engine import output
+
+    monkeypatch.setattr(output, "MAX_KEPT", 100)
+    with capsys.disabled(), OutputCapture(enabled=True).capture() as printed:
+        os.write(1, b"x" * 60 + b"\n" + b"y" * 100 + b"\n")
+    assert printed == ["x" * 60, "y" * 39, "[62 more bytes of output not kept]"]
+
+
 # ----- timeline and trace ---------------------------------------------------------------------
 def read_trace(path) -> list[dict]:
     import json

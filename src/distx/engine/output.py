@@ -18,6 +18,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+MAX_KEPT = 1 << 20
+"""Bytes of one capture kept (the rest is counted, not kept): a kernel printing in a loop
+must not fill rank 0's memory and the results file."""
 OUTPUT = "OUTPUT"
 """The severity of captured output in /logs (as Run.CliExecute's command output)."""
 _stderr: int | None = None
@@ -69,10 +72,13 @@ class OutputCapture:
         size = os.lseek(descriptor, 0, os.SEEK_CUR)  # fds 1 and 2 shared this offset
         if not size:
             return []
-        text = os.pread(descriptor, size, 0).decode(errors="replace")
+        text = os.pread(descriptor, min(size, MAX_KEPT), 0).decode(errors="replace")
         os.ftruncate(descriptor, 0)
         os.lseek(descriptor, 0, os.SEEK_SET)
-        return text.splitlines()
+        lines = text.splitlines()
+        if size > MAX_KEPT:
+            lines.append(f"[{size - MAX_KEPT:,} more bytes of output not kept]")
+        return lines
 
 
 def _flush() -> None:
