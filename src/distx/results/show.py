@@ -52,7 +52,7 @@ class Snapshot:
     milestones: np.ndarray
     tasks: np.ndarray
     values: np.ndarray
-    attempts: np.ndarray | None
+    attempts: np.ndarray | None    # columns run and rank, read only while a run writes
     experiments: np.ndarray | None
     keyfields: list[str]
     outputs: list[str]
@@ -98,7 +98,9 @@ def _snapshot(path: str, file: h5py.File) -> Snapshot:
         script_path=_text(file["script"].attrs["path"]),
         runs=file["runs"][()], milestones=file["milestones"][()], tasks=file["tasks"][()],
         values=file["values"][()],
-        attempts=file["attempts"][()] if "attempts" in file else None,
+        attempts=file["attempts"].fields(["run", "rank"])[()]
+        if "attempts" in file and _text(file.attrs["state"]) == RunState.RUNNING.value
+        else None,
         experiments=experiments[()] if experiments is not None else None,
         keyfields=[_text(name) for name in experiments.attrs.get("keyfields", [])]
         if experiments is not None else [],
