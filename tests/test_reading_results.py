@@ -178,6 +178,21 @@ def test_progress_eta_is_a_dash_until_a_rate_is_known():
     assert quiet.getvalue() == ""
 
 
+def test_a_line_echoed_during_a_live_progress_line_gets_a_line_of_its_own():
+    from distx.engine.progress import break_live_line
+
+    stream = io.StringIO()
+    progress = Progress(10, "live", stream)
+    progress.update(5, 0, force=True)
+    break_live_line()        # what RankCore.echo does before its line
+    stream.write("[rank 0 (coordinator)] INFO: hello\n")
+    progress.update(0, 0, force=True)
+    progress.finish(0, 0)
+    lines = stream.getvalue().split("\n")
+    assert lines[0].startswith("\rsweep: 5 done") and lines[1].startswith("[rank 0")
+    assert lines[2].startswith("\rsweep: 10 done") and lines[-1] == ""
+
+
 # ----- kernel output --------------------------------------------------------------------------
 def test_kernel_output_reaches_the_log_and_the_terminal_with_its_rank(showcase):
     output, first, _ = showcase

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from distx.engine.output import real_stderr
+from distx.engine.progress import break_live_line
 from distx.engine.protocol import (
     Command,
     Control,
@@ -100,6 +101,7 @@ class RankCore:
         """A line on stderr naming this rank; never taken by a capture of kernel output
         (the watchdog echoes while a kernel's output is being captured)."""
         line = f"[{self.describe(self.rank)}] {severity}: {text}\n"
+        break_live_line()
         sys.stderr.flush()
         os.write(real_stderr(), line.encode(errors="replace"))
 

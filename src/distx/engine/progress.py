@@ -12,12 +12,26 @@ from __future__ import annotations
 
 import datetime
 import sys
+import threading
 import time
 from typing import TextIO
 
 MODES = ("auto", "live", "lines", "off")
 LIVE_SECONDS = 0.2
 LINE_SECONDS = 5.0
+_drawn: list[Progress] = []   # the live line on this process's stderr, if one is drawn
+_lock = threading.Lock()
+
+
+def break_live_line() -> None:
+    """Before other text on stderr: end the live line, so that text gets a line of its
+    own (the next update draws the live line again below it)."""
+    with _lock:   # virtual ranks echo from threads of one process
+        while _drawn:
+            progress = _drawn.pop()
+            progress.stream.write("\n")
+            progress.stream.flush()
+            progress.width = 0
 
 
 def clock(seconds: float) -> str:
@@ -58,6 +72,9 @@ class Progress:
         if self.mode == "live":
             self.stream.write("\r" + text.ljust(self.width))
             self.width = len(text)
+            with _lock:
+                if self not in _drawn:
+                    _drawn.append(self)
         else:
             stamp = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
             self.stream.write(f"[{stamp}] {text}\n")
@@ -66,6 +83,4 @@ class Progress:
     def finish(self, remaining: int, errors: int) -> None:
         """The final counts, always shown (unless off)."""
         self.update(remaining, errors, force=True)
-        if self.mode == "live":
-            self.stream.write("\n")
-            self.stream.flush()
+        break_live_line()
