@@ -16,6 +16,7 @@ from typing import Any
 class Type:
     name: str
     accepts: Any  # callable(value) -> bool
+    detail: str = ""  # a bound the name does not say, shown after the value
     schema: dict = field(default_factory=dict, compare=False)
     """The same rule as a JSON Schema fragment (`distx schema`; {} accepts anything)."""
 
@@ -27,37 +28,56 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-STR = Type("a string", lambda v: isinstance(v, str), {"type": "string"})
-NUMBER = Type("a number", _number, {"type": "number"})
-POSITIVE = Type("a positive number", lambda v: _number(v) and v > 0,
-                {"type": "number", "exclusiveMinimum": 0})
+MAX_SECONDS = 7 * 24 * 3600.0  # the longest Timeout or Delay: a week
+
+
+def _seconds(value: Any) -> bool:
+    return _number(value) and 0 < value <= MAX_SECONDS  # also refuses nan
+
+
+STR = Type("a string", lambda v: isinstance(v, str), schema={"type": "string"})
+NUMBER = Type("a number", _number, schema={"type": "number"})
+SECONDS = Type("a positive number", _seconds,
+               f"seconds, finite and at most {MAX_SECONDS:.0f} (a week)",
+               schema={"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS})
 COUNT = Type("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool)
-             and v >= 0, {"type": "integer", "minimum": 0})
-BOOL = Type("true or false", lambda v: isinstance(v, bool), {"type": "boolean"})
-ANY = Type("any value", lambda v: True, {})
-DICT = Type("a mapping", lambda v: isinstance(v, dict), {"type": "object"})
+             and v >= 0, schema={"type": "integer", "minimum": 0})
+BOOL = Type("true or false", lambda v: isinstance(v, bool), schema={"type": "boolean"})
+ANY = Type("any value", lambda v: True)
+DICT = Type("a mapping", lambda v: isinstance(v, dict), schema={"type": "object"})
 STR_LIST = Type("a list of strings", lambda v: isinstance(v, list)
                 and all(isinstance(item, str) for item in v),
-                {"type": "array", "items": {"type": "string"}})
+                schema={"type": "array", "items": {"type": "string"}})
 FROM = Type("a role name or a rank number", lambda v: isinstance(v, (str, int))
-            and not isinstance(v, bool), {"type": ["string", "integer"]})
+            and not isinstance(v, bool), schema={"type": ["string", "integer"]})
 REDUCTIONS = ("sum", "min", "max", "mean", "concat")
 REDUCE = Type("one of sum, min, max, mean, concat", lambda v: v in REDUCTIONS,
-              {"enum": list(REDUCTIONS)})
+              schema={"enum": list(REDUCTIONS)})
 SEVERITIES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SEVERITY = Type("one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
                 lambda v: isinstance(v, str) and v.upper() in SEVERITIES,
-                {"type": "string", "pattern": "^(" + "|".join(  # any case, as checked
+                schema={"type": "string", "pattern": "^(" + "|".join(  # any case, as checked
                     "".join(f"[{c}{c.lower()}]" for c in word) for word in SEVERITIES) + ")$"})
-KEYS = Type("a list of names, or of [group, name] pairs",
-            lambda v: isinstance(v, list) and all(
-                isinstance(item, str) or (isinstance(item, list) and len(item) == 2
-                                          and isinstance(item[0], int)
-                                          and isinstance(item[1], str)) for item in v),
-            {"type": "array", "items": {"anyOf": [
+CAPTURE_TYPES = ("text", "int", "float")
+
+
+def _capture_keys(value: Any) -> bool:
+    def one(item: Any) -> bool:
+        if isinstance(item, str):
+            return True
+        return (isinstance(item, list) and len(item) in (2, 3) and isinstance(item[0], int)
+                and not isinstance(item[0], bool) and isinstance(item[1], str)
+                and (len(item) == 2 or item[2] in CAPTURE_TYPES))
+    return isinstance(value, list) and all(one(item) for item in value)
+
+
+KEYS = Type("a list of names, or of [group, name] pairs or [group, name, type] triples "
+            f"(type: {', '.join(CAPTURE_TYPES)})", _capture_keys,
+            schema={"type": "array", "items": {"anyOf": [
                 {"type": "string"},
-                {"type": "array", "minItems": 2, "maxItems": 2,
-                 "items": {"type": ["integer", "string"]}}]}})
+                {"type": "array", "minItems": 2, "maxItems": 3,
+                 "prefixItems": [{"type": "integer"}, {"type": "string"},
+                                 {"enum": list(CAPTURE_TYPES)}]}]}})
 
 
 @dataclass(frozen=True)
