@@ -108,6 +108,12 @@ def test_show_refuses_an_unknown_column(showcase):
         summary([output], ShowOptions(by=["seed", "scale", "seed"]))
 
 
+def test_one_path_is_one_file(showcase):
+    output, _, _ = showcase
+    assert summary(str(output)) == summary([output])
+    assert status(output) == status([str(output)])
+
+
 def test_rank_ranges():
     assert rank_ranges([7, 1, 2, 3, 5, 8]) == "1-3,5,7-8"
     assert rank_ranges([4]) == "4"

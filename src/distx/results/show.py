@@ -69,9 +69,11 @@ def _when(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds).isoformat(sep=" ", timespec="seconds")
 
 
-def expand_paths(patterns: Iterable[str | Path]) -> list[Path]:
+def expand_paths(patterns: str | Path | Iterable[str | Path]) -> list[Path]:
     """The files named, a pattern such as 'shard-*.h5' (quoted, so the shell left it)
     standing for the files it matches."""
+    if isinstance(patterns, (str, Path)):
+        patterns = [patterns]
     paths: list[Path] = []
     for pattern in map(str, patterns):
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else []
@@ -110,7 +112,8 @@ def _snapshot(path: str, file: h5py.File) -> Snapshot:
 
 
 # ======== show ===============================================================================
-def summary(paths: Iterable[str | Path], options: ShowOptions | None = None) -> str:
+def summary(paths: str | Path | Iterable[str | Path],
+            options: ShowOptions | None = None) -> str:
     options = options or ShowOptions()
     snapshots = [read_snapshot(path) for path in expand_paths(paths)]
     lines: list[str] = []
@@ -380,7 +383,7 @@ def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 # ======== status ============================================================================
-def status(paths: Iterable[str | Path]) -> str:
+def status(paths: str | Path | Iterable[str | Path]) -> str:
     """Live counts of results files (also while a run writes them), and their union."""
     snapshots = [read_snapshot(path) for path in expand_paths(paths)]
     lines: list[str] = []
