@@ -263,7 +263,7 @@ SCRIPTS_WITH_ODD_VALUES = st.fixed_dictionaries({
     "Sequence": st.lists(TASK, max_size=2)})
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(SCRIPTS_WITH_ODD_VALUES, st.integers(1, 3))
 def test_validation_of_odd_values_raises_only_one_line_user_errors(document, ranks):
     """Scripts with odd values everywhere validation looks: accepted, or one UserError line
