@@ -15,6 +15,7 @@ carries its cause, so a rank waiting on an Errored peer fails at once, naming it
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distx.engine.output import real_stderr
+from distx.engine.progress import break_live_line
 from distx.engine.protocol import (
     Command,
     Control,
@@ -47,7 +50,9 @@ Handler = Callable[[int, Any], None]
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What every rank knows about the run, identical on all ranks."""
+    """What every rank knows about the run, identical on all ranks but `kernels_folder`:
+    where this process imports kernel modules from, the script's kernels folder (None) on
+    rank 0 and in a single process, the shipped copy (engine/shipping.py) on other ranks."""
 
     script: Script
     plan: RolePlan
@@ -58,6 +63,8 @@ class RunInfo:
     temp_root: Path
     verbose: bool = False
     grace: float = 30.0
+    progress: str = "auto"    # how rank 0 shows sweep progress (engine/progress.py)
+    kernels_folder: Path | None = None
 
 
 class RankCore:
@@ -94,8 +101,12 @@ class RankCore:
         return self.info.plan.describe(rank)
 
     def echo(self, text: str, severity: str) -> None:
-        """A line on stderr naming this rank."""
-        print(f"[{self.describe(self.rank)}] {severity}: {text}", file=sys.stderr, flush=True)
+        """A line on stderr naming this rank; never taken by a capture of kernel output
+        (the watchdog echoes while a kernel's output is being captured)."""
+        line = f"[{self.describe(self.rank)}] {severity}: {text}\n"
+        break_live_line()
+        sys.stderr.flush()
+        os.write(real_stderr(), line.encode(errors="replace"))
 
     # ----- serving --------------------------------------------------------------------
     def on_signal(self) -> None:

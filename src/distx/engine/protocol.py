@@ -60,6 +60,7 @@ class EventKind(str, enum.Enum):
     TASK = "task"        # a finished task, with its log
     FILE = "file"        # a file a task kept
     STUCK = "stuck"      # a rank lost in a kernel past its Timeout
+    LOG = "log"          # log lines outside a task of the sequence (sweep kernel output)
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,14 @@ class DataBlock:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Rank 0's word on the input: the parsed script to run, or the error ending every rank."""
+    """Rank 0's word on the input: the parsed script to run and the kernel code it needs
+    (engine/shipping.py), or the error ending every rank."""
 
     error: str | None
     script: Any = None
     run_id: str = ""
     hosts: list[str] = field(default_factory=list)
+    kernels: Any = None
 
 
 @dataclass
