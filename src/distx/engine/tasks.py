@@ -375,8 +375,8 @@ def run_kernel(run: TaskRun, config: dict) -> None:
 
 
 def _keyfield_names(script: Script) -> set[str]:
-    experiments = script.experiments
-    return set(experiments.keyfields) | ({"fold"} if experiments.folds else set())
+    """The keyfields a sweep's kernel gets (with Folds, `fold` too)."""
+    return set(script.experiments.grid().names)
 
 
 def _keyfield_examples(script: Script, config: dict, base: dict) -> list[dict]:
@@ -405,8 +405,7 @@ def _check_sweep(script: Script, spec: TaskSpec) -> None:
 
 def _check_experiment_columns(script: Script, spec: TaskSpec) -> None:
     """Keyfields and Outputs are columns of the experiments table, beside its own."""
-    experiments = script.experiments
-    keyfields = [*experiments.keyfields, *(["fold"] if experiments.folds else [])]
+    keyfields = script.experiments.grid().names
     for name in keyfields:
         if name in EXPERIMENT_COLUMNS:
             raise script.error(("Experiments", "Keyfields", name), f"keyfield '{name}' has "

@@ -269,9 +269,9 @@ def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
     where = ("Experiments",)
     check_keys(source, doc, EXPERIMENTS, where)
     for name in doc["Keyfields"]:
-        if name == "fold" and doc.get("Folds"):
+        if name == grid.FOLD and doc.get("Folds"):
             raise source.error((*where, "Keyfields", name),
-                               "keyfield 'fold' is added by Folds", "rename the keyfield")
+                               f"keyfield '{grid.FOLD}' is added by Folds", "rename the keyfield")
     if not doc["Keyfields"]:
         raise source.error((*where, "Keyfields"), "no keyfields", "add at least one keyfield")
     folds = doc.get("Folds")
