@@ -47,7 +47,13 @@ import numpy as np
 
 from distx.engine.coordinator import Coordinator
 from distx.engine.data import row_blocks
-from distx.engine.kernels import PARTITION_NAMES, Kernel, is_compile_error, outputs_of
+from distx.engine.kernels import (
+    DEFAULT_OUTPUTS,
+    PARTITION_NAMES,
+    Kernel,
+    is_compile_error,
+    outputs_of,
+)
 from distx.engine.protocol import BatchResult, Kind, SweepPlan, SweepReady, SweepTasks
 from distx.engine.reduce import reduce_values
 from distx.engine.taskrun import Executor, TaskRun
@@ -89,7 +95,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     holders = run.executor.info.plan.holders
     grid = script.experiments.grid()
     ids = grid.ids()
-    outputs = config.get("Outputs", ["result"])
+    outputs = config.get("Outputs", list(DEFAULT_OUTPUTS))
     table = coordinator.results.experiments(grid, ids, outputs)
     table_rows = np.array([table.row_of[experiment_id] for experiment_id in ids],
                           dtype=np.int64)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from distx.engine.halo import HALO_ARGUMENTS, iterate_with_halos
-from distx.engine.kernels import outputs_of
+from distx.engine.kernels import DEFAULT_OUTPUTS, outputs_of
 from distx.engine.reduce import reduce_values
 from distx.engine.sweep import run_sweep
 from distx.engine.taskrun import TaskRun
@@ -412,7 +412,7 @@ def _check_experiment_columns(script: Script, spec: TaskSpec) -> None:
                                "the name of a column of the experiments table",
                                f"rename it (taken: {', '.join(EXPERIMENT_COLUMNS)})")
     given = "Outputs" in spec.config
-    for position, name in enumerate(spec.config.get("Outputs", ["result"])):  # as sweep.py
+    for position, name in enumerate(spec.config.get("Outputs", DEFAULT_OUTPUTS)):
         if name in EXPERIMENT_COLUMNS or name in keyfields:
             taken = "a keyfield" if name in keyfields else "a column of the experiments table"
             where = (*spec.where, "Config", *(("Outputs", position) if given else ()))
