@@ -60,6 +60,7 @@ from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.watchdog import watch_kernel
 from distx.errors import Cancelled, TaskFailed, UserError
 from distx.script.grid import Grid
+from distx.script.model import ROWS
 from distx.vocabulary import Status
 
 # Rank 0 alone imports h5py (through results/): the holders import this module too.
@@ -93,7 +94,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     if script.experiments is None:
         raise TaskFailed("Run.Sweep needs an Experiments section with Keyfields")
     inputs = config.get("Inputs", [])
-    rows_inputs = [name for name in inputs if script.data[name].partition == "rows"]
+    rows_inputs = [name for name in inputs if script.data[name].partition == ROWS]
     holders = run.executor.info.plan.holders
     grid = script.experiments.grid()
     ids = grid.ids()

@@ -34,7 +34,7 @@ from distx.engine.taskrun import TaskRun
 from distx.errors import TaskFailed
 from distx.results.store import EXPERIMENT_COLUMNS
 from distx.script.evaluate import evaluate
-from distx.script.model import Script, TaskSpec
+from distx.script.model import ROWS, Script, TaskSpec
 from distx.script.schema import (
     ANY,
     BOOL,
@@ -425,7 +425,7 @@ def _check_sweep_reduce(script: Script, spec: TaskSpec) -> None:
     blocks' results: how depends on the kernel (a sum of counts, a min, a mean...), so the
     script says it; a silent `sum` gave results that change with the number of ranks."""
     rows = [name for name in spec.config.get("Inputs", [])
-            if name in script.data and script.data[name].partition == "rows"]
+            if name in script.data and script.data[name].partition == ROWS]
     if rows and "Reduce" not in spec.config:
         raise script.error((*spec.where, "Config"), f"Run.Sweep over row-partitioned "
                            f"input '{rows[0]}' needs Reduce: the kernel runs once per block "

@@ -37,7 +37,8 @@ RANKS = Type("a rank, a list of ranks, or text like \"1-\", \"1-3\", \"1,3,5-7\"
              lambda v: isinstance(v, (str, list)) or (isinstance(v, int)
                                                        and not isinstance(v, bool)),
              schema={"type": ["string", "integer", "array"]})
-PARTITIONS = ("rows", "replicate")
+ROWS, REPLICATE = "rows", "replicate"  # how an array is spread over the holders
+PARTITIONS = (ROWS, REPLICATE)
 PARTITION = Type("rows or replicate", lambda v: v in PARTITIONS,
                  schema={"enum": list(PARTITIONS)})
 DISTRIBUTIONS = ("uniform", "normal", "integers")
