@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --resume: continue even if script, kernels or data changed")
     run.add_argument("--grace", type=float, default=30.0, metavar="S",
                      help="after SIGTERM/SIGINT/SIGUSR1, wait up to S s for tasks in flight")
+    run.add_argument("--shard", metavar="I/N",
+                     help="run only the I-th of N slices of the experiments (0 <= I < N) "
+                     "into its own file; auto: from the Slurm job array's task id")
     run.add_argument("-v", "--verbose", action="store_true", help="echo every log line")
     run.set_defaults(handler=_run)
 
@@ -126,12 +129,16 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    from distx.launch import RunOptions, run
+    import os
 
+    from distx.launch import RunOptions, run
+    from distx.script.shard import parse_shard
+
+    shard = None if arguments.shard is None else parse_shard(arguments.shard, os.environ)
     return run(RunOptions(arguments.script, arguments.output, _overrides(arguments.set),
                           arguments.timeout, arguments.overwrite, arguments.verbose,
                           ["distx", *sys.argv[1:]], arguments.resume, arguments.force,
-                          arguments.grace))
+                          arguments.grace, shard))
 
 
 def _validate(arguments: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ readers, the journal and the administration commands agree on one definition.
 
     /                    attrs: format, format_version, journal_seq, file_id, name, run_id,
                          state, exit_code, started, ended, world_size, command_line,
-                         script_sha256, fingerprint_script/_kernels/_data, versions
+                         script_sha256, fingerprint_script/_kernels/_data, versions,
+                         shard_index, shard_count (a --shard file only)
     /runs                table RUNS (a row per run: the first and every --resume)
     /script              the script text (scalar string), attrs: path, sha256
     /provenance/hosts    host name of every rank (latest run)
@@ -24,6 +25,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from distx.script.shard import Shard
 
 FORMAT = "distx-results"
 FORMAT_VERSION = 2
@@ -104,3 +107,15 @@ def python_value(value: Any) -> Any:
 def cell(value: Any) -> Any:
     """A keyfield value as a table cell."""
     return value.encode() if isinstance(value, str) else value
+
+
+def shard_attributes(shard: Shard | None) -> dict[str, int]:
+    """The root attributes that say which shard a file holds (none: all experiments)."""
+    return {} if shard is None else {"shard_index": shard.index, "shard_count": shard.count}
+
+
+def file_shard(file: h5py.File) -> Shard | None:
+    """The shard a results file holds, None for a file of all the experiments."""
+    if "shard_count" not in file.attrs:
+        return None
+    return Shard(int(file.attrs["shard_index"]), int(file.attrs["shard_count"]))
