@@ -11,8 +11,8 @@ import sys
 
 from distx.errors import ResultsWriteError, UserError
 
-COMMANDS = ("run", "validate", "show", "status", "reset", "recover", "export", "timeline",
-            "bench")
+COMMANDS = ("run", "validate", "show", "status", "reset", "recover", "merge", "export",
+            "timeline", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("results")
     recover.set_defaults(handler=_recover)
 
+    merge = commands.add_parser("merge", help="combine results files of one script (the "
+                                "shards of an array job) into one")
+    merge.add_argument("inputs", nargs="+", metavar="RESULTS")
+    merge.add_argument("-o", "--output", required=True, help="the merged file (a new file)")
+    merge.add_argument("--force", action="store_true",
+                       help="merge even if script, kernels or data differ between the files")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace an existing output file")
+    merge.set_defaults(handler=_merge)
+
     export = commands.add_parser("export", help="write a table as CSV")
     export.add_argument("results")
     export.add_argument("--csv", required=True, metavar="FILE", help="CSV file, - for stdout")
@@ -108,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.set_defaults(handler=_bench)
 
-    for sub in (run, validate, show, status, reset, recover, export, timeline, bench):
+    for sub in (run, validate, show, status, reset, recover, merge, export, timeline, bench):
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -191,6 +201,22 @@ def _recover(arguments: argparse.Namespace) -> int:
     replayed = recover(path)
     print(f"{path}: {replayed} journal record(s) applied" if replayed
           else f"{path}: nothing to recover")
+    return 0
+
+
+def _merge(arguments: argparse.Namespace) -> int:
+    from distx.results.merge import merge
+
+    report = merge(arguments.inputs, arguments.output, force=arguments.force,
+                   overwrite=arguments.overwrite)
+    if report.conflicts:
+        experiment_id, kept, other = report.conflicts[0]
+        print(f"distx: warning: {len(report.conflicts)} experiment(s) are done in more than "
+              f"one file with different results (first: id {experiment_id} in {kept} and "
+              f"{other}); kept the row of the file given first, the others are in "
+              "/conflicts", file=sys.stderr, flush=True)
+    print(f"{arguments.output}: {report.experiments} experiment(s), {report.done} done, "
+          f"from {report.runs} run(s) of {len(arguments.inputs)} file(s)")
     return 0
 
 

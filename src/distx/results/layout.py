@@ -17,6 +17,9 @@ readers, the journal and the administration commands agree on one definition.
     /milestones, /values, /tasks, /logs   tables of the same names below
     /value_arrays/run<n>/rank<r>/<i>  published arrays (the values row holds the path)
     /files/run<n>/rank<r>/<name>      kept files as uint8 datasets, attrs: role, index, source
+    /sources             table SOURCES (a merged file: where each of its runs came from)
+    /conflicts           a merged file: done rows that lost to another done row of
+                         the same id (the experiments columns and `file`)
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ LOGS = np.dtype([("run", "i4"), ("rank", "i4"), ("role", TEXT), ("index", "i4"),
 ATTEMPTS = np.dtype([("run", "i4"), ("id", "S16"), ("part", "i4"), ("attempt", "i4"),
                      ("rank", "i4"), ("host", "S64"), ("start", "f8"), ("end", "f8"),
                      ("status", "S8"), ("error", TEXT)])
+SOURCES = np.dtype([("run", "i4"), ("file", TEXT), ("file_id", TEXT), ("source_run", "i4"),
+                    ("shard", TEXT)])
+"""A merged file's /sources: for each of its runs, the file it was first written in, that
+file's id and run number there, and the shard it held ("" for all the experiments)."""
 APPEND_TABLES = {"runs": RUNS, "milestones": MILESTONES, "values": VALUES, "tasks": TASKS,
                  "logs": LOGS, "attempts": ATTEMPTS}
 
