@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
+from conftest import SCRIPTS, distx, done_count, mpiexec, run_script, text
 from hypothesis import given
 from hypothesis import strategies as st
+from test_durability import kill_everything, rank_pids, wait_for
 
+from distx.cli import main
 from distx.errors import UserError
+from distx.results import checkpoint
+from distx.results.merge import merge
 from distx.script.shard import Shard, parse_shard, slurm_shard
 
 
@@ -41,3 +54,146 @@ def test_shard_auto_from_slurm_array_variables():
         slurm_shard({})
     with pytest.raises(UserError, match="has no shard order"):   # --array=1,5,9
         slurm_shard(array_task(5, 1, 9, SLURM_ARRAY_TASK_COUNT="3"))
+
+
+# ----- runs of real shards -------------------------------------------------------------------
+SCRIPT = SCRIPTS / "resumable.yml"        # 600 experiments
+COLUMNS = ["id", "seed", "scale", "fold", "status", "result"]
+
+
+def table(path: Path, columns: list[str] = COLUMNS) -> np.ndarray:
+    with h5py.File(path, "r") as file:
+        return np.sort(file["experiments"][()][columns], order="id")
+
+
+def shard_files(folder: Path, count: int = 3) -> list[Path]:
+    return [folder / f"resumable.shard-{index}-of-{count}.h5" for index in range(count)]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Three shards of resumable.yml under their default names, and one unsharded run."""
+    folder = tmp_path_factory.mktemp("shards")
+    for index in range(3):
+        result = distx(SCRIPT, "--shard", f"{index}/3", "--set", "pause=0", cwd=folder)
+        assert result.returncode == 0, result.stderr
+    result = run_script(SCRIPT, folder / "single.h5", None, "--set", "pause=0")
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_merged_shards_equal_one_unsharded_run(shards, tmp_path):
+    files = shard_files(shards)
+    for index, path in enumerate(files):
+        with h5py.File(path, "r") as file:
+            assert (file.attrs["shard_index"], file.attrs["shard_count"]) == (index, 3)
+            assert len(file["experiments"]) == 200
+    merged = tmp_path / "merged.h5"
+    result = distx("merge", *files, "-o", merged)
+    assert result.returncode == 0, result.stderr
+    assert "600 experiment(s), 600 done, from 3 run(s) of 3 file(s)" in result.stdout
+    assert (table(merged) == table(shards / "single.h5")).all()
+    with h5py.File(merged, "r") as file:
+        sources = file["sources"][()]
+        assert [text(row["shard"]) for row in sources] == ["0/3", "1/3", "2/3"]
+        assert [text(row["file"]) for row in sources] == list(map(str, files))
+        attempts = file["attempts"][()]
+        assert sorted(np.unique(attempts["run"])) == [0, 1, 2]
+        assert "shard_count" not in file.attrs
+    ids, counts = np.unique(attempts["id"], return_counts=True)
+    assert len(ids) == 600 and counts.max() == 1      # every experiment done exactly once
+
+
+def whole(path: Path) -> dict[str, list]:
+    """Every table of a results file (the experiments without their positions)."""
+    with h5py.File(path, "r") as file:
+        tables = {name: file[name][()].tolist() for name in
+                  ("runs", "attempts", "milestones", "tasks", "logs", "values", "sources")}
+    tables["experiments"] = table(path, ["id", "seed", "scale", "fold", "status", "attempts",
+                                         "rank", "start", "end", "result"]).tolist()
+    return tables
+
+
+def test_merge_is_idempotent_and_never_changes_its_inputs(shards, tmp_path):
+    files = shard_files(shards)
+    before = {path: path.read_bytes() for path in files}
+    first, again = tmp_path / "first.h5", tmp_path / "again.h5"
+    merge(files, first)
+    report = merge([first, files[1]], again)
+    assert report.conflicts == [] and report.runs == 3
+    assert whole(again) == whole(first)
+    assert {path: path.read_bytes() for path in files} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["again.h5", "first.h5"]
+
+
+def test_two_done_rows_of_one_id_are_a_reported_conflict(shards, tmp_path, capsys):
+    rerun = tmp_path / "rerun.h5"
+    assert main(["run", str(SCRIPT), "--shard", "0/3", "--set", "pause=0", "-o",
+                 str(rerun)]) == 0
+    capsys.readouterr()
+    kept, merged = shard_files(shards)[0], tmp_path / "merged.h5"
+    assert main(["merge", str(kept), str(rerun), "-o", str(merged)]) == 0
+    warning = capsys.readouterr().err
+    assert warning.startswith("distx: warning: 200 experiment(s) are done in more than one "
+                              "file with different results (first: id ")
+    assert f"in {kept} and {rerun}); kept the row of the file given first" in warning
+    columns = ["id", "start", "end", "result"]
+    assert (table(merged, columns) == table(kept, columns)).all()
+    with h5py.File(merged, "r") as file:
+        conflicts = file["conflicts"][()]
+    assert {text(name) for name in conflicts["file"]} == {str(rerun)}
+    assert (np.sort(conflicts[columns], order="id") == table(rerun, columns)).all()
+
+
+def test_resume_of_a_shard_file_continues_that_shard_only(shards, tmp_path):
+    copy = tmp_path / "copy.h5"
+    shutil.copyfile(shard_files(shards)[1], copy)
+    refused = run_script(SCRIPT, copy, None, "--resume", "--shard", "2/3")
+    assert refused.returncode == 2
+    assert "cannot resume with --shard 2/3: the file holds shard 1/3" in refused.stderr
+    resumed = run_script(SCRIPT, copy, None, "--resume", "--set", "pause=0")
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(copy, "r") as file:
+        assert len(file["experiments"]) == 200 and file.attrs["shard_index"] == 1
+        assert len(file["runs"]) == 2
+
+
+def test_a_killed_merge_leaves_no_file(shards, tmp_path, monkeypatch):
+    output = tmp_path / "merged.h5"
+
+    def killed(*_):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "_fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        merge(shard_files(shards), output)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_shard_is_merged_and_the_merge_resumes_the_rest(tmp_path):
+    """SIGKILL one shard mid-run; merge it with the other; resume the merged file."""
+    script = SCRIPTS / "slow_sweep.yml"          # 400 experiments
+    killed, other, merged = tmp_path / "killed.h5", tmp_path / "other.h5", tmp_path / "all.h5"
+    job = subprocess.Popen([*mpiexec(), "-n", "2", sys.executable, "-m", "distx", str(script),
+                            "--shard", "0/2", "-o", str(killed)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: killed.exists() and done_count(killed) >= 20, 90)
+        os.kill(rank_pids(str(killed))[0], signal.SIGKILL)
+        job.wait(timeout=60)
+    finally:
+        kill_everything(job, killed)
+    assert run_script(script, other, None, "--shard", "1/2").returncode == 0
+    left = {path: path.read_bytes() for path in tmp_path.iterdir()}
+    report = merge([killed, other], merged)
+    assert {path: path.read_bytes() for path in left} == left     # inputs untouched
+    done_when_killed = report.done - 200
+    assert 0 < done_when_killed < 200 and report.experiments <= 400
+    resumed = run_script(script, merged, None, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(merged, "r") as file:
+        rows, attempts = file["experiments"][()], file["attempts"][()]
+    assert len(rows) == 400 and (rows["status"] == b"done").all()
+    assert (rows["result"] == rows["seed"].astype(float) ** 2).all()
+    done = attempts[attempts["status"] == b"done"]
+    ids, counts = np.unique(done["id"], return_counts=True)
+    assert len(ids) == 400 and counts.max() == 1     # nothing done twice
