@@ -68,7 +68,7 @@ def test_a_second_run_resume_or_reset_on_a_live_file_is_refused_naming_the_run(t
         wait_for(output.exists, 60)
         with h5py.File(output, "r") as file:           # plain h5py opens it during the run
             run_id = text(file.attrs["run_id"])
-        for extra in (["--overwrite"], ["--resume"]):
+        for extra in ([], ["--overwrite"], ["--resume"]):
             second = run_script(script, output, 1, *extra)
             assert second.returncode == 2, second.stderr
             assert f"being written by run {run_id}" in one_error_line(second.stderr)

@@ -92,14 +92,14 @@ class ResultsFile:
         when --overwrite would replace something else, or when another run writes it."""
         admin.check_output_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and not resume:
-            if not overwrite:
-                raise UserError("the results file already exists", file=str(path),
-                                fix="pass --resume to continue it, --overwrite to replace "
-                                "it, or --output to write elsewhere")
-            admin.check_replaceable(path)
         claim = Claim(path, identity.run_id, "resume" if resume and path.exists() else "run")
         try:
+            if path.exists() and not resume:
+                if not overwrite:
+                    raise UserError("the results file already exists", file=str(path),
+                                    fix="pass --resume to continue it, --overwrite to replace "
+                                    "it, or --output to write elsewhere")
+                admin.check_replaceable(path)
             if resume and path.exists():
                 results = cls._resume(path, claim, identity, force)
             else:
