@@ -164,8 +164,8 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
               file=sys.stderr, flush=True)
         if prepared is not None:
             prepared.results.close(RunState.ERRORED.value, ExitCode.FAILED)
-        transport.comm.Abort(1)
-        return 1
+        transport.comm.Abort(ExitCode.FAILED)
+        return ExitCode.FAILED
 
 
 def _distribute(transport: MPITransport, executor: Executor, arrays: dict | None,
@@ -230,7 +230,7 @@ def _work(transport: Transport, info: RunInfo) -> int:
 def _finish(executor: Executor, prepared: _Prepared) -> int:
     core, stuck = executor.core, executor.feature(Coordinator).stuck
     state, exit_code = run_as_coordinator(executor)
-    if not stuck:
+    if not stuck.why:
         core.transport.close()  # a rank lost in a kernel would never join
     prepared.results.close(state, exit_code)
     shutil.rmtree(executor.info.temp_root, ignore_errors=True)
@@ -238,11 +238,7 @@ def _finish(executor: Executor, prepared: _Prepared) -> int:
     print(f"distx: {executor.info.script.name} {state.lower()} "
           f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
           file=sys.stderr, flush=True)
-    if stuck:
-        lost = ", ".join(core.describe(rank) for rank in stuck)
-        print(f"distx: {lost} cannot be stopped (in a kernel past its Timeout): aborting "
-              "the MPI job", file=sys.stderr, flush=True)
-        core.transport.abort(exit_code)
+    stuck.abort_if_any(exit_code)
     return exit_code
 
 
@@ -275,4 +271,4 @@ def _virtual_rank(executor: Executor) -> None:
         run_as_worker(executor)
     except Exception:
         traceback.print_exc()
-        os._exit(1)
+        os._exit(ExitCode.FAILED)
