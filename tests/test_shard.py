@@ -21,6 +21,7 @@ from distx.cli import main
 from distx.errors import UserError
 from distx.results import checkpoint
 from distx.results.merge import merge
+from distx.script.model import load_script
 from distx.script.shard import Shard, parse_shard, slurm_shard
 
 
@@ -197,3 +198,26 @@ def test_killed_shard_is_merged_and_the_merge_resumes_the_rest(tmp_path):
     done = attempts[attempts["status"] == b"done"]
     ids, counts = np.unique(done["id"], return_counts=True)
     assert len(ids) == 400 and counts.max() == 1     # nothing done twice
+
+
+def test_keyfields_expand_parameters_and_set_values():
+    script = SCRIPTS / "array_sweep.yml"
+    default = load_script(script).experiments.keyfields
+    assert default == {"seed": list(range(40)), "scale": [1, 2]}
+    chosen = load_script(script, {"first": 35, "scale": 7}).experiments.keyfields
+    assert chosen == {"seed": list(range(35, 40)), "scale": [1, 7]}
+
+
+def test_array_tasks_with_their_own_ranges_merge_into_the_whole_grid(tmp_path):
+    """One script, one range of seeds per task (--set), merged: the grid of the defaults."""
+    script = SCRIPTS / "array_sweep.yml"
+    parts = [tmp_path / "low.h5", tmp_path / "high.h5"]
+    for output, (first, last) in zip(parts, [(0, 25), (25, 40)]):
+        result = run_script(script, output, None, "--set", f"first={first}", "--set",
+                            f"last={last}")
+        assert result.returncode == 0, result.stderr
+    whole_grid = tmp_path / "whole.h5"
+    assert run_script(script, whole_grid, None).returncode == 0
+    merge(parts, tmp_path / "merged.h5")
+    columns = ["id", "seed", "scale", "status", "result"]
+    assert (table(tmp_path / "merged.h5", columns) == table(whole_grid, columns)).all()

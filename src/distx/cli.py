@@ -158,8 +158,9 @@ def _validate(arguments: argparse.Namespace) -> int:
 
     if arguments.ranks < 1:
         raise UserError("-n must be at least 1")
-    script = load_script(arguments.script)
-    plan = check_script(script, arguments.ranks, _overrides(arguments.set))
+    overrides = _overrides(arguments.set)
+    script = load_script(arguments.script, overrides)
+    plan = check_script(script, arguments.ranks, overrides)
     roles = ", ".join(f"{name} {list(ranks)}" for name, ranks in plan.ranks_of.items())
     print(f"{arguments.script}: OK ({len(script.tasks())} tasks; roles: {roles})")
     return ExitCode.OK

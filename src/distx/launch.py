@@ -86,7 +86,7 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
     from distx.results import provenance
     from distx.results.writer import ResultsFile, RunIdentity
 
-    script = load_script(options.script)
+    script = load_script(options.script, options.overrides)
     plan = check_script(script, size, options.overrides)
     arrays = {name: data.materialize(spec, script) for name, spec in script.data.items()}
     run_id = provenance.new_run_id()

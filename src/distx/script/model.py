@@ -8,12 +8,14 @@ more than the text (kernels, ranks for a world size, coordination) live in check
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distx.errors import UserError
 from distx.script import grid
+from distx.script.expand import REFERENCE, expand, referenced_names
 from distx.script.schema import (
     BOOL,
     COUNT,
@@ -132,11 +134,12 @@ class Script:
         return self.source.error(where, what, fix)
 
 
-def load_script(path: str | Path) -> Script:
-    return parse_script(Source.read(path))
+def load_script(path: str | Path, overrides: dict | None = None) -> Script:
+    """The script at `path`; `overrides` (--set) and Parameters fill @[..] in keyfields."""
+    return parse_script(Source.read(path), overrides)
 
 
-def parse_script(source: Source) -> Script:
+def parse_script(source: Source, overrides: dict | None = None) -> Script:
     document = source.data
     if not isinstance(document, dict):
         raise source.error((), "the script must be a mapping of keys such as Name and Roles",
@@ -160,7 +163,8 @@ def parse_script(source: Source) -> Script:
         kernels_dir=folder / document.get("Kernels", "kernels"),
         parameters=dict(document.get("Parameters", {})),
         data=_parse_data(source, document.get("Data", {})),
-        experiments=_parse_experiments(source, document.get("Experiments")),
+        experiments=_parse_experiments(source, document.get("Experiments"), {
+            **document.get("Parameters", {}), **(overrides or {})}),
         roles=roles,
     )
 
@@ -224,6 +228,20 @@ def _parse_role(source: Source, name: str, role_doc: Any, where: Where) -> RoleS
     return RoleSpec(name, role_doc.get("Ranks"), sequence, where)
 
 
+def _expanded_keyfield(source: Source, where: Where, spec: Any, values: dict) -> Any:
+    """A keyfield's values or range with @[name] / @[name:default] filled in from
+    Parameters and --set, so that one script serves every task of a job array."""
+    if any(match.group(2) for match in REFERENCE.finditer(json.dumps(spec))):
+        raise source.error(where, "a keyfield cannot use @{..} built-ins: they are not known "
+                           "before the run", "use @[name] with Parameters or --set")
+    missing = referenced_names(spec) - set(values)
+    if missing:
+        name = sorted(missing)[0]
+        raise source.error(where, f"@[{name}] is neither in Parameters nor given with --set",
+                           f"pass --set {name}=VALUE, or write @[{name}:default]")
+    return expand(spec, values, {})
+
+
 def _parse_data(source: Source, data_doc: Any) -> dict[str, DataSpec]:
     if not isinstance(data_doc, dict):
         raise source.error(("Data",), "must be a mapping of array names")
@@ -240,7 +258,8 @@ def _parse_data(source: Source, data_doc: Any) -> dict[str, DataSpec]:
     return specs
 
 
-def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
+def _parse_experiments(source: Source, doc: Any, values: dict) -> ExperimentsSpec | None:
+    """The grid, after expanding @[..] in keyfield values and ranges with `values`."""
     if doc is None:
         return None
     where = ("Experiments",)
@@ -250,10 +269,12 @@ def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
         if name == "fold" and doc.get("Folds"):
             raise source.error((*where, "Keyfields", name),
                                "keyfield 'fold' is added by Folds", "rename the keyfield")
+        expanded = _expanded_keyfield(source, (*where, "Keyfields", name), spec, values)
         try:
-            keyfields[str(name)] = grid.keyfield_values(str(name), spec)
+            keyfields[str(name)] = grid.keyfield_values(str(name), expanded)
         except grid.GridError as error:
-            raise source.error((*where, "Keyfields", name), str(error)) from None
+            note = f" (expanded from {spec!r})" if expanded != spec else ""
+            raise source.error((*where, "Keyfields", name), str(error) + note) from None
     if not keyfields:
         raise source.error((*where, "Keyfields"), "no keyfields", "add at least one keyfield")
     folds = doc.get("Folds")
