@@ -68,8 +68,9 @@ def current(path: Path) -> np.ndarray:
 
 # ----- the journal ---------------------------------------------------------------------------
 def test_journal_round_trips_tables_text_and_arrays(tmp_path):
-    rows = np.zeros(3, dtype=[("n", "i8"), ("x", "f8"), ("s", "S4"),
+    rows = np.zeros(3, dtype=[("n", "i8"), ("x", "f8"), ("s", "S4"), ("same", "S64"),
                               ("t", h5py.string_dtype())])
+    rows["same"] = b"host"                   # stored once
     rows["n"], rows["x"], rows["s"] = [1, 2, 3], [0.5, np.inf, -1], [b"a", b"bb", b""]
     rows["t"] = ["", "line\\x00with NUL", "ünïcode"]
     records = [Record("append", {"table": "tasks"}, {"rows": rows}, seq=1),
@@ -325,3 +326,23 @@ def test_stored_text_keeps_plain_text_and_escapes_what_hdf5_refuses():
     assert stored_text("a\0b") == "a\\x00b"
     assert stored_text("\udcff") == "\\udcff"
     assert stored_text(b"\xff") == "\\xff"
+
+
+def test_a_kill_during_close_loses_nothing_the_journal_holds_the_end(tmp_path, monkeypatch):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path, 6)
+    finish(table, np.arange(6))
+
+    def killed(*_):
+        raise KeyboardInterrupt  # stands for SIGKILL while close renames its checkpoint
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        results.close("Finished", 0)
+    monkeypatch.undo()
+    with h5py.File(path, "r") as file:           # the previous checkpoint, whole
+        assert file.attrs["state"] == "Running"
+    results.claim.release()
+    admin.recover(path)
+    with h5py.File(path, "r") as file:
+        assert file.attrs["state"] == "Finished" and file["runs"][0]["state"] == b"Finished"
+        assert (file["experiments"]["status"] == DONE).all() and len(file["attempts"]) == 6

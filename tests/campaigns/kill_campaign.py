@@ -176,7 +176,7 @@ def sweep_kills(work: Path, script: Path, count: int, horizon: float, rng: rando
         if rows is None:
             break
         finished = rows[rows["status"] == b"done"]
-        if 0 < len(finished) < len(rows):
+        if len(done) < len(finished) < len(rows):   # killed while this run recorded results
             figures.rerun_seconds.append(max(0.0, killed_at - float(finished["end"].max())))
         done = dict(zip(finished["id"].tolist(), finished["result"].tolist()))
         print(f"  sweep kill {figures.kills}: {len(finished)} done kept", flush=True)

@@ -57,9 +57,11 @@ def encode(record: Record, file_id: str) -> bytes:
                 columns[column] = {"text": [str(v) for v in texts]} if any(texts) else \
                     {"empty": len(texts)}
                 continue
-            raw = np.ascontiguousarray(values).tobytes()
+            # A column of one repeated value (host, status, run of a batch) is stored once.
+            repeated = values.size > 1 and bool((values == values.flat[0]).all())
+            raw = (values.flat[:1] if repeated else np.ascontiguousarray(values)).tobytes()
             columns[column] = {"descr": np.lib.format.dtype_to_descr(values.dtype),
-                               "offset": offset, "nbytes": len(raw)}
+                               "offset": offset, "nbytes": len(raw), "repeated": repeated}
             chunks.append(raw)
             offset += len(raw)
         described[name] = {"shape": list(array.shape), "columns": columns,
@@ -119,7 +121,10 @@ def _decode_column(column: dict, data: memoryview, shape: tuple[int, ...]) -> np
     start, length = int(column["offset"]), int(column["nbytes"])
     if start < 0 or start + length > len(data):
         raise ValueError("array outside its record")
-    return np.frombuffer(data[start:start + length], dtype=dtype).reshape(shape)
+    values = np.frombuffer(data[start:start + length], dtype=dtype)
+    if column.get("repeated"):
+        values = np.repeat(values[:1], int(np.prod(shape)))
+    return values.reshape(shape)
 
 
 def _descr_to_dtype(descr: Any, allow_objects: bool) -> np.dtype:
