@@ -20,6 +20,7 @@ from test_durability import kill_everything, rank_pids, wait_for
 from distx.cli import main
 from distx.errors import UserError
 from distx.results import checkpoint
+from distx.results.claim import Claim
 from distx.results.merge import merge
 from distx.script.model import load_script
 from distx.script.shard import Shard, parse_shard, slurm_shard
@@ -221,3 +222,15 @@ def test_array_tasks_with_their_own_ranges_merge_into_the_whole_grid(tmp_path):
     merge(parts, tmp_path / "merged.h5")
     columns = ["id", "seed", "scale", "status", "result"]
     assert (table(tmp_path / "merged.h5", columns) == table(whole_grid, columns)).all()
+
+
+def test_merge_claims_its_output_like_a_run(shards, tmp_path):
+    output = tmp_path / "merged.h5"
+    holder = Claim(output, "20261121-000000-abcdef", "run")
+    try:
+        with pytest.raises(UserError, match="cannot merge: it is being written by run "
+                           "20261121-000000-abcdef"):
+            merge(shard_files(shards), output)
+    finally:
+        holder.release()
+    assert not output.exists()

@@ -37,6 +37,7 @@ from distx.results import admin, checkpoint, journal
 from distx.results.claim import Claim
 from distx.results.journal import Record
 from distx.results.layout import (
+    APPEND_TABLES,
     EXPERIMENT_HEAD,
     EXPERIMENT_TAIL,
     FINGERPRINTS,
@@ -81,10 +82,13 @@ class Source:
 
 @dataclass
 class MergeReport:
-    experiments: int
-    done: int
-    runs: int
-    conflicts: list[tuple[str, str, str]]   # (id, file kept, file of the other done row)
+    """What `distx merge` says it did."""
+
+    experiments: int = 0
+    done: int = 0
+    runs: int = 0
+    conflicts: list[tuple[str, str, str]] = field(default_factory=list)
+    """(id, file whose row was kept, file of the other done row)"""
 
 
 def merge(inputs: list[str | Path], output: str | Path, *, force: bool = False,
@@ -169,9 +173,9 @@ def _origins(file: h5py.File, path: Path, runs: np.ndarray) -> list[tuple[str, s
     """Where each run of the file was first written: this file, or (for a merged file)
     the source its /sources row names."""
     shard = file_shard(file)
-    own = (str(path), _text(file.attrs.get("file_id", "")) or str(path.resolve()),
-           -1, "" if shard is None else str(shard))
-    origins = [(own[0], own[1], int(run), own[3]) for run in runs["run"]]
+    file_id = _text(file.attrs.get("file_id", "")) or str(path.resolve())   # a version-1 file
+    origins = [(str(path), file_id, int(run), "" if shard is None else str(shard))
+               for run in runs["run"]]
     if "sources" in file:
         for row in file["sources"][()]:
             origins[int(row["run"])] = (_text(row["file"]), _text(row["file_id"]),
@@ -180,21 +184,27 @@ def _origins(file: h5py.File, path: Path, runs: np.ndarray) -> list[tuple[str, s
 
 
 # ----- merging -------------------------------------------------------------------------------
-def _merged_records(sources: list[Source]) -> tuple[list[Record], MergeReport]:
-    """The records that build the merged file."""
-    new_run: list[dict[int, int]] = []          # per source: its run -> merged run
-    seen: dict[tuple[str, int], int] = {}
-    runs, origins = [], []
+def _kept_runs(sources: list[Source]) -> tuple[list[np.void], list[tuple], list[dict]]:
+    """The runs of the merged file (each run once, however many files hold it), where
+    each came from, and per source the number each of its kept runs gets."""
+    seen: set[tuple[str, int]] = set()       # (file id, run) where a run was first written
+    runs, origins, new_run = [], [], []
     for source in sources:
         mapping = {}
         for row, origin in zip(source.runs, source.origins):
-            key = (origin[1], origin[2])
-            if key in seen:
+            if (origin[1], origin[2]) in seen:
                 continue
-            seen[key] = mapping[int(row["run"])] = len(runs)
+            seen.add((origin[1], origin[2]))
+            mapping[int(row["run"])] = len(runs)
             runs.append(row)
             origins.append(origin)
         new_run.append(mapping)
+    return runs, origins, new_run
+
+
+def _merged_records(sources: list[Source]) -> tuple[list[Record], MergeReport]:
+    """The records that build the merged file."""
+    runs, origins, new_run = _kept_runs(sources)
     records = [Record("attrs", {"attrs": _root_attributes(sources)})]
     first = sources[0]
     if first.script is not None:
@@ -204,12 +214,12 @@ def _merged_records(sources: list[Source]) -> tuple[list[Record], MergeReport]:
         records.append(Record("dataset", {"name": "provenance/hosts"},
                               {"data": first.hosts}))
     if runs:
-        table = np.array(runs, dtype=RUNS)
+        table = _converted(np.array(runs), RUNS)
         table["run"] = np.arange(len(runs))
         records.append(Record("append", {"table": "runs"}, {"rows": table}))
     records.append(Record("dataset", {"name": "sources"}, {"data": _sources_table(origins)}))
     for name in RUN_TABLES:
-        rows = [_moved_rows(source.tables[name], mapping, name)
+        rows = [_converted(_moved_rows(source.tables[name], mapping, name), APPEND_TABLES[name])
                 for source, mapping in zip(sources, new_run) if name in source.tables]
         rows = [block for block in rows if len(block)]
         if rows:
@@ -279,7 +289,7 @@ def _root_attributes(sources: list[Source]) -> dict[str, Any]:
 def _experiment_records(sources: list[Source]) -> tuple[list[Record], MergeReport]:
     """The merged experiments table, its array outputs and its conflicts."""
     tables = [source for source in sources if source.experiments is not None]
-    report = MergeReport(0, 0, 0, [])
+    report = MergeReport()
     if not tables:
         return [], report
     keyfields = _ordered_union(source.keyfields for source in tables)
@@ -387,6 +397,7 @@ def _conflicts(tables: list[Source], losers: list[tuple[int, int]], dtype: np.dt
 
 
 def _converted(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Rows as `dtype`, field by field (files of other versions, other keyfield widths)."""
     converted = np.zeros(len(rows), dtype=dtype)
     for name in dtype.names:
         if name in rows.dtype.names:
