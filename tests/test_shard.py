@@ -76,11 +76,12 @@ def shard_files(folder: Path, count: int = 3) -> list[Path]:
 def shards(tmp_path_factory) -> Path:
     """Three shards of resumable.yml under their default names, and one unsharded run."""
     folder = tmp_path_factory.mktemp("shards")
-    for index in range(3):
-        result = distx(SCRIPT, "--shard", f"{index}/3", "--set", "pause=0", cwd=folder)
-        assert result.returncode == 0, result.stderr
-    result = run_script(SCRIPT, folder / "single.h5", None, "--set", "pause=0")
-    assert result.returncode == 0, result.stderr
+    result = distx(SCRIPT, "--shard", "0/3", "--set", "pause=0", cwd=folder)
+    assert result.returncode == 0, result.stderr       # under its default name
+    for index in (1, 2):
+        assert main(["run", str(SCRIPT), "--shard", f"{index}/3", "--set", "pause=0", "-o",
+                     str(shard_files(folder)[index])]) == 0
+    assert main(["run", str(SCRIPT), "--set", "pause=0", "-o", str(folder / "single.h5")]) == 0
     return folder
 
 
@@ -147,14 +148,12 @@ def test_two_done_rows_of_one_id_are_a_reported_conflict(shards, tmp_path, capsy
     assert (np.sort(conflicts[columns], order="id") == table(rerun, columns)).all()
 
 
-def test_resume_of_a_shard_file_continues_that_shard_only(shards, tmp_path):
+def test_resume_of_a_shard_file_continues_that_shard_only(shards, tmp_path, capsys):
     copy = tmp_path / "copy.h5"
     shutil.copyfile(shard_files(shards)[1], copy)
-    refused = run_script(SCRIPT, copy, None, "--resume", "--shard", "2/3")
-    assert refused.returncode == 2
-    assert "cannot resume with --shard 2/3: the file holds shard 1/3" in refused.stderr
-    resumed = run_script(SCRIPT, copy, None, "--resume", "--set", "pause=0")
-    assert resumed.returncode == 0, resumed.stderr
+    assert main(["run", str(SCRIPT), "-o", str(copy), "--resume", "--shard", "2/3"]) == 2
+    assert "cannot resume with --shard 2/3: the file holds shard 1/3" in capsys.readouterr().err
+    assert main(["run", str(SCRIPT), "-o", str(copy), "--resume", "--set", "pause=0"]) == 0
     with h5py.File(copy, "r") as file:
         assert len(file["experiments"]) == 200 and file.attrs["shard_index"] == 1
         assert len(file["runs"]) == 2
@@ -214,14 +213,14 @@ def test_array_tasks_with_their_own_ranges_merge_into_the_whole_grid(tmp_path):
     script = SCRIPTS / "array_sweep.yml"
     parts = [tmp_path / "low.h5", tmp_path / "high.h5"]
     for output, (first, last) in zip(parts, [(0, 25), (25, 40)]):
-        result = run_script(script, output, None, "--set", f"first={first}", "--set",
-                            f"last={last}")
-        assert result.returncode == 0, result.stderr
-    whole_grid = tmp_path / "whole.h5"
-    assert run_script(script, whole_grid, None).returncode == 0
+        assert main(["run", str(script), "-o", str(output), "--set", f"first={first}",
+                     "--set", f"last={last}"]) == 0
     merge(parts, tmp_path / "merged.h5")
-    columns = ["id", "seed", "scale", "status", "result"]
-    assert (table(tmp_path / "merged.h5", columns) == table(whole_grid, columns)).all()
+    rows = table(tmp_path / "merged.h5", ["id", "seed", "scale", "status", "result"])
+    grid = load_script(script).experiments.grid()       # the defaults: seeds 0..39
+    assert sorted(rows["id"].astype(str)) == sorted(grid.ids())
+    assert (rows["status"] == b"done").all()
+    assert (rows["result"] == rows["seed"] * rows["scale"]).all()
 
 
 def test_merge_claims_its_output_like_a_run(shards, tmp_path):
@@ -234,3 +233,25 @@ def test_merge_claims_its_output_like_a_run(shards, tmp_path):
     finally:
         holder.release()
     assert not output.exists()
+
+
+def test_merge_keeps_every_shards_published_arrays_kept_files_and_array_outputs(tmp_path):
+    script = SCRIPTS / "shard_roles.yml"
+    parts = [tmp_path / f"part{index}.h5" for index in range(2)]
+    for index, output in enumerate(parts):     # the side role: a virtual rank 1
+        assert main(["run", str(script), "-o", str(output), "--shard", f"{index}/2"]) == 0
+    merged, again = tmp_path / "merged.h5", tmp_path / "again.h5"
+    merge(parts, merged)
+    merge([merged, parts[0]], again)
+    for path in (merged, again):
+        with h5py.File(path, "r") as file:
+            arrays = [row for row in file["values"][()] if text(row["kind"]) == "array"]
+            assert sorted(int(row["run"]) for row in arrays) == [0, 1]   # one per shard
+            for row in arrays:
+                assert file[text(row["value"])][()].sum() == 100
+                assert text(row["value"]).startswith(f"/value_arrays/run{row['run']}/")
+            assert sorted(file["files"]) == ["run0", "run1"]
+            assert bytes(file["files/run1/rank1/kept.txt"][()]) == b"kept\n"
+            assert sorted(file["experiment_arrays/histogram"]) == sorted(
+                text(row_id) for row_id in file["experiments"][()]["id"])
+            assert len(file["experiments"]) == 4
