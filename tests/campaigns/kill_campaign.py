@@ -102,12 +102,18 @@ def table(path: Path) -> np.ndarray:
 
 
 def kill_at_random(command: list[str], output: Path, seconds: float, rng: random.Random,
-                   ranks: bool = True, after_checkpoint: bool = False) -> float | None:
-    """Start `command`, SIGKILL it after `seconds` (counted from its first checkpoint if
-    `after_checkpoint`); the kill time, or None if it ended first."""
+                   ranks: bool = True, after_checkpoint: bool = False,
+                   mid_sweep: bool = False) -> float | None:
+    """Start `command`, SIGKILL it after `seconds`, counted from its first checkpoint if
+    `after_checkpoint`, from the first MiB of sweep results in its journal if `mid_sweep`;
+    the kill time, or None if it ended first."""
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = output.with_name(output.name + ".journal")
     try:
         while after_checkpoint and not checkpoint.leftovers(output) and job.poll() is None:
+            time.sleep(0.005)
+        while mid_sweep and job.poll() is None and \
+                (not journal.exists() or journal.stat().st_size < 1 << 20):
             time.sleep(0.005)
         end = time.monotonic() + seconds
         while time.monotonic() < end and job.poll() is None:
@@ -156,13 +162,14 @@ def recover_and_check(output: Path, done_before: dict[bytes, float],
 
 
 def sweep_kills(work: Path, script: Path, count: int, horizon: float, rng: random.Random,
-                figures: Figures) -> Path:
+                figures: Figures, mid_sweep: bool = False) -> Path:
     output = work / "killed.h5"
     done: dict[bytes, float] = {}
     while figures.kills < count:
         extra = ["--resume"] if output.exists() else []
         killed_at = kill_at_random(distx_command(script, "-o", output, *extra), output,
-                                   rng.uniform(0, 1.3 * horizon), rng)
+                                   rng.uniform(0, 2.0 if mid_sweep else 1.3 * horizon), rng,
+                                   mid_sweep=mid_sweep)
         if killed_at is None:        # the run finished: start over with a new file
             figures.finished_before_kill += 1
             output.unlink()
@@ -180,6 +187,9 @@ def sweep_kills(work: Path, script: Path, count: int, horizon: float, rng: rando
             figures.rerun_seconds.append(max(0.0, killed_at - float(finished["end"].max())))
         done = dict(zip(finished["id"].tolist(), finished["result"].tolist()))
         print(f"  sweep kill {figures.kills}: {len(finished)} done kept", flush=True)
+        if len(finished) == len(rows) > 0:   # complete: the next kill starts a new file
+            output.unlink()
+            done = {}
     return output
 
 
@@ -227,7 +237,7 @@ def reset_kills(work: Path, base: Path, count: int, rng: random.Random,
 
 
 def run_campaign(work: Path, rows: int, kills: int, rebuilds: int, resets: int,
-                 seed: int) -> Figures:
+                 seed: int, mid_sweep: bool = False) -> Figures:
     rng = random.Random(seed)
     figures = Figures()
     ints, floats = write_scripts(work, rows)
@@ -239,7 +249,7 @@ def run_campaign(work: Path, rows: int, kills: int, rebuilds: int, resets: int,
     reference = table(reference_path)[KEYS]
     print(f"reference: {rows} experiments in {horizon:.1f} s", flush=True)
 
-    killed = sweep_kills(work, ints, kills, horizon, rng, figures)
+    killed = sweep_kills(work, ints, kills, horizon, rng, figures, mid_sweep)
     if not figures.failures:
         finished = subprocess.run(distx_command(ints, "-o", killed, "--resume"),
                                   capture_output=True, text=True)
@@ -267,10 +277,14 @@ def main() -> None:
     parser.add_argument("--reset-kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--mid-sweep", action="store_true",
+                        help="kill only while a sweep records results (measures the re-run "
+                        "window)")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="distx-kills-", dir=arguments.work) as work:
         figures = run_campaign(Path(work), arguments.rows, arguments.kills,
-                               arguments.rebuild_kills, arguments.reset_kills, arguments.seed)
+                               arguments.rebuild_kills, arguments.reset_kills, arguments.seed,
+                               arguments.mid_sweep)
     print(figures.report())
     sys.exit(1 if figures.failures else 0)
 
