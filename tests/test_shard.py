@@ -21,6 +21,7 @@ from distx.cli import main
 from distx.errors import UserError
 from distx.results import checkpoint
 from distx.results.claim import Claim
+from distx.results.export import export_csv
 from distx.results.merge import merge
 from distx.script.model import load_script
 from distx.script.shard import Shard, parse_shard, slurm_shard
@@ -105,6 +106,7 @@ def test_merged_shards_equal_one_unsharded_run(shards, tmp_path):
         assert "shard_count" not in file.attrs
     ids, counts = np.unique(attempts["id"], return_counts=True)
     assert len(ids) == 600 and counts.max() == 1      # every experiment done exactly once
+    assert export_csv(merged, "sources", str(tmp_path / "sources.csv")) == 3
 
 
 def whole(path: Path) -> dict[str, list]:

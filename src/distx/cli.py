@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--csv", required=True, metavar="FILE", help="CSV file, - for stdout")
     export.add_argument("--table", default="experiments",
                         help="experiments (default), attempts, milestones, values, tasks, "
-                        "logs or runs")
+                        "logs, runs, sources or conflicts (a merged file)")
     export.set_defaults(handler=_export)
 
     timeline = commands.add_parser("timeline", help="draw what each rank did (PNG)")

@@ -295,7 +295,28 @@ def _experiment_records(sources: list[Source]) -> tuple[list[Record], MergeRepor
     keyfields = _ordered_union(source.keyfields for source in tables)
     outputs = _ordered_union(source.outputs for source in tables)
     dtype = _table_dtype(tables, keyfields, outputs)
-    winner: dict[str, tuple[int, int]] = {}            # id -> (source, row)
+    winner, losers = _choose_rows(tables, report)
+    rows = _rows(tables, list(winner.values()), dtype, outputs)
+    rows["index"] = np.arange(len(rows))
+    report.experiments = len(rows)
+    report.done = int((rows["status"] == Status.DONE.encoded).sum())
+    records = [Record("experiments", {"keyfields": keyfields, "outputs": outputs},
+                      {"rows": rows})]
+    for number, source in enumerate(tables):
+        for name, (data, _) in source.datasets.items():
+            if name.startswith("experiment_arrays/") and \
+                    winner.get(name.rpartition("/")[2], (-1,))[0] == number:
+                records.append(Record("dataset", {"name": name}, {"data": data}))
+    conflicts = _conflicts(tables, losers, dtype, outputs)
+    if conflicts is not None:
+        records.append(Record("dataset", {"name": "conflicts"}, {"data": conflicts}))
+    return records, report
+
+
+def _choose_rows(tables: list[Source], report: MergeReport) -> tuple[dict, list]:
+    """Per id the row that wins ({id: (table, position)}), and the done rows that lost to
+    another done row of the same id (each reported as a conflict)."""
+    winner: dict[str, tuple[int, int]] = {}
     losers: list[tuple[int, int]] = []
     for number, source in enumerate(tables):
         for position, row in enumerate(source.experiments):
@@ -312,21 +333,7 @@ def _experiment_records(sources: list[Source]) -> tuple[list[Record], MergeRepor
                 losers.append((number, position))
                 report.conflicts.append((experiment_id, str(tables[kept[0]].path),
                                          str(source.path)))
-    rows = _rows(tables, list(winner.values()), dtype, outputs)
-    rows["index"] = np.arange(len(rows))
-    report.experiments = len(rows)
-    report.done = int((rows["status"] == Status.DONE.encoded).sum())
-    records = [Record("experiments", {"keyfields": keyfields, "outputs": outputs},
-                      {"rows": rows})]
-    for number, source in enumerate(tables):
-        for name, (data, _) in source.datasets.items():
-            if name.startswith("experiment_arrays/") and \
-                    winner.get(name.rpartition("/")[2], (-1,))[0] == number:
-                records.append(Record("dataset", {"name": name}, {"data": data}))
-    conflicts = _conflicts(tables, losers, dtype, outputs)
-    if conflicts is not None:
-        records.append(Record("dataset", {"name": "conflicts"}, {"data": conflicts}))
-    return records, report
+    return winner, losers
 
 
 def _same_result(row: np.void, other: np.void) -> bool:
