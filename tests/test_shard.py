@@ -170,6 +170,11 @@ def test_a_killed_merge_leaves_no_file(shards, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         merge(shard_files(shards), output)
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    left_by_sigkill = tmp_path / ".merged.h5.123-abcd.tmp"   # SIGKILL leaves its temporary
+    left_by_sigkill.write_bytes(b"half")
+    merge(shard_files(shards), output)
+    assert list(tmp_path.iterdir()) == [output]
 
 
 def test_killed_shard_is_merged_and_the_merge_resumes_the_rest(tmp_path):

@@ -103,6 +103,8 @@ def merge(inputs: list[str | Path], output: str | Path, *, force: bool = False,
     try:
         records, report = _merged_records(sources)
         journal.journal_path(target).unlink(missing_ok=True)   # of an earlier file here
+        for leftover in checkpoint.leftovers(target):          # of a killed merge
+            leftover.unlink(missing_ok=True)
         checkpoint.replace(target, records, 0, secrets.token_hex(8), fresh=True)
     finally:
         claim.release()
