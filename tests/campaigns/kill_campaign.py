@@ -53,6 +53,10 @@ Sequence:
 KEYS = ["id", "seed", "status", "result"]
 
 
+class RunFailed(Exception):
+    """A run ended with an error before it was killed."""
+
+
 @dataclass
 class Figures:
     kills: int = 0
@@ -119,6 +123,9 @@ def kill_at_random(command: list[str], output: Path, seconds: float, rng: random
         while time.monotonic() < end and job.poll() is None:
             time.sleep(0.01)
         if job.poll() is not None:
+            if job.returncode != 0:
+                raise RunFailed(f"{' '.join(command[-4:])} failed by itself "
+                                f"(exit code {job.returncode})")
             return None
         pids = rank_pids(str(output)) if ranks else {}
         victim = rng.choice(["launcher", *pids])
@@ -172,7 +179,7 @@ def sweep_kills(work: Path, script: Path, count: int, horizon: float, rng: rando
                                    mid_sweep=mid_sweep)
         if killed_at is None:        # the run finished: start over with a new file
             figures.finished_before_kill += 1
-            output.unlink()
+            output.unlink(missing_ok=True)
             done = {}
             continue
         figures.kills += 1
@@ -249,8 +256,20 @@ def run_campaign(work: Path, rows: int, kills: int, rebuilds: int, resets: int,
     reference = table(reference_path)[KEYS]
     print(f"reference: {rows} experiments in {horizon:.1f} s", flush=True)
 
+    try:
+        phases(work, ints, floats, reference_path, reference, horizon, rows, kills, rebuilds,
+               resets, rng, figures, mid_sweep)
+    except RunFailed as error:
+        figures.failures.append(str(error))
+    return figures
+
+
+def phases(work: Path, ints: Path, floats: Path, reference_path: Path, reference: np.ndarray,
+           horizon: float, rows: int, kills: int, rebuilds: int, resets: int,
+           rng: random.Random, figures: Figures, mid_sweep: bool) -> None:
+    """Sweep kills and a final resume, rebuild kills and a final resume, reset kills."""
     killed = sweep_kills(work, ints, kills, horizon, rng, figures, mid_sweep)
-    if not figures.failures:
+    if not figures.failures and kills:
         finished = subprocess.run(distx_command(ints, "-o", killed, "--resume"),
                                   capture_output=True, text=True)
         if finished.returncode != 0 or not np.array_equal(table(killed)[KEYS], reference):
@@ -266,7 +285,6 @@ def run_campaign(work: Path, rows: int, kills: int, rebuilds: int, resets: int,
         if finished.returncode != 0 or not same or set(final["status"]) != {b"done"}:
             figures.failures.append("the rebuilt table is not the reference plus new rows")
     reset_kills(work, reference_path, resets, rng, figures)
-    return figures
 
 
 def main() -> None:

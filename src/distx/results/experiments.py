@@ -12,15 +12,8 @@ from typing import Any
 import numpy as np
 
 from distx.results.journal import Record
-from distx.results.layout import (
-    ATTEMPTS,
-    cell,
-    column_type,
-    experiment_dtype,
-    python_value,
-    stored_text,
-)
-from distx.script.grid import Grid
+from distx.results.layout import ATTEMPTS, experiment_dtype, stored_text
+from distx.script.grid import Grid, column_type, from_cell, to_cell
 from distx.vocabulary import Status
 
 CREATED, RUNNING, DONE, ERROR = (status.encoded for status in Status)
@@ -39,7 +32,7 @@ def experiment_rows(grid: Grid, ids: list[str], outputs: list[str],
     for name, values in grid.columns.items():
         values = list(values)
         if existing is not None and name in existing.dtype.names:
-            values += [python_value(v) for v in np.unique(existing[name])]
+            values += [from_cell(v) for v in np.unique(existing[name])]
         keyfields[name] = column_type(values)
     rows = np.zeros(len(known) + len(added), dtype=experiment_dtype(keyfields, outputs))
     rows["error"] = ""
@@ -54,7 +47,7 @@ def experiment_rows(grid: Grid, ids: list[str], outputs: list[str],
     new["index"] = np.arange(len(known), len(rows))
     for name, values in grid.keyfield_columns(
             added if indices is None else indices[added]).items():
-        new[name] = [cell(value) for value in values]
+        new[name] = [to_cell(value) for value in values]
     new["status"] = CREATED
     new["rank"] = -1
     new["start"] = np.nan

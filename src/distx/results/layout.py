@@ -77,18 +77,6 @@ def experiment_dtype(keyfields: dict[str, str], outputs: list[str]) -> np.dtype:
                     + [(name, "f8") for name in outputs])
 
 
-def column_type(values: list) -> str:
-    """The narrowest column that holds every value of a keyfield."""
-    if all(isinstance(v, bool) for v in values):
-        return "?"
-    if all(isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
-           for v in values):
-        return "i8"
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return "f8"
-    return f"S{max(1, *(len(str(v).encode()) for v in values))}"
-
-
 def stored_text(value: Any) -> str:
     """Any text as HDF5 can store it: valid UTF-8 without NUL bytes.
 
@@ -102,18 +90,6 @@ def stored_text(value: Any) -> str:
     if value.isascii() and "\0" not in value:
         return value
     return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\x00")
-
-
-def python_value(value: Any) -> Any:
-    """A table cell back as the Python value a keyfield holds."""
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def cell(value: Any) -> Any:
-    """A keyfield value as a table cell."""
-    return value.encode() if isinstance(value, str) else value
 
 
 def shard_attributes(shard: Shard | None) -> dict[str, int]:

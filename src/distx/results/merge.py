@@ -44,12 +44,11 @@ from distx.results.layout import (
     RUNS,
     SOURCES,
     TEXT,
-    column_type,
     file_shard,
-    python_value,
     stored_text,
 )
 from distx.results.reader import read_results
+from distx.script.grid import column_type, from_cell
 from distx.vocabulary import RunState, Status
 
 RUN_TABLES = ("milestones", "values", "tasks", "logs", "attempts")
@@ -149,7 +148,7 @@ def _check_same_script(sources: list[Source], force: bool) -> None:
 
 # ----- reading -------------------------------------------------------------------------------
 def _read(file: h5py.File, path: Path) -> Source:
-    attrs = {key: python_value(value) for key, value in file.attrs.items()}
+    attrs = {key: from_cell(value) for key, value in file.attrs.items()}
     runs = file["runs"][()] if "runs" in file else np.zeros(0, dtype=RUNS)
     experiments = file.get("experiments")
     source = Source(
@@ -362,7 +361,7 @@ def _table_dtype(tables: list[Source], keyfields: list[str], outputs: list[str])
     """Keyfield columns wide enough for the values of every file."""
     types = {}
     for name in keyfields:
-        values = [python_value(value) for source in tables
+        values = [from_cell(value) for source in tables
                   if name in source.experiments.dtype.names
                   for value in np.unique(source.experiments[name])]
         types[name] = column_type(values)

@@ -29,16 +29,9 @@ from distx.results import admin, checkpoint
 from distx.results.claim import Claim
 from distx.results.experiments import ExperimentTable, experiment_rows
 from distx.results.journal import JournalWriter, Record, journal_path
-from distx.results.layout import (
-    FINGERPRINTS,
-    FORMAT,
-    file_shard,
-    python_value,
-    shard_attributes,
-    stored_text,
-)
+from distx.results.layout import FINGERPRINTS, FORMAT, file_shard, shard_attributes, stored_text
 from distx.results.reader import check_version, snapshot
-from distx.script.grid import Grid
+from distx.script.grid import Grid, from_cell
 from distx.script.shard import Shard
 from distx.vocabulary import TERMINAL, RunState, TaskStatus
 
@@ -321,7 +314,7 @@ def _check_resumable(file: Any, path: Path, identity: RunIdentity,
     changed = [key for key in FINGERPRINTS
                if file.attrs.get(f"fingerprint_{key}") != identity.fingerprints[key]]
     if changed and not force:
-        written_by = str(python_value(file.attrs.get("name", "")))
+        written_by = str(from_cell(file.attrs.get("name", "")))
         if written_by != identity.name:
             raise UserError(f"cannot resume: it holds the results of script '{written_by}', "
                             f"not of '{identity.name}'", file=str(path),
@@ -333,7 +326,7 @@ def _check_resumable(file: Any, path: Path, identity: RunIdentity,
                         file=str(path),
                         fix="write to a new --output, or pass --force to resume anyway")
     shard = _resumed_shard(file_shard(file), identity.shard, path)
-    file_id = str(python_value(file.attrs.get("file_id", ""))) or secrets.token_hex(8)
+    file_id = str(from_cell(file.attrs.get("file_id", ""))) or secrets.token_hex(8)
     return (file["runs"].shape[0] if "runs" in file else 0, file_id,
             int(file.attrs.get("journal_seq", 0)), shard)
 
