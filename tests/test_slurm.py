@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import SCRIPTS, done_count, text
+from conftest import SCRIPTS, done_count, run_script, text
 from slurm_cluster import Cluster, why_not_available
 
 ROOT = Path(__file__).parent.parent
@@ -71,3 +71,31 @@ def _until(condition, seconds: float) -> None:
     while not condition():
         assert time.monotonic() < end, "timed out waiting for the Slurm job"
         time.sleep(1)
+
+
+def test_sweep_array_job_runs_shards_and_merges_them(cluster, tmp_path):
+    """jobs/sweep-array.sbatch: four array tasks of two ranks each, then the merge job; the
+    merged table is the table of one unsharded run, every experiment done exactly once."""
+    script, merged = SCRIPTS / "resumable.yml", tmp_path / "sweep.h5"
+    submitted = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}",
+                            f"--output={tmp_path}/array-%a.log",
+                            str(ROOT / "jobs" / "sweep-array.sbatch"), str(script),
+                            str(merged), "--set", "pause=0")
+    array = submitted.stdout.strip().split(";")[0]
+    _until(lambda: cluster.run("squeue", "-h", check=False).stdout.strip() == "", 300)
+    logs = "".join(path.read_text() for path in sorted(tmp_path.glob("*.log")))
+    assert merged.exists(), logs
+    assert f"of job {array} runs shard 3/4" in logs
+    assert "sweep.h5: 600 experiment(s), 600 done, from 4 run(s) of 4 file(s)" in logs
+    reference = tmp_path / "single.h5"
+    assert run_script(script, reference, None, "--set", "pause=0").returncode == 0
+    columns = ["id", "seed", "scale", "fold", "status", "result"]
+    with h5py.File(merged, "r") as file, h5py.File(reference, "r") as single:
+        rows = np.sort(file["experiments"][()][columns], order="id")
+        assert (rows == np.sort(single["experiments"][()][columns], order="id")).all()
+        assert [text(shard) for shard in file["sources"][()]["shard"]] == [
+            "0/4", "1/4", "2/4", "3/4"]
+        assert set(file["attempts"][()]["rank"]) == {1}    # each shard: 2 ranks
+        done = file["attempts"][()]
+    ids, counts = np.unique(done[done["status"] == b"done"]["id"], return_counts=True)
+    assert len(ids) == 600 and counts.max() == 1

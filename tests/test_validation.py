@@ -3,7 +3,10 @@
 Each case states in its header what the message must say (`# expect:`), the YAML line it
 must name (`# line:`) and, if it matters, the world size (`# ranks:`). A case about the
 results file names it (`# output:`, a file in tests/bad/data) and the flags of the run
-(`# flags:`); the message must then name that file, which must not change.
+(`# flags:`); the message must then name that file, which must not change. A case about a
+run option gives only `# flags:`. A case about `distx merge` lists its inputs (`# merge:`,
+`self` being a results file of the case's own script), the output if it is not a new file
+(`# merge_output:`) and the file the message must name (`# names:`); no input changes.
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ def refused(command: list[str], capsys) -> str:
 @pytest.mark.parametrize("case", CASES, ids=[case.stem for case in CASES])
 def test_bad_script_is_refused_by_validate_and_run(case, tmp_path, capsys):
     expected = expectations(case)
+    if "merge" in expected:
+        return check_merge_case(case, expected, tmp_path, capsys)
     if "output" in expected:
         return check_results_file_case(case, expected, tmp_path, capsys)
+    if "flags" in expected:
+        return check_run_flags_case(case, expected, tmp_path, capsys)
     ranks = expected.get("ranks", "1")
     output = tmp_path / "out.h5"
     for command in (["validate", str(case), "-n", ranks], ["run", str(case), "-o", str(output)]):
@@ -61,6 +68,33 @@ def check_results_file_case(case: Path, expected: dict[str, str], tmp_path: Path
     assert message.startswith(f"distx: error: {output}: {expected['expect']}")
     assert output.read_bytes() == before
     assert sorted(tmp_path.iterdir()) == [output]
+
+
+def check_run_flags_case(case: Path, expected: dict[str, str], tmp_path: Path,
+                         capsys) -> None:
+    message = refused(["run", str(case), "-o", str(tmp_path / "out.h5"),
+                       *expected["flags"].split()], capsys)
+    assert message.startswith("distx: error: ") and expected["expect"] in message
+    assert not any(tmp_path.iterdir())
+
+
+def check_merge_case(case: Path, expected: dict[str, str], tmp_path: Path, capsys) -> None:
+    own = tmp_path / "self.h5"
+    assert main(["run", str(case), "-o", str(own)]) == 0
+    capsys.readouterr()
+
+    def path(name: str) -> Path:
+        return own if name == "self" else case.parent / name
+
+    inputs = [path(name) for name in expected["merge"].split()]
+    output = path(expected["merge_output"]) if "merge_output" in expected \
+        else tmp_path / "merged.h5"
+    before = {name: name.read_bytes() for name in inputs}
+    message = refused(["merge", *map(str, inputs), "-o", str(output)], capsys)
+    assert message.startswith(f"distx: error: {path(expected['names'])}: ")
+    assert expected["expect"] in message
+    assert {name: name.read_bytes() for name in inputs} == before
+    assert sorted(tmp_path.iterdir()) == [own]
 
 
 def test_corpus_is_large_enough():

@@ -17,8 +17,8 @@ from distx.engine.progress import MODES as PROGRESS
 from distx.errors import ResultsWriteError, UserError
 from distx.vocabulary import ExitCode
 
-COMMANDS = ("run", "validate", "show", "status", "reset", "recover", "export", "timeline",
-            "bench", "schema", "examples")
+COMMANDS = ("run", "validate", "show", "status", "reset", "recover", "merge", "export",
+            "timeline", "bench", "schema", "examples")
 
 EXAMPLES = """\
 examples:
@@ -130,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --resume: continue even if script, kernels or data changed")
     run.add_argument("--grace", type=_grace, default=30.0, metavar="S",
                      help="after SIGTERM/SIGINT/SIGUSR1, wait up to S s for tasks in flight")
+    run.add_argument("--shard", metavar="I/N",
+                     help="run only the I-th of N slices of the experiments (0 <= I < N) "
+                     "into its own file; auto: from the Slurm job array's task id")
     run.add_argument("-v", "--verbose", action="store_true", help="echo every log line")
     run.add_argument("--progress", choices=PROGRESS, default="auto",
                      help="sweep progress on stderr: live (one line redrawn with \\r; use "
@@ -171,12 +174,22 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("results")
     recover.set_defaults(handler=_recover)
 
+    merge = commands.add_parser("merge", help="combine results files of one script (the "
+                                "shards of an array job) into one")
+    merge.add_argument("inputs", nargs="+", metavar="RESULTS")
+    merge.add_argument("-o", "--output", required=True, help="the merged file (a new file)")
+    merge.add_argument("--force", action="store_true",
+                       help="merge even if script, kernels or data differ between the files")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace an existing output file")
+    merge.set_defaults(handler=_merge)
+
     export = commands.add_parser("export", help="write a table as CSV")
     export.add_argument("results")
     export.add_argument("--csv", required=True, metavar="FILE", help="CSV file, - for stdout")
     export.add_argument("--table", default="experiments",
                         help="experiments (default), attempts, milestones, values, tasks, "
-                        "logs or runs")
+                        "logs, runs, sources or conflicts (a merged file)")
     export.set_defaults(handler=_export)
 
     timeline = commands.add_parser("timeline", help="draw what each rank did (PNG)")
@@ -204,8 +217,8 @@ def _parser() -> argparse.ArgumentParser:
     examples.add_argument("folder")
     examples.set_defaults(handler=_examples)
 
-    for sub in (run, validate, show, status, reset, recover, export, timeline, bench, schema,
-                examples):
+    for sub in (run, validate, show, status, reset, recover, merge, export, timeline, bench,
+                schema, examples):
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -223,20 +236,25 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    from distx.launch import RunOptions, run
+    import os
 
+    from distx.launch import RunOptions, run
+    from distx.script.shard import parse_shard
+
+    shard = None if arguments.shard is None else parse_shard(arguments.shard, os.environ)
     return run(RunOptions(arguments.script, arguments.output, _overrides(arguments.set),
                           arguments.timeout, arguments.overwrite, arguments.verbose,
                           ["distx", *sys.argv[1:]], arguments.resume, arguments.force,
-                          arguments.grace, arguments.progress))
+                          arguments.grace, shard=shard, progress=arguments.progress))
 
 
 def _validate(arguments: argparse.Namespace) -> int:
     from distx.check.checks import check_script
     from distx.script.model import load_script
 
-    script = load_script(arguments.script)
-    plan = check_script(script, arguments.ranks, _overrides(arguments.set))
+    overrides = _overrides(arguments.set)
+    script = load_script(arguments.script, overrides)
+    plan = check_script(script, arguments.ranks, overrides)
     roles = ", ".join(f"{name} {list(ranks)}" for name, ranks in plan.ranks_of.items())
     print(f"{arguments.script}: OK ({len(script.tasks())} tasks; roles: {roles})")
     return ExitCode.OK
@@ -283,7 +301,23 @@ def _recover(arguments: argparse.Namespace) -> int:
     replayed = recover(path)
     print(f"{path}: {replayed} journal record(s) applied" if replayed
           else f"{path}: nothing to recover")
-    return 0
+    return ExitCode.OK
+
+
+def _merge(arguments: argparse.Namespace) -> int:
+    from distx.results.merge import merge
+
+    report = merge(arguments.inputs, arguments.output, force=arguments.force,
+                   overwrite=arguments.overwrite)
+    if report.conflicts:
+        experiment_id, kept, other = report.conflicts[0]
+        print(f"distx: warning: {len(report.conflicts)} experiment(s) are done in more than "
+              f"one file with different results (first: id {experiment_id} in {kept} and "
+              f"{other}); kept the row of the file given first, the others are in "
+              "/conflicts", file=sys.stderr, flush=True)
+    print(f"{arguments.output}: {report.experiments} experiment(s), {report.done} done, "
+          f"from {report.runs} run(s) of {len(arguments.inputs)} file(s)")
+    return ExitCode.OK
 
 
 def _export(arguments: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from distx.engine.transport import LocalHub, MPITransport, Transport
 from distx.errors import ResultsWriteError, UserError
 from distx.script.model import Script, load_script
 from distx.script.roles import plan_roles
+from distx.script.shard import Shard
 from distx.vocabulary import INIT, PRE_RUN, ExitCode, RunState
 
 
@@ -52,6 +53,7 @@ class RunOptions:
     resume: bool = False
     force: bool = False
     grace: float = 30.0
+    shard: Shard | None = None
     progress: str = "auto"   # sweep progress on stderr: auto, live, lines or off
 
 
@@ -89,7 +91,7 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
     from distx.results import provenance
     from distx.results.writer import ResultsFile, RunIdentity
 
-    script = load_script(options.script)
+    script = load_script(options.script, options.overrides)
     plan = check_script(script, size, options.overrides)
     kernels = KernelSources.of_script(script)
     arrays = {name: data.materialize(spec, script) for name, spec in script.data.items()}
@@ -100,11 +102,21 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
         fingerprints=provenance.fingerprints(script, kernels.fingerprint),
         attributes={"world_size": plan.size, "command_line": " ".join(options.command_line),
                     **provenance.versions()},
-        hosts=list(_hosts_per_rank(hosts, plan.size)))
-    results = ResultsFile.open(Path(options.output or script.output), identity,
+        hosts=list(_hosts_per_rank(hosts, plan.size)), shard=options.shard)
+    results = ResultsFile.open(_output(options, script), identity,
                                overwrite=options.overwrite, resume=options.resume,
                                force=options.force)
     return _Prepared(script, arrays, results, run_id, kernels)
+
+
+def _output(options: RunOptions, script: Script) -> Path:
+    """--output, else the script's Output; a shard's file says the shard in its name."""
+    if options.output:
+        return Path(options.output)
+    default = Path(script.output)
+    if options.shard is None:
+        return default
+    return default.with_name(f"{default.stem}.{options.shard.file_label}{default.suffix}")
 
 
 def _info(script: Script, options: RunOptions, run_id: str, size: int,

@@ -97,23 +97,26 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     rows_inputs = [name for name in inputs if script.data[name].partition == ROWS]
     holders = run.executor.info.plan.holders
     grid = script.experiments.grid()
-    ids = grid.ids()
+    shard = coordinator.results.shard
+    indices = np.arange(len(grid)) if shard is None else shard.indices(len(grid))
+    ids = grid.ids(indices)
     outputs = config.get("Outputs", list(DEFAULT_OUTPUTS))
-    table = coordinator.results.experiments(grid, ids, outputs)
+    table = coordinator.results.experiments(grid, ids, outputs, indices)
     table_rows = np.array([table.row_of[experiment_id] for experiment_id in ids],
                           dtype=np.int64)
     todo = np.flatnonzero(table.status_of(table_rows) != Status.DONE.encoded)
     plan = SweepPlan(next(_numbers), config["Kernel"], inputs, config.get("Args", {}), outputs,
-                     len(holders) if rows_inputs else 1, todo, config.get("Timeout"))
+                     len(holders) if rows_inputs else 1, indices[todo], config.get("Timeout"))
     weights = None
     if rows_inputs:
         global_rows = coordinator.data_shapes[rows_inputs[0]][0]
         weights = [stop - start for start, stop in row_blocks(global_rows, len(holders))]
     sweep = Sweep(coordinator, plan, table, [ids[i] for i in todo.tolist()], table_rows[todo],
                   script.experiments.retries, config.get("Reduce", "sum"), weights)
-    skipped = len(grid) - len(todo)
+    skipped = len(indices) - len(todo)
     run.log(f"sweep of {len(todo)} experiments x {plan.parts} partition(s) on ranks "
-            f"{list(holders)}" + (f" ({skipped} already done)" if skipped else ""))
+            f"{list(holders)}" + (f" ({skipped} already done)" if skipped else "")
+            + (f"; shard {shard}: {len(indices)} of the grid's {len(grid)}" if shard else ""))
     try:
         sweep.run()
     finally:

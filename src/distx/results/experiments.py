@@ -20,11 +20,13 @@ CREATED, RUNNING, DONE, ERROR = (status.encoded for status in Status)
 
 
 def experiment_rows(grid: Grid, ids: list[str], outputs: list[str],
-                    existing: np.ndarray | None) -> np.ndarray:
+                    existing: np.ndarray | None,
+                    indices: np.ndarray | None = None) -> np.ndarray:
     """The table for this grid: the rows of the file as they are (same ids, positions,
-    history), then the experiments of the grid that the file lacks."""
+    history), then the experiments of the grid that the file lacks. `ids` are those of
+    the grid's experiments at `indices` (all of the grid by default; a shard's slice)."""
     known = set() if existing is None else {row_id.decode() for row_id in existing["id"]}
-    added = np.array([index for index, row_id in enumerate(ids) if row_id not in known],
+    added = np.array([position for position, row_id in enumerate(ids) if row_id not in known],
                      dtype=np.int64)
     keyfields = {}
     for name, values in grid.columns.items():
@@ -43,7 +45,8 @@ def experiment_rows(grid: Grid, ids: list[str], outputs: list[str],
     new = rows[len(known):]
     new["id"] = [ids[i] for i in added.tolist()]
     new["index"] = np.arange(len(known), len(rows))
-    for name, values in grid.keyfield_columns(added).items():
+    for name, values in grid.keyfield_columns(
+            added if indices is None else indices[added]).items():
         new[name] = [to_cell(value) for value in values]
     new["status"] = CREATED
     new["rank"] = -1

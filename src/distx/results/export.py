@@ -10,7 +10,8 @@ from pathlib import Path
 from distx.errors import UserError
 from distx.results.reader import read_results
 
-TABLES = ("experiments", "attempts", "milestones", "values", "tasks", "logs", "runs")
+TABLES = ("experiments", "attempts", "milestones", "values", "tasks", "logs", "runs", "sources",
+          "conflicts")
 
 
 def export_csv(path: str | Path, table: str, destination: str) -> int:

@@ -5,7 +5,8 @@ readers, the journal and the administration commands agree on one definition.
 
     /                    attrs: format, format_version, journal_seq, file_id, name, run_id,
                          state, exit_code, started, ended, world_size, command_line,
-                         script_sha256, fingerprint_script/_kernels/_data, versions
+                         script_sha256, fingerprint_script/_kernels/_data, versions,
+                         shard_index, shard_count (a --shard file only)
     /runs                table RUNS (a row per run: the first and every --resume)
     /script              the script text (scalar string), attrs: path, sha256
     /provenance/hosts    host name of every rank (latest run)
@@ -16,6 +17,9 @@ readers, the journal and the administration commands agree on one definition.
     /milestones, /values, /tasks, /logs   tables of the same names below
     /value_arrays/run<n>/rank<r>/<i>  published arrays (the values row holds the path)
     /files/run<n>/rank<r>/<name>      kept files as uint8 datasets, attrs: role, index, source
+    /sources             table SOURCES (a merged file: where each of its runs came from)
+    /conflicts           a merged file: done rows that lost to another done row of
+                         the same id (the experiments columns and `file`)
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from distx.script.shard import Shard
 
 FORMAT = "distx-results"
 FORMAT_VERSION = 2
@@ -51,6 +57,10 @@ LOGS = np.dtype([("run", "i4"), ("rank", "i4"), ("role", TEXT), ("index", "i4"),
 ATTEMPTS = np.dtype([("run", "i4"), ("id", "S16"), ("part", "i4"), ("attempt", "i4"),
                      ("rank", "i4"), ("host", "S64"), ("start", "f8"), ("end", "f8"),
                      ("status", "S8"), ("error", TEXT)])
+SOURCES = np.dtype([("run", "i4"), ("file", TEXT), ("file_id", TEXT), ("source_run", "i4"),
+                    ("shard", TEXT)])
+"""A merged file's /sources: for each of its runs, the file it was first written in, that
+file's id and run number there, and the shard it held ("" for all the experiments)."""
 APPEND_TABLES = {"runs": RUNS, "milestones": MILESTONES, "values": VALUES, "tasks": TASKS,
                  "logs": LOGS, "attempts": ATTEMPTS}
 
@@ -80,3 +90,15 @@ def stored_text(value: Any) -> str:
     if value.isascii() and "\0" not in value:
         return value
     return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\x00")
+
+
+def shard_attributes(shard: Shard | None) -> dict[str, int]:
+    """The root attributes that say which shard a file holds (none: all experiments)."""
+    return {} if shard is None else {"shard_index": shard.index, "shard_count": shard.count}
+
+
+def file_shard(file: h5py.File) -> Shard | None:
+    """The shard a results file holds, None for a file of all the experiments."""
+    if "shard_count" not in file.attrs:
+        return None
+    return Shard(int(file.attrs["shard_index"]), int(file.attrs["shard_count"]))

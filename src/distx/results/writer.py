@@ -29,9 +29,10 @@ from distx.results import admin, checkpoint
 from distx.results.claim import Claim
 from distx.results.experiments import ExperimentTable, experiment_rows
 from distx.results.journal import JournalWriter, Record, journal_path
-from distx.results.layout import FINGERPRINTS, FORMAT, stored_text
+from distx.results.layout import FINGERPRINTS, FORMAT, file_shard, shard_attributes, stored_text
 from distx.results.reader import check_version, snapshot
 from distx.script.grid import Grid, from_cell
+from distx.script.shard import Shard
 from distx.vocabulary import TERMINAL, RunState, TaskStatus
 
 SYNC_SECONDS = 0.5
@@ -50,14 +51,16 @@ class RunIdentity:
     fingerprints: dict[str, str]
     attributes: dict[str, Any]   # versions, world size, command line, ...
     hosts: list[str]
+    shard: Shard | None = None   # --shard: this run holds one slice of the experiments
 
 
 class ResultsFile:
     """The results file of this run: records in, journal and checkpoints out."""
 
     def __init__(self, path: Path, claim: Claim, file_id: str, seq: int, run: int,
-                 fresh: bool) -> None:
+                 fresh: bool, shard: Shard | None) -> None:
         self.path = path
+        self.shard = shard                   # the slice of the experiments the file holds
         self.fresh = fresh                   # no file yet: the first checkpoint starts one
         self.claim = claim
         self.file_id = file_id
@@ -103,7 +106,7 @@ class ResultsFile:
     @classmethod
     def _create(cls, path: Path, claim: Claim) -> ResultsFile:
         journal_path(path).unlink(missing_ok=True)   # of an earlier file at this path
-        return cls(path, claim, secrets.token_hex(8), 0, 0, fresh=True)
+        return cls(path, claim, secrets.token_hex(8), 0, 0, fresh=True, shard=None)
 
     @classmethod
     def _resume(cls, path: Path, claim: Claim, identity: RunIdentity,
@@ -117,17 +120,19 @@ class ResultsFile:
                             file=str(path), fix="give the results file of an earlier run of "
                             "this script, or drop --resume") from None
         admin.recover(path, claimed=True)
-        runs, file_id, seq = snapshot(path, lambda file: _check_resumable(file, path, identity,
-                                                                          force))
-        return cls(path, claim, file_id, seq, runs, fresh=False)
+        runs, file_id, seq, shard = snapshot(path, lambda file: _check_resumable(
+            file, path, identity, force))
+        return cls(path, claim, file_id, seq, runs, fresh=False, shard=shard)
 
     def _start(self, identity: RunIdentity) -> None:
+        self.shard = self.shard or identity.shard
         started = time.time()
         attrs = {"name": identity.name, "run_id": identity.run_id,
                  "state": RunState.RUNNING.value, "exit_code": -1, "started": started,
                  "ended": np.nan, "script_sha256": identity.script_sha256,
                  **{key: _attribute(value) for key, value in identity.attributes.items()},
-                 **{f"fingerprint_{key}": value for key, value in identity.fingerprints.items()}}
+                 **{f"fingerprint_{key}": value for key, value in identity.fingerprints.items()},
+                 **shard_attributes(self.shard)}
         run_row = np.array([(self.run, identity.run_id, started, np.nan,
                              RunState.RUNNING.value, -1,
                              identity.attributes.get("world_size", 0),
@@ -286,13 +291,15 @@ class ResultsFile:
                                    {"rows": np.array([cells], dtype=dtype)}))
 
     # ----- experiments -------------------------------------------------------------------
-    def experiments(self, grid: Grid, ids: list[str], outputs: list[str]) -> ExperimentTable:
-        """The experiments table of this grid (the file's rows first, on resume); written
-        at once by a checkpoint, so the journal only ever holds changes to its rows."""
+    def experiments(self, grid: Grid, ids: list[str], outputs: list[str],
+                    indices: np.ndarray | None = None) -> ExperimentTable:
+        """The experiments table of this grid (the file's rows first, on resume; `ids` of
+        the experiments at `indices`, all by default); written at once by a checkpoint, so
+        the journal only ever holds changes to its rows."""
         existing = self.table.rows if self.table is not None else snapshot(
             self.path, lambda file: file["experiments"][()] if "experiments" in file else None)
         self._to_journal()
-        rows = experiment_rows(grid, ids, outputs, existing)
+        rows = experiment_rows(grid, ids, outputs, existing, indices)
         table = Record("experiments", {"keyfields": grid.names, "outputs": outputs},
                        {"rows": rows})
         rebuilt = existing is not None and existing.dtype != rows.dtype
@@ -302,8 +309,8 @@ class ResultsFile:
 
 
 def _check_resumable(file: Any, path: Path, identity: RunIdentity,
-                     force: bool) -> tuple[int, str, int]:
-    """(runs so far, file id, journal sequence) of a file this run may continue."""
+                     force: bool) -> tuple[int, str, int, Shard | None]:
+    """(runs so far, file id, journal sequence, shard) of a file this run may continue."""
     fix = "give the results file of an earlier run of this script, or drop --resume"
     if file.attrs.get("format") != FORMAT:
         raise UserError(f"cannot resume: not a distx results file (no format attribute "
@@ -323,9 +330,22 @@ def _check_resumable(file: Any, path: Path, identity: RunIdentity,
                         + " changed since it was written, so its results would not match",
                         file=str(path),
                         fix="write to a new --output, or pass --force to resume anyway")
+    shard = _resumed_shard(file_shard(file), identity.shard, path)
     file_id = str(from_cell(file.attrs.get("file_id", ""))) or secrets.token_hex(8)
     return (file["runs"].shape[0] if "runs" in file else 0, file_id,
-            int(file.attrs.get("journal_seq", 0)))
+            int(file.attrs.get("journal_seq", 0)), shard)
+
+
+def _resumed_shard(held: Shard | None, asked: Shard | None, path: Path) -> Shard | None:
+    """A shard file continues its own shard only; --shard may repeat it or be left out."""
+    if asked is None or asked == held:
+        return held
+    if held is None:
+        raise UserError(f"cannot resume with --shard {asked}: the file holds all the "
+                        "experiments, not a shard", file=str(path),
+                        fix="drop --shard, or write the shard to a new --output")
+    raise UserError(f"cannot resume with --shard {asked}: the file holds shard {held}",
+                    file=str(path), fix=f"pass --shard {held} or leave --shard out")
 
 
 def _storable(array: np.ndarray) -> np.ndarray:

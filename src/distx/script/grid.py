@@ -24,11 +24,15 @@ class GridError(ValueError):
     """A keyfield that cannot be expanded; the message says why."""
 
 
+_PARAMETER = {"type": "string", "pattern": r"@\["}
 KEYFIELD_SCHEMA = {"anyOf": [
     {"type": "array", "minItems": 1, "items": {"type": ["number", "string", "boolean"]}},
     {"type": "object", "required": ["stop"], "additionalProperties": False,
-     "properties": {key: {"type": "number"} for key in ("start", "stop", "step")}}]}
-"""What keyfield_values accepts, as a JSON Schema fragment (`distx schema`)."""
+     "properties": {key: {"anyOf": [{"type": "number"}, _PARAMETER]}
+                    for key in ("start", "stop", "step")}},
+    _PARAMETER]}
+"""What keyfield_values accepts, as a JSON Schema fragment (`distx schema`); an @[name]
+from Parameters or --set may stand for the values, or for a bound of a range."""
 
 
 def keyfield_values(name: str, spec: Any) -> list:

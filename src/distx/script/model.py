@@ -8,6 +8,7 @@ more than the text (kernels, ranks for a world size, coordination) live in check
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from distx.errors import UserError
 from distx.script import grid
+from distx.script.expand import REFERENCE, expand, referenced_names
 from distx.script.schema import (
     BOOL,
     COUNT,
@@ -148,11 +150,12 @@ class Script:
         return self.source.error(where, what, fix)
 
 
-def load_script(path: str | Path) -> Script:
-    return parse_script(Source.read(path))
+def load_script(path: str | Path, overrides: dict | None = None) -> Script:
+    """The script at `path`; `overrides` (--set) and Parameters fill @[..] in keyfields."""
+    return parse_script(Source.read(path), overrides)
 
 
-def parse_script(source: Source) -> Script:
+def parse_script(source: Source, overrides: dict | None = None) -> Script:
     document = source.data
     if not isinstance(document, dict):
         raise source.error((), "the script must be a mapping of keys such as Name and Roles",
@@ -176,7 +179,8 @@ def parse_script(source: Source) -> Script:
         kernels_dir=folder / document.get("Kernels", "kernels"),
         parameters=dict(document.get("Parameters", {})),
         data=_parse_data(source, document.get("Data", {})),
-        experiments=_parse_experiments(source, document.get("Experiments")),
+        experiments=_parse_experiments(source, document.get("Experiments"), {
+            **document.get("Parameters", {}), **(overrides or {})}),
         roles=roles,
     )
 
@@ -241,6 +245,20 @@ def _parse_role(source: Source, name: str, role_doc: Any, where: Where) -> RoleS
     return RoleSpec(name, role_doc.get("Ranks"), sequence, where)
 
 
+def _expanded_keyfield(source: Source, where: Where, spec: Any, values: dict) -> Any:
+    """A keyfield's values or range with @[name] / @[name:default] filled in from
+    Parameters and --set, so that one script serves every task of a job array."""
+    if any(match.group(2) for match in REFERENCE.finditer(json.dumps(spec))):
+        raise source.error(where, "a keyfield cannot use @{..} built-ins: they are not known "
+                           "before the run", "use @[name] with Parameters or --set")
+    missing = referenced_names(spec) - set(values)
+    if missing:
+        name = sorted(missing)[0]
+        raise source.error(where, f"@[{name}] is neither in Parameters nor given with --set",
+                           f"pass --set {name}=VALUE, or write @[{name}:default]")
+    return expand(spec, values, {})
+
+
 def _parse_data(source: Source, data_doc: Any) -> dict[str, DataSpec]:
     if not isinstance(data_doc, dict):
         raise source.error(("Data",), "must be a mapping of array names")
@@ -264,15 +282,19 @@ def _parse_data(source: Source, data_doc: Any) -> dict[str, DataSpec]:
     return specs
 
 
-def _keyfield(source: Source, name: Any, read: Callable[[str, Any], Any], spec: Any) -> Any:
-    """`read(name, spec)` of one keyfield, its GridError as the script's error."""
+def _keyfield(source: Source, name: Any, read: Callable[[str, Any], Any], spec: Any,
+              written: Any) -> Any:
+    """`read(name, spec)` of one keyfield, its GridError as the script's error (naming
+    what the script wrote when `spec` is its @[..] expansion)."""
     try:
         return read(str(name), spec)
     except grid.GridError as error:
-        raise source.error(("Experiments", "Keyfields", name), str(error)) from None
+        note = f" (expanded from {written!r})" if spec != written else ""
+        raise source.error(("Experiments", "Keyfields", name), str(error) + note) from None
 
 
-def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
+def _parse_experiments(source: Source, doc: Any, values: dict) -> ExperimentsSpec | None:
+    """The grid, after expanding @[..] in keyfield values and ranges with `values`."""
     if doc is None:
         return None
     where = ("Experiments",)
@@ -287,14 +309,17 @@ def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
     if folds is not None and folds < 2:
         raise source.error((*where, "Folds"), "Folds must be at least 2")
     # The size first, from the counts alone: values are made only for a grid that fits.
-    counts = {name: _keyfield(source, name, grid.keyfield_count, spec)
-              for name, spec in doc["Keyfields"].items()}
+    written = doc["Keyfields"]
+    specs = {name: _expanded_keyfield(source, (*where, "Keyfields", name), spec, values)
+             for name, spec in written.items()}
+    counts = {name: _keyfield(source, name, grid.keyfield_count, spec, written[name])
+              for name, spec in specs.items()}
     size = math.prod(counts.values()) * (folds or 1)
     if size > grid.MAX_EXPERIMENTS:
         raise source.error((*where, "Keyfields"), f"the grid has {size:,} experiments, more "
                            f"than the {grid.MAX_EXPERIMENTS:,} one results file holds",
                            "split the sweep into several scripts or use fewer values")
-    keyfields = {str(name): _keyfield(source, name, grid.keyfield_values, spec)
-                 for name, spec in doc["Keyfields"].items()}
+    keyfields = {str(name): _keyfield(source, name, grid.keyfield_values, spec, written[name])
+                 for name, spec in specs.items()}
     return ExperimentsSpec(keyfields, folds, doc.get("Retries", 0))
 
