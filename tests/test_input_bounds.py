@@ -228,7 +228,7 @@ ANY_VALUE = st.one_of(NUMBERS, st.text(max_size=6), st.booleans(), st.none(),
                       st.lists(NUMBERS, max_size=3))
 GENERATE = st.fixed_dictionaries(
     {"Distribution": st.sampled_from(["uniform", "normal", "integers"]),
-     "Shape": st.lists(st.integers(1, 2**62), min_size=1, max_size=3)},
+     "Shape": st.lists(st.integers(1, 2**62), min_size=1, max_size=33)},
     optional={"DType": st.sampled_from(["int8", "uint8", "int64", "float32", "bool", "S3",
                                         "(2,)f8", "O", "M8", "c16"]),
               "Low": NUMBERS, "High": NUMBERS, "Mean": NUMBERS, "Std": NUMBERS,
@@ -263,7 +263,7 @@ SCRIPTS_WITH_ODD_VALUES = st.fixed_dictionaries({
     "Sequence": st.lists(TASK, max_size=2)})
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(SCRIPTS_WITH_ODD_VALUES, st.integers(1, 3))
 def test_validation_of_odd_values_raises_only_one_line_user_errors(document, ranks):
     """Scripts with odd values everywhere validation looks: accepted, or one UserError line

@@ -257,11 +257,16 @@ class ResultsFile:
         self._append("tasks", (self.run, rank, record["role"], record["index"],
                                record["task"], record["status"], record["start"],
                                record["end"], record["error"]))
+        self.record_log(rank, record)
+        if record["status"] == TaskStatus.ERROR.value:
+            self.flush()
+
+    def record_log(self, rank: int, record: dict) -> None:
+        """The lines `record["log"]` of (time, severity, text) of task `record["index"]`
+        (-1: sweep tasks on that rank) of `rank`, role `record["role"]`."""
         for when, severity, text in record["log"]:
             self._append("logs", (self.run, rank, record["role"], record["index"], when,
                                   severity, text))
-        if record["status"] == TaskStatus.ERROR.value:
-            self.flush()
 
     def record_file(self, rank: int, record: dict) -> None:
         name = stored_text(record["name"]).replace("/", "_") or "_"
