@@ -50,7 +50,7 @@ def test_catastrophic_pattern_matches_in_linear_time():
     started = time.monotonic()
     assert pattern.search("a" * 40 + "b") is None
     assert pattern.search("a" * 1_000_000 + "b") is None
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10  # backtracking would take hours; not a speed test
 
 
 @pytest.mark.parametrize("capture, captured", [

@@ -166,13 +166,6 @@ def two_cores(tmp_path: Path) -> list[RankCore]:
     return [RankCore(hub.transport(rank), info) for rank in range(2)]
 
 
-def serve_in_thread(core: RankCore, until: threading.Event) -> threading.Thread:
-    thread = threading.Thread(target=core.wait_until, args=(until.is_set, 30, "the test"),
-                              daemon=True)
-    thread.start()
-    return thread
-
-
 def test_value_request_waits_for_publish_and_replies(tmp_path):
     asker, publisher = two_cores(tmp_path)
     asker.register(Kind.EVENT, lambda source, event: None)  # rank 0 records nothing here

@@ -27,6 +27,10 @@ from distx.script.evaluate import evaluate
 from distx.script.model import parse_script
 from distx.script.source import Source
 
+AT_ONCE = 10
+"""Seconds within which a bounded computation must end: what these tests catch runs for
+minutes or hours, and a tighter bound fails on a loaded shared machine."""
+
 
 def refused_quickly(path, capsys, expect: str) -> str:
     started = time.monotonic()
@@ -141,7 +145,7 @@ def test_evaluate_refuses_what_would_exceed_its_bounds_at_once(expression, expec
     started = time.monotonic()
     with pytest.raises(TaskFailed, match=re.escape(expect)):
         evaluate(expression, {})
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < AT_ONCE
 
 
 def test_evaluate_computes_up_to_its_bounds():
@@ -177,7 +181,7 @@ def test_evaluate_never_exceeds_its_bounds(expression):
         value = evaluate(expression, {})
     except TaskFailed:
         value = None
-    assert time.monotonic() - started < 1, expression
+    assert time.monotonic() - started < AT_ONCE, expression
     if isinstance(value, int):
         assert value.bit_length() <= evaluate_module.MAX_INT_BITS
     if isinstance(value, str):

@@ -142,6 +142,27 @@ def test_resume_refuses_changed_kernel_or_data_unless_forced(tmp_path):
     assert forced.returncode == 0, forced.stderr
 
 
+def test_resume_refuses_a_changed_module_that_the_kernel_imports(tmp_path):
+    folder = tmp_path / "project"
+    (folder / "kernels").mkdir(parents=True)
+    (folder / "kernels" / "scaled.py").write_text(
+        "from factors import FACTOR\n\n\ndef times(seed):\n    return seed * FACTOR\n")
+    (folder / "kernels" / "factors.py").write_text("FACTOR = 2\n")
+    (folder / "kernels" / "unrelated.py").write_text("X = 1\n")
+    script = folder / "job.yml"
+    script.write_text("Version: 2\nName: imports\nExperiments:\n  Keyfields:\n"
+                      "    seed: {stop: 5}\nSequence:\n  - Task: Run.Sweep\n"
+                      "    Config: {Kernel: scaled.times}\n")
+    output = tmp_path / "out.h5"
+    assert run_script(script, output, 1).returncode == 0
+    (folder / "kernels" / "unrelated.py").write_text("X = 2\n")  # not used: not shipped
+    assert run_script(script, output, 1, "--resume").returncode == 0
+    (folder / "kernels" / "factors.py").write_text("FACTOR = 3\n")
+    refused = run_script(script, output, 1, "--resume")
+    assert refused.returncode == 2
+    assert "the kernels changed since it was written" in refused.stderr
+
+
 def test_resume_of_a_missing_file_starts_it(tmp_path):
     output = tmp_path / "new.h5"
     assert run_script(SCRIPTS / "sweep_arrays.yml", output, 1, "--resume").returncode == 0

@@ -31,6 +31,7 @@ from distx.engine.core import RunInfo
 from distx.engine.output import real_stderr
 from distx.engine.protocol import Verdict
 from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
+from distx.engine.shipping import KernelSources
 from distx.engine.taskrun import Executor
 from distx.engine.transport import LocalHub, MPITransport, Transport
 from distx.errors import ResultsWriteError, UserError
@@ -62,6 +63,7 @@ class _Prepared:
     arrays: dict[str, np.ndarray]
     results: ResultsFile
     run_id: str
+    kernels: KernelSources
 
 
 # Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts), so
@@ -89,29 +91,31 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
 
     script = load_script(options.script)
     plan = check_script(script, size, options.overrides)
+    kernels = KernelSources.of_script(script)
     arrays = {name: data.materialize(spec, script) for name, spec in script.data.items()}
     run_id = provenance.new_run_id()
     identity = RunIdentity(
         name=script.name, run_id=run_id, script_text=script.text,
         script_path=str(script.path), script_sha256=script.sha256,
-        fingerprints=provenance.fingerprints(script),
+        fingerprints=provenance.fingerprints(script, kernels.fingerprint),
         attributes={"world_size": plan.size, "command_line": " ".join(options.command_line),
                     **provenance.versions()},
         hosts=list(_hosts_per_rank(hosts, plan.size)))
     results = ResultsFile.open(Path(options.output or script.output), identity,
                                overwrite=options.overwrite, resume=options.resume,
                                force=options.force)
-    return _Prepared(script, arrays, results, run_id)
+    return _Prepared(script, arrays, results, run_id, kernels)
 
 
 def _info(script: Script, options: RunOptions, run_id: str, size: int,
-          hosts: list[str]) -> RunInfo:
+          hosts: list[str], kernels_folder: Path | None = None) -> RunInfo:
     plan = plan_roles(script, size)
     timeout = options.timeout if options.timeout is not None else script.timeout
     temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
     return RunInfo(script, plan, run_id, timeout, dict(options.overrides),
                    _hosts_per_rank(hosts, plan.size),
-                   temp_root, options.verbose, options.grace, options.progress)
+                   temp_root, options.verbose, options.grace, options.progress,
+                   kernels_folder)
 
 
 def _hosts_per_rank(hosts: list[str], size: int) -> tuple[str, ...]:
@@ -133,7 +137,8 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
         if transport.rank == 0:
             try:
                 prepared = _prepare(options, transport.size, hosts)
-                verdict = Verdict(None, prepared.script, prepared.run_id, hosts)
+                verdict = Verdict(None, prepared.script, prepared.run_id, hosts,
+                                  prepared.kernels)
             except (UserError, ResultsWriteError) as error:
                 failure = error
                 verdict = Verdict(str(error))
@@ -142,8 +147,10 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
             if transport.rank == 0:
                 raise failure
             return ExitCode.BAD_INPUT
-        # The script was parsed on rank 0: the others need no YAML parser.
-        info = _info(verdict.script, options, verdict.run_id, transport.size, verdict.hosts)
+        # Parsed and read on rank 0: the others need no YAML parser, nor rank 0's folders.
+        kernels_folder = None if transport.rank == 0 else verdict.kernels.install()
+        info = _info(verdict.script, options, verdict.run_id, transport.size, verdict.hosts,
+                     kernels_folder)
         if transport.rank == 0:
             return _coordinate(transport, info, prepared)
         return _work(transport, info)

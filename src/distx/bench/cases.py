@@ -25,7 +25,7 @@ from distx.engine.taskrun import Executor
 from distx.engine.transport import MPITransport
 from distx.results.provenance import new_run_id
 from distx.results.writer import ResultsFile, RunIdentity
-from distx.script.model import parse_script
+from distx.script.model import ROWS, parse_script
 from distx.script.roles import plan_roles
 from distx.script.source import Source
 from distx.vocabulary import ExitCode, RunState
@@ -147,7 +147,7 @@ def distribution(comm: MPI.Comm, folder: Path, megabytes: int) -> dict:
     raw = time.perf_counter() - start
     executor = _rank(comm, folder)
     core = executor.core
-    layout = [data.Layout("table", (rows, 8), "<f8", "rows")]
+    layout = [data.Layout("table", (rows, 8), "<f8", ROWS)]
     comm.Barrier()
     start = time.perf_counter()
     partitions = data.distribute(core.transport, layout, holders,

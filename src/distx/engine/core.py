@@ -50,7 +50,9 @@ Handler = Callable[[int, Any], None]
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What every rank knows about the run, identical on all ranks."""
+    """What every rank knows about the run, identical on all ranks but `kernels_folder`:
+    where this process imports kernel modules from, the script's kernels folder (None) on
+    rank 0 and in a single process, the shipped copy (engine/shipping.py) on other ranks."""
 
     script: Script
     plan: RolePlan
@@ -62,6 +64,7 @@ class RunInfo:
     verbose: bool = False
     grace: float = 30.0
     progress: str = "auto"    # how rank 0 shows sweep progress (engine/progress.py)
+    kernels_folder: Path | None = None
 
 
 class RankCore:

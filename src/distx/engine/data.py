@@ -20,7 +20,7 @@ import numpy as np
 
 from distx.engine.protocol import DataBlock, Kind
 from distx.engine.transport import Message, MPITransport
-from distx.script.model import DataSpec, Script
+from distx.script.model import REPLICATE, ROWS, DataSpec, Script
 
 
 @dataclass
@@ -260,7 +260,7 @@ def _check_array(spec: DataSpec, script: Script, shape: tuple, dtype: np.dtype,
     if dtype.kind not in "biuf":
         raise script.error(where, f"{origin} has dtype {dtype}, not a numeric array",
                            "kernels take arrays of numbers (bool, int, uint, float)")
-    if spec.partition == "rows" and len(shape) == 0:
+    if spec.partition == ROWS and len(shape) == 0:
         raise script.error((*spec.where, "Partition"), f"array '{spec.name}' is "
                            "0-dimensional and has no rows to partition",
                            "use Partition: replicate")
@@ -277,7 +277,7 @@ def split_locally(arrays: dict[str, np.ndarray], layout: list[Layout],
     per_rank: dict[int, dict[str, Partition]] = {rank: {} for rank in holders}
     for item in layout:
         array = arrays[item.name]
-        if item.mode == "replicate":
+        if item.mode == REPLICATE:
             for rank in holders:
                 per_rank[rank][item.name] = Partition(item.name, array, 0, item.shape, item.mode)
         else:
@@ -298,7 +298,7 @@ def distribute(transport: MPITransport, layout: list[Layout], holders: tuple[int
     rank = transport.rank
     mine: dict[str, Partition] = {}
     for item in layout:
-        if item.mode == "replicate":
+        if item.mode == REPLICATE:
             array = arrays[item.name] if rank == 0 else np.empty(item.shape, item.dtype)
             transport.broadcast_array(array)
             if rank in holders:

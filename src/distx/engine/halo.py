@@ -14,6 +14,7 @@ from distx.engine.kernels import PARTITION_NAMES
 from distx.engine.protocol import HaloRows, Kind
 from distx.engine.taskrun import Executor, TaskRun
 from distx.errors import TaskFailed
+from distx.script.model import ROWS
 
 HALO_ARGUMENTS = ("above", "below", "step")
 """What Run.Iterate passes its kernel besides Inputs and Args."""
@@ -39,7 +40,7 @@ def iterate_with_halos(run: TaskRun, config: dict) -> None:
         raise TaskFailed("Run.Iterate needs Inputs, the row-partitioned array first")
     name = inputs[0]
     partition = executor.partitions.get(name)
-    if partition is None or partition.mode != "rows":
+    if partition is None or partition.mode != ROWS:
         raise TaskFailed(f"Run.Iterate needs '{name}' partitioned by rows on this rank")
     holders = executor.info.plan.holders
     position = holders.index(executor.rank)

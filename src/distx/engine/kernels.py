@@ -28,6 +28,7 @@ from distx.script.schema import suggestion
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 PARTITION_NAMES = ("row_offset", "global_rows", "global_shape")
+DEFAULT_OUTPUTS = ("result",)  # a sweep's output column when its Config names no Outputs
 
 
 def kernel_arguments(inputs: list[Partition], args: dict) -> dict[str, Any]:

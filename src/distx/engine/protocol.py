@@ -98,12 +98,14 @@ class DataBlock:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Rank 0's word on the input: the parsed script to run, or the error ending every rank."""
+    """Rank 0's word on the input: the parsed script to run and the kernel code it needs
+    (engine/shipping.py), or the error ending every rank."""
 
     error: str | None
     script: Any = None
     run_id: str = ""
     hosts: list[str] = field(default_factory=list)
+    kernels: Any = None
 
 
 @dataclass

@@ -46,7 +46,13 @@ import numpy as np
 
 from distx.engine.coordinator import Coordinator
 from distx.engine.data import row_blocks
-from distx.engine.kernels import PARTITION_NAMES, Kernel, is_compile_error, outputs_of
+from distx.engine.kernels import (
+    DEFAULT_OUTPUTS,
+    PARTITION_NAMES,
+    Kernel,
+    is_compile_error,
+    outputs_of,
+)
 from distx.engine.progress import Progress
 from distx.engine.protocol import BatchResult, Kind, SweepPlan, SweepReady, SweepTasks
 from distx.engine.reduce import reduce_values
@@ -54,6 +60,7 @@ from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.watchdog import watch_kernel
 from distx.errors import Cancelled, TaskFailed, UserError
 from distx.script.grid import Grid
+from distx.script.model import ROWS
 from distx.vocabulary import Status
 
 # Rank 0 alone imports h5py (through results/): the holders import this module too.
@@ -87,11 +94,11 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     if script.experiments is None:
         raise TaskFailed("Run.Sweep needs an Experiments section with Keyfields")
     inputs = config.get("Inputs", [])
-    rows_inputs = [name for name in inputs if script.data[name].partition == "rows"]
+    rows_inputs = [name for name in inputs if script.data[name].partition == ROWS]
     holders = run.executor.info.plan.holders
     grid = script.experiments.grid()
     ids = grid.ids()
-    outputs = config.get("Outputs", ["result"])
+    outputs = config.get("Outputs", list(DEFAULT_OUTPUTS))
     table = coordinator.results.experiments(grid, ids, outputs)
     table_rows = np.array([table.row_of[experiment_id] for experiment_id in ids],
                           dtype=np.int64)

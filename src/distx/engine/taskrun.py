@@ -49,7 +49,7 @@ class Executor:
         self.temp_folder.mkdir(parents=True, exist_ok=True)
         self.expansion_values = ChainMap(core.values, info.overrides, info.script.parameters)
         self.partitions: dict[str, Partition] = {}
-        self.kernels = KernelLibrary(info.script.kernels_dir)
+        self.kernels = KernelLibrary(info.kernels_folder or info.script.kernels_dir)
         self._features: dict[type, Any] = {}
         transport = core.transport
         self.output = OutputCapture(enabled=not (isinstance(transport, LocalTransport)

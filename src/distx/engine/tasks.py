@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from distx.engine.halo import HALO_ARGUMENTS, iterate_with_halos
-from distx.engine.kernels import outputs_of
+from distx.engine.kernels import DEFAULT_OUTPUTS, outputs_of
 from distx.engine.reduce import reduce_values
 from distx.engine.sweep import run_sweep
 from distx.engine.taskrun import TaskRun
 from distx.errors import TaskFailed
 from distx.results.layout import EXPERIMENT_COLUMNS
 from distx.script.evaluate import evaluate
-from distx.script.model import Script, TaskSpec
+from distx.script.model import ROWS, Script, TaskSpec
 from distx.script.schema import (
     ANY,
     BOOL,
@@ -375,8 +375,8 @@ def run_kernel(run: TaskRun, config: dict) -> None:
 
 
 def _keyfield_names(script: Script) -> set[str]:
-    experiments = script.experiments
-    return set(experiments.keyfields) | ({"fold"} if experiments.folds else set())
+    """The keyfields a sweep's kernel gets (with Folds, `fold` too)."""
+    return set(script.experiments.grid().names)
 
 
 def _keyfield_examples(script: Script, config: dict, base: dict) -> list[dict]:
@@ -405,15 +405,14 @@ def _check_sweep(script: Script, spec: TaskSpec) -> None:
 
 def _check_experiment_columns(script: Script, spec: TaskSpec) -> None:
     """Keyfields and Outputs are columns of the experiments table, beside its own."""
-    experiments = script.experiments
-    keyfields = [*experiments.keyfields, *(["fold"] if experiments.folds else [])]
+    keyfields = script.experiments.grid().names
     for name in keyfields:
         if name in EXPERIMENT_COLUMNS:
             raise script.error(("Experiments", "Keyfields", name), f"keyfield '{name}' has "
                                "the name of a column of the experiments table",
                                f"rename it (taken: {', '.join(EXPERIMENT_COLUMNS)})")
     given = "Outputs" in spec.config
-    for position, name in enumerate(spec.config.get("Outputs", ["result"])):  # as sweep.py
+    for position, name in enumerate(spec.config.get("Outputs", DEFAULT_OUTPUTS)):
         if name in EXPERIMENT_COLUMNS or name in keyfields:
             taken = "a keyfield" if name in keyfields else "a column of the experiments table"
             where = (*spec.where, "Config", *(("Outputs", position) if given else ()))
@@ -426,7 +425,7 @@ def _check_sweep_reduce(script: Script, spec: TaskSpec) -> None:
     blocks' results: how depends on the kernel (a sum of counts, a min, a mean...), so the
     script says it; a silent `sum` gave results that change with the number of ranks."""
     rows = [name for name in spec.config.get("Inputs", [])
-            if name in script.data and script.data[name].partition == "rows"]
+            if name in script.data and script.data[name].partition == ROWS]
     if rows and "Reduce" not in spec.config:
         raise script.error((*spec.where, "Config"), f"Run.Sweep over row-partitioned "
                            f"input '{rows[0]}' needs Reduce: the kernel runs once per block "

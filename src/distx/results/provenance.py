@@ -48,8 +48,10 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def fingerprints(script: Script) -> dict[str, str]:
-    return {"script": _script_fingerprint(script), "kernels": _kernels_fingerprint(script),
+def fingerprints(script: Script, kernels: str) -> dict[str, str]:
+    """`kernels` is the fingerprint of the code shipped to the ranks (engine/shipping.py):
+    the modules the script names and the modules of the kernels folder they import."""
+    return {"script": _script_fingerprint(script), "kernels": kernels,
             "data": _data_fingerprint(script)}
 
 
@@ -69,15 +71,6 @@ def _script_fingerprint(script: Script) -> str:
     document = {key: value for key, value in script.source.data.items()
                 if key not in ("Experiments", "Output")}
     return _digest(_canonical(document))
-
-
-def _kernels_fingerprint(script: Script) -> str:
-    modules = sorted({spec.kernel.rpartition(".")[0] for spec in script.tasks() if spec.kernel})
-    parts = []
-    for module in modules:
-        path = script.kernels_dir.joinpath(*module.split(".")).with_suffix(".py")
-        parts += [module.encode(), path.read_bytes() if path.is_file() else b""]
-    return _digest(*parts)
 
 
 def _data_fingerprint(script: Script) -> str:

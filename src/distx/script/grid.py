@@ -17,6 +17,7 @@ import numpy as np
 MAX_EXPERIMENTS = 10_000_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_TEXT_BYTES = 1024  # a text keyfield value, in UTF-8
+FOLD = "fold"  # the keyfield that Folds adds, last
 
 
 class GridError(ValueError):
@@ -173,7 +174,7 @@ class Grid:
     def __init__(self, keyfields: dict[str, list], folds: int | None = None) -> None:
         self.columns = dict(keyfields)
         if folds:
-            self.columns["fold"] = list(range(folds))
+            self.columns[FOLD] = list(range(folds))
         self.names = list(self.columns)
         self.shape = tuple(len(values) for values in self.columns.values())
         self.size = math.prod(self.shape)

@@ -37,7 +37,8 @@ RANKS = Type("a rank, a list of ranks, or text like \"1-\", \"1-3\", \"1,3,5-7\"
              lambda v: isinstance(v, (str, list)) or (isinstance(v, int)
                                                        and not isinstance(v, bool)),
              schema={"type": ["string", "integer", "array"]})
-PARTITIONS = ("rows", "replicate")
+ROWS, REPLICATE = "rows", "replicate"  # how an array is spread over the holders
+PARTITIONS = (ROWS, REPLICATE)
 PARTITION = Type("rows or replicate", lambda v: v in PARTITIONS,
                  schema={"enum": list(PARTITIONS)})
 DISTRIBUTIONS = ("uniform", "normal", "integers")
@@ -277,9 +278,9 @@ def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
     where = ("Experiments",)
     check_keys(source, doc, EXPERIMENTS, where)
     for name in doc["Keyfields"]:
-        if name == "fold" and doc.get("Folds"):
+        if name == grid.FOLD and doc.get("Folds"):
             raise source.error((*where, "Keyfields", name),
-                               "keyfield 'fold' is added by Folds", "rename the keyfield")
+                               f"keyfield '{grid.FOLD}' is added by Folds", "rename the keyfield")
     if not doc["Keyfields"]:
         raise source.error((*where, "Keyfields"), "no keyfields", "add at least one keyfield")
     folds = doc.get("Folds")
