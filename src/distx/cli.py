@@ -12,9 +12,9 @@ import os
 import sys
 from typing import NoReturn
 
-from distx import __version__
 from distx.engine.progress import MODES as PROGRESS
 from distx.errors import ResultsWriteError, UserError
+from distx.version import __version__
 from distx.vocabulary import ExitCode
 
 COMMANDS = ("run", "validate", "show", "status", "reset", "recover", "merge", "export",

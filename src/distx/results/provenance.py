@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-import distx
 from distx.script.model import Script
+from distx.version import __version__ as distx_version
 
 
 def versions() -> dict[str, str]:
@@ -28,7 +28,7 @@ def versions() -> dict[str, str]:
     from mpi4py import MPI
 
     return {
-        "distx_version": distx.__version__, "numpy_version": np.__version__,
+        "distx_version": distx_version, "numpy_version": np.__version__,
         "numba_version": version("numba"), "h5py_version": h5py.__version__,
         "hdf5_version": h5py.version.hdf5_version, "mpi4py_version": mpi4py.__version__,
         "mpi_library": library_name(MPI.Get_library_version()),

@@ -20,6 +20,7 @@ import h5py
 from distx.errors import UserError
 from distx.results import checkpoint, journal
 from distx.results.layout import FORMAT, READABLE_VERSIONS
+from distx.vocabulary import Status
 
 T = TypeVar("T")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -99,3 +100,20 @@ def check_version(file: h5py.File, path: str) -> None:
         raise UserError(f"written by another distx (results format version {version}; this "
                         f"one reads versions {', '.join(map(str, READABLE_VERSIONS))})",
                         file=path, fix="use the distx version that wrote it")
+
+
+def error_texts(file: h5py.File) -> dict[bytes, str]:
+    """The error of every experiment in error, by id: from /errors (the last row of an id
+    wins), or in files before /errors from the experiments table's own `error` column."""
+    experiments = file["experiments"]
+    failed = experiments.fields(["id", "status"])[()]
+    failed = set(failed["id"][failed["status"] == Status.ERROR.encoded].tolist())
+    if "errors" in file:
+        rows = zip(file["errors"]["id"].tolist(), file["errors"]["error"].tolist())
+    else:
+        rows = zip(experiments["id"].tolist(), experiments["error"].tolist())
+    return {row_id: _decoded(text) for row_id, text in rows if row_id in failed}
+
+
+def _decoded(text: bytes | str) -> str:
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
