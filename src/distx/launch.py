@@ -197,6 +197,7 @@ def _work(transport: Transport, info: RunInfo) -> int:
 
 def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
     state, exit_code = coordinator.run_as_coordinator()
+    coordinator.end_commands()
     if not coordinator.stuck:
         coordinator.transport.close()  # a rank lost in a kernel would never join
     prepared.results.close(state, exit_code)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from distx.check.coordination import check_coordination, produced_values
+from distx.engine.command import KEEP_FIX, keep_pattern_problem
 from distx.engine.data import check_data
 from distx.engine.kernels import PARTITION_NAMES, KernelLibrary
 from distx.engine.tasks import TASKS
@@ -22,6 +23,7 @@ from distx.script.expand import expand, referenced_names
 from distx.script.model import COORDINATOR, Script, TaskSpec
 from distx.script.roles import RolePlan, check_rank_syntax, plan_roles
 from distx.script.schema import is_reference, suggestion
+from distx.script.shell import UnsafeReference, compile_command
 from distx.vocabulary import AUTOMATIC
 
 HALO_NAMES = {"above", "below", "step"}
@@ -74,6 +76,8 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
                                f"declare it under Data: (arrays: {', '.join(script.data)})")
     if spec.kernel:
         _check_kernel(script, spec, kernels, before_run)
+    if spec.task == "Run.CliExecute":
+        _check_command(script, spec)
 
 
 def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:
@@ -94,6 +98,19 @@ def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:
         hint = suggestion(target, plan.ranks_of) if isinstance(target, str) else ""
         raise script.error(where, str(error) + "." + hint,
                            "name a role of Roles or a rank of this run") from None
+
+
+def _check_command(script: Script, spec: TaskSpec) -> None:
+    """References only where the shell takes them as data; Keep only under CWD."""
+    try:
+        compile_command(spec.config["Parameters"])
+    except UnsafeReference as error:
+        raise script.error((*spec.where, "Config", "Parameters"), str(error),
+                           error.fix) from None
+    for position, pattern in enumerate(spec.config.get("Keep", [])):
+        problem = keep_pattern_problem(pattern)
+        if problem:
+            raise script.error((*spec.where, "Config", "Keep", position), problem, KEEP_FIX)
 
 
 def _check_kernel(script: Script, spec: TaskSpec, kernels: KernelLibrary,

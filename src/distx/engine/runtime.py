@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import shlex
 import sys
 import time
 import traceback
@@ -27,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from distx.engine.command import kill_group
 from distx.engine.data import Partition
 from distx.engine.kernels import KernelLibrary
-from distx.engine.tasks import TASKS
+from distx.engine.tasks import TASKS, TaskType
 from distx.engine.transport import Kind, Message, Transport
 from distx.engine.watchdog import WATCHDOG
 from distx.engine.worker import SweepWorker
@@ -37,6 +37,7 @@ from distx.errors import Cancelled, TaskFailed, UserError
 from distx.script.expand import expand
 from distx.script.model import Script, TaskSpec
 from distx.script.roles import RolePlan
+from distx.script.schema import check_expanded
 from distx.vocabulary import TERMINAL
 
 ABORT_WAIT = 30.0  # how long a rank stuck in a kernel waits for rank 0 to abort the job
@@ -84,6 +85,7 @@ class Runtime:
         self.signalled = False         # this process got SIGTERM/SIGINT/SIGUSR1
         self._stop_forwarded = False
         self.exit_code: int | None = None
+        self.command_groups: set[int] = set()  # process groups of Run.CliExecute commands
         self.handlers: dict[Kind, Callable[[int, Any], None]] = {
             Kind.MILESTONE: self.on_milestone,
             Kind.VALUE_REQUEST: self.on_value_request,
@@ -354,10 +356,17 @@ class Runtime:
         time.sleep(ABORT_WAIT)
         self.transport.abort(1)
 
+    def end_commands(self) -> None:
+        """At the end of the run: kill what commands left running in the background."""
+        for group in self.command_groups:
+            kill_group(group)
+        self.command_groups.clear()
+
     def run_as_worker(self) -> None:
         """A rank other than 0: its sequence, then serving until the coordinator ends it."""
         self.run_sequence()
         self.serve_until_shutdown()
+        self.end_commands()
         self.transport.close()
 
 
@@ -375,7 +384,7 @@ class TaskRun:
         task_type = TASKS[self.spec.task]
         start, status, error = time.time(), "done", ""
         try:
-            config = self._expanded_config(task_type.shell_keys)
+            config = self._expanded_config(task_type)
             task_type.run(self, config)
         except (TaskFailed, UserError) as failure:
             status, error = "error", str(failure)
@@ -418,12 +427,18 @@ class TaskRun:
                                        "task": self.record("error", start, error)})
         return WATCHDOG.watch(timeout, expired)
 
-    def _expanded_config(self, shell_keys: tuple[str, ...]) -> dict:
+    def _expanded_config(self, task_type: TaskType) -> dict:
+        """The Config with its references replaced, each key checked against its type
+        again (a value from a reference was not known at validation). Shell keys stay
+        as written: their references become variables (see script/shell.py)."""
         runtime = self.runtime
         config = {}
         for key, value in self.spec.config.items():
-            quote = shlex.quote if key in shell_keys else None
-            config[key] = expand(value, runtime.expansion_values, runtime.builtins, quote)
+            if key in task_type.shell_keys:
+                config[key] = value
+            else:
+                config[key] = expand(value, runtime.expansion_values, runtime.builtins)
+                check_expanded(key, value, config[key], task_type.keys)
         return config
 
     def log(self, text: str, severity: str = "INFO", echo: bool = False) -> None:
@@ -464,8 +479,8 @@ class TaskRun:
                              " set AnyFolder: true to read it")
         return path
 
-    def keep_file(self, path: Path, name: str) -> None:
-        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    def keep_file(self, path: Path, name: str, data: np.ndarray) -> None:
+        """Send a kept file's bytes to rank 0 for the results file."""
         self.runtime.emit("file", {"role": self.spec.role, "index": self.spec.index,
                                    "name": name, "source": str(path), "data": data})
         self.log(f"kept file {name} ({data.size} bytes)")

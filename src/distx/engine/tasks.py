@@ -9,16 +9,13 @@ so the rank keeps serving other ranks meanwhile.
 from __future__ import annotations
 
 import re
-import shlex
-import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distx.engine.command import execute as execute_command
 from distx.engine.kernels import outputs_of
 from distx.errors import TaskFailed
 from distx.script.evaluate import evaluate
@@ -179,36 +176,8 @@ def delay(run: TaskRun, config: dict) -> None:
                              optional={"CWD": STR, "Keep": STR_LIST, **WAIT}),
       shell_keys=("Parameters",))
 def cli_execute(run: TaskRun, config: dict) -> None:
-    """Run a shell command line; every value expanded into it was shell-quoted."""
-    folder = Path(config.get("CWD", run.runtime.script_folder))
-    if not folder.is_absolute():
-        folder = run.runtime.script_folder / folder
-    if not folder.is_dir():
-        raise TaskFailed(f"CWD {folder} is not a folder")
-    run.log(f"$ {config['Parameters']}  (in {folder})")
-    with tempfile.TemporaryFile(mode="w+b") as output:
-        process = subprocess.Popen(["/bin/sh", "-c", config["Parameters"]], cwd=folder,
-                                   stdout=output, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-        try:
-            run.runtime.wait_until(lambda: process.poll() is not None, run.timeout(config),
-                                   f"command {config['Parameters']!r}")
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        output.seek(0)
-        lines = output.read().decode(errors="replace").splitlines()
-    for line in lines:
-        run.log(line, "OUTPUT")
-    for pattern in config.get("Keep", []):
-        for kept in sorted(folder.glob(pattern)):
-            if kept.is_file():
-                run.keep_file(kept, kept.relative_to(folder).as_posix())
-    if process.returncode != 0:
-        tail = "\n".join(lines[-5:])
-        raise TaskFailed(f"command exited with code {process.returncode}"
-                         + (f"; last output:\n{tail}" if tail else ""))
+    """Run a /bin/sh command line; values reach it as variables, never as code."""
+    execute_command(run, config)
 
 
 @task("Run.Evaluate", Keys(required={"Key": STR, "Expression": ANY}))
@@ -259,7 +228,3 @@ def iterate(run: TaskRun, config: dict) -> None:
     from distx.engine.halo import iterate_with_halos
 
     iterate_with_halos(run, config)
-
-
-def shell_quote(text: str) -> str:
-    return shlex.quote(text)
