@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distx.engine.kernels import PARTITION_NAMES, Kernel, is_compile_error, outputs_of
+from distx.engine.kernels import (
+    PARTITION_NAMES,
+    Kernel,
+    fits_int64,
+    is_compile_error,
+    outputs_of,
+)
 from distx.engine.transport import Kind
 from distx.engine.watchdog import WATCHDOG
 from distx.errors import TaskFailed, UserError
@@ -126,7 +132,8 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
             else:
                 with active.watch(int(task_ids[position]), keyfields):
                     result = call(keyfields)
-            if lone is not None and type(result) in (float, int):
+            if lone is not None and (type(result) is float or
+                                     (type(result) is int and fits_int64(result))):
                 values[lone][position] = result       # the common case, without checks
             else:
                 for name, value in outputs_of(result, plan.outputs, kernel).items():
