@@ -198,9 +198,9 @@ def _work(transport: Transport, info: RunInfo) -> int:
 def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
     state, exit_code = coordinator.run_as_coordinator()
     coordinator.end_commands()
-    if not coordinator.stuck:
-        coordinator.transport.close()  # a rank lost in a kernel would never join
-    prepared.results.close(state, exit_code)
+    # A rank lost in a kernel never joins; after a stop, waiting ends with --grace.
+    joined = not coordinator.stuck and coordinator.transport.close(coordinator.join_deadline())
+    coordinator.close_results(state, exit_code)
     shutil.rmtree(coordinator.info.temp_root, ignore_errors=True)
     hint = "; --resume continues it" if exit_code == ExitCode.STOPPED else ""
     print(f"distx: {coordinator.info.script.name} {state.lower()} "
@@ -210,6 +210,10 @@ def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
         lost = ", ".join(coordinator.describe(rank) for rank in coordinator.stuck)
         print(f"distx: {lost} cannot be stopped (in a kernel past its Timeout): aborting "
               "the MPI job", file=sys.stderr, flush=True)
+    elif not joined:
+        print(f"distx: ranks still in a kernel or command {coordinator.info.grace:g} s "
+              "(--grace) after the stop: aborting the MPI job", file=sys.stderr, flush=True)
+    if not joined:
         coordinator.transport.abort(exit_code)
     return exit_code
 
@@ -232,14 +236,11 @@ def _run_single_process(options: RunOptions) -> int:
         runtime.reach("Init")
         runtime.reach("PreRun")
         runtime.preload_kernels()
-    threads = [threading.Thread(target=_virtual_rank, args=(runtime,), daemon=True,
-                                name=f"distx-rank{runtime.rank}") for runtime in others]
-    for thread in threads:
+    hub.threads = [threading.Thread(target=_virtual_rank, args=(runtime,), daemon=True,
+                                    name=f"distx-rank{runtime.rank}") for runtime in others]
+    for thread in hub.threads:
         thread.start()
-    exit_code = _finish(coordinator, prepared)
-    for thread in threads:
-        thread.join()
-    return exit_code
+    return _finish(coordinator, prepared)
 
 
 def _virtual_rank(runtime: Runtime) -> None:

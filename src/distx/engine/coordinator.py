@@ -5,10 +5,19 @@ task, log line and kept file that arrives, and drives sweeps. After its sequence
 serving until every rank has reached a terminal milestone; if any rank errored it first
 cancels the ranks still in their sequences, so nothing waits for a run that already failed.
 Then it tells every rank to shut down with the run's exit code.
+
+A stop (SIGTERM, SIGINT, SIGUSR1 on any rank) is bounded by `--grace`: no new work is
+handed out, what finishes within the grace period is recorded, and when it is over rank 0
+records every rank still busy as Cancelled, puts unfinished experiments back to `created`,
+closes the file and, if a rank is still in a kernel (which cannot be interrupted), aborts
+the MPI job; the exit code is 3 either way. If rank 0 itself is lost in a kernel then, a
+timer thread does the same GRACE_MARGIN later (see `_grace_expired`).
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,7 +30,7 @@ from distx.vocabulary import ExitCode
 if TYPE_CHECKING:
     from distx.engine.sweep import Sweep
 
-
+GRACE_MARGIN = 2.0  # after the grace period, how long the serving thread gets to end the run
 
 
 class Coordinator(Runtime):
@@ -34,6 +43,9 @@ class Coordinator(Runtime):
         self.failed_experiments = 0
         self.cancel_sent = False
         self.stuck: dict[int, str] = {}  # rank -> why it is lost in a kernel call
+        self.stop_deadline: float | None = None   # end of the grace period, once stopping
+        self._grace_timer: threading.Timer | None = None
+        self._closing = threading.Lock()  # the results file is closed once, by one thread
         self.handlers.update({
             Kind.EVENT: self.on_event,
             Kind.SWEEP_READY: self._to_sweep("on_ready"),
@@ -72,9 +84,61 @@ class Coordinator(Runtime):
         thread is lost in it, so this thread records the error, closes the file and ends
         the job."""
         self.echo(record["error"], "ERROR")
-        self._record_stuck(self.rank, record)
-        self.results.close("Errored", 1)
+        if self._closing.acquire(blocking=False):
+            self._record_stuck(self.rank, record)
+            self.results.close("Errored", 1)
         self.transport.abort(1)
+
+    # ----- a stop, bounded by --grace ----------------------------------------------------------
+    def on_signal(self) -> None:
+        """From the signal handler, which runs even while this thread sleeps in a Python
+        kernel: start the grace period now."""
+        super().on_signal()
+        self._start_grace()
+
+    def request_stop(self) -> None:
+        self._start_grace()
+        super().request_stop()
+
+    def _start_grace(self) -> None:
+        if self.stop_deadline is not None:
+            return
+        grace = self.info.grace
+        self.stop_deadline = time.monotonic() + grace
+        self._grace_timer = threading.Timer(grace + GRACE_MARGIN, self._grace_expired)
+        self._grace_timer.daemon = True
+        self._grace_timer.start()
+
+    def past_grace(self) -> bool:
+        """True once a stop's grace period is over."""
+        return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
+
+    def join_deadline(self) -> float | None:
+        """How long the end of the run waits for the ranks to meet: for ever, or, after
+        a stop, until just after the grace period."""
+        return None if self.stop_deadline is None else self.stop_deadline + GRACE_MARGIN / 2
+
+    def close_results(self, state: str, exit_code: int) -> None:
+        """Close the results file (the serving thread, at the end of the run)."""
+        with self._closing:
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            self.results.close(state, exit_code)
+
+    def _grace_expired(self) -> None:
+        """Timer thread, GRACE_MARGIN after the grace period: the serving thread has not
+        closed the file, so it is lost in a kernel of this rank. Record what finished
+        (experiments in flight back to `created`), close the file, end the job."""
+        if not self._closing.acquire(blocking=False):
+            return  # the serving thread is closing it
+        if self.active_sweep is not None:
+            self.active_sweep.put_back_unfinished()
+        self.results.close("Cancelled", ExitCode.STOPPED)
+        print(f"distx: {self.info.script.name} cancelled: rank 0 was still in a kernel "
+              f"{self.info.grace:g} s (--grace) after the stop; aborting the run (exit code "
+              f"{ExitCode.STOPPED}); results in {self.results.path}; --resume continues it",
+              file=sys.stderr, flush=True)
+        self.transport.abort(ExitCode.STOPPED)
 
     def on_milestone(self, source: int, body: tuple) -> None:
         super().on_milestone(source, body)
@@ -106,6 +170,8 @@ class Coordinator(Runtime):
         return state, exit_code
 
     def _all_terminal(self) -> bool:
+        if self.past_grace():
+            self._cancel_the_busy()
         failed = any(state == "Errored" for state, _ in self.terminal.values())
         if (failed or self.stop_requested) and not self.cancel_sent:
             self.cancel_sent = True
@@ -113,3 +179,12 @@ class Coordinator(Runtime):
                 if rank not in self.terminal:
                     self.transport.send(rank, Kind.CONTROL, ("cancel",))
         return len(self.terminal) == self.info.plan.size
+
+    def _cancel_the_busy(self) -> None:
+        """The grace period is over: every rank still in its sequence is recorded as
+        Cancelled (it is in a kernel or command; the job is aborted after the file closes)."""
+        for rank in range(self.info.plan.size):
+            if rank not in self.terminal:
+                self.on_milestone(rank, ("Cancelled", time.time(),
+                                         f"still busy when the --grace period of "
+                                         f"{self.info.grace:g} s ended"))

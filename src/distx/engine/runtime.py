@@ -118,9 +118,13 @@ class Runtime:
             return
         self._stop_forwarded = True
         if self.rank == 0:
-            self.stop_requested = True
+            self.request_stop()
         else:
             self.transport.send(0, Kind.CONTROL, ("stop",))
+
+    def request_stop(self) -> None:
+        """Stop gracefully: no new work (rank 0 bounds the stop, see Coordinator)."""
+        self.stop_requested = True
 
     def serve_once(self, timeout: float | None) -> bool:
         self._forward_signal()
@@ -264,7 +268,7 @@ class Runtime:
         if body[0] == "cancel":
             self.cancel_requested = True
         elif body[0] == "stop":
-            self.stop_requested = True
+            self.request_stop()
         elif body[0] == "shutdown":
             self.exit_code = body[1]
 

@@ -128,7 +128,6 @@ class Sweep:
         self.fatal: str | None = None
         self.remaining = len(ids)
         self.errors = 0
-        self.stop_deadline: float | None = None
         self.next_task = {rank: 0 for rank in self.holders}  # row partitions: per holder
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
@@ -149,22 +148,19 @@ class Sweep:
         try:
             self.coordinator.wait_until(self._finished, None, "sweep results", stoppable=False)
         finally:
-            self._unfinished_back_to_created()
+            self.put_back_unfinished()
 
     def _finished(self) -> bool:
         if self.fatal:
             raise TaskFailed(self.fatal)
         if self.coordinator.stop_requested:
-            grace = self.coordinator.info.grace
-            if self.stop_deadline is None:
-                self.stop_deadline = time.monotonic() + grace
             idle = not any(self.in_flight.values())
-            if idle or time.monotonic() >= self.stop_deadline:
+            if idle or self.coordinator.past_grace():
                 raise Cancelled(f"stopped by a signal with {self.remaining} experiment(s) "
                                 "not done; --resume continues")
         return self.remaining == 0
 
-    def _unfinished_back_to_created(self) -> None:
+    def put_back_unfinished(self) -> None:
         """After a stop or a fatal error: what did not finish is not done."""
         running = self.rows[self.table.rows["status"][self.rows] == b"running"]
         self.table.update_many(running, status=b"created")
@@ -181,7 +177,7 @@ class Sweep:
             entry.failed = True
             self._record(position, entry, source, time.time(), "error", error)
         self.fatal = error
-        self._unfinished_back_to_created()
+        self.put_back_unfinished()
 
     def on_ready(self, source: int, body: tuple) -> None:
         number, error = body

@@ -26,6 +26,7 @@ import os
 import pickle
 import queue
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -88,8 +89,9 @@ class Transport(ABC):
         """The next message for this rank, or None when `timeout` seconds pass first."""
 
     @abstractmethod
-    def close(self) -> None:
-        """Complete this rank's sends; after it the rank may exit."""
+    def close(self, until: float | None = None) -> bool:
+        """Complete this rank's sends and meet every rank; after it the rank may exit.
+        False if that did not happen by `until` (a time.monotonic() deadline)."""
 
     def send_from_thread(self, dest: int, kind: Kind, body: Any) -> None:
         """Send a small body from a thread other than the one serving this rank."""
@@ -215,21 +217,27 @@ class MPITransport(Transport):
         """Collective at start-up: every rank's `obj` on rank 0, None elsewhere."""
         return self.comm.gather(obj, root=0)
 
-    def close(self) -> None:
+    def close(self, until: float | None = None) -> bool:
         """Finish own sends while draining late arrivals, then a non-blocking barrier.
 
         A rank may still owe a reply to a rank that stopped waiting for it; every rank
         keeps receiving (and dropping) until all ranks are in the barrier, so no send is
         left unmatched and no rank exits while another still sends to it.
         """
-        while self._pending:
+        def in_time() -> bool:
+            return until is None or time.monotonic() < until
+
+        while self._pending and in_time():
             self.receive(timeout=0.001)
         barrier = self.comm.Ibarrier()
         pause = _FIRST_PAUSE
         while not barrier.Test():
+            if not in_time():
+                return False
             if self.receive(timeout=0) is None:
                 time.sleep(pause)
                 pause = min(pause * 2, _LONGEST_PAUSE)
+        return True
 
 
 class LocalHub:
@@ -237,6 +245,7 @@ class LocalHub:
 
     def __init__(self, size: int) -> None:
         self.inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(size)]
+        self.threads: list[threading.Thread] = []  # of the virtual ranks other than 0
 
     def transport(self, rank: int) -> LocalTransport:
         return LocalTransport(self, rank)
@@ -260,8 +269,13 @@ class LocalTransport(Transport):
         except queue.Empty:
             return None
 
-    def close(self) -> None:
-        pass
+    def close(self, until: float | None = None) -> bool:
+        """Rank 0 waits for the threads of the other virtual ranks to end."""
+        if self.rank != 0:
+            return True
+        for thread in self.hub.threads:
+            thread.join(None if until is None else max(0.0, until - time.monotonic()))
+        return not any(thread.is_alive() for thread in self.hub.threads)
 
     def abort(self, exit_code: int) -> None:
         sys.stdout.flush()
