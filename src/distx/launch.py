@@ -25,11 +25,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distx.engine import data
-from distx.engine.runtime import RunInfo, Runtime
+from distx.engine.command import end_commands
+from distx.engine.coordinator import Coordinator
+from distx.engine.core import RunInfo
+from distx.engine.protocol import Verdict
+from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
+from distx.engine.taskrun import Executor
 from distx.engine.transport import LocalHub, MPITransport, Transport
 from distx.errors import UserError
 from distx.script.model import Script, load_script
-from distx.vocabulary import ExitCode
+from distx.script.roles import plan_roles
+from distx.vocabulary import INIT, PRE_RUN, ExitCode, RunState
 
 
 @dataclass
@@ -56,9 +62,9 @@ class _Prepared:
     run_id: str
 
 
-# Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts).
+# Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts), so
+# results/ is imported inside the functions that only rank 0 runs.
 if TYPE_CHECKING:
-    from distx.engine.coordinator import Coordinator
     from distx.results.store import ResultsFile
 
 
@@ -97,8 +103,6 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
 
 def _info(script: Script, options: RunOptions, run_id: str, size: int,
           hosts: list[str]) -> RunInfo:
-    from distx.script.roles import plan_roles
-
     plan = plan_roles(script, size)
     timeout = options.timeout if options.timeout is not None else script.timeout
     temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
@@ -126,16 +130,16 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
         if transport.rank == 0:
             try:
                 prepared = _prepare(options, transport.size, hosts)
-                verdict = ("ok", prepared.script, prepared.run_id, hosts)
+                verdict = Verdict(None, prepared.script, prepared.run_id, hosts)
             except UserError as error:
-                verdict = ("error", str(error))
+                verdict = Verdict(str(error))
         verdict = transport.broadcast(verdict)
-        if verdict[0] == "error":
+        if verdict.error is not None:
             if transport.rank == 0:
-                raise UserError(verdict[1])
-            return 2
-        _, script, run_id, hosts = verdict  # parsed on rank 0: the others need no YAML parser
-        info = _info(script, options, run_id, transport.size, hosts)
+                raise UserError(verdict.error)
+            return ExitCode.BAD_INPUT
+        # The script was parsed on rank 0: the others need no YAML parser.
+        info = _info(verdict.script, options, verdict.run_id, transport.size, verdict.hosts)
         if transport.rank == 0:
             return _coordinate(transport, info, prepared)
         return _work(transport, info)
@@ -146,106 +150,110 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
         print(f"distx: internal error on rank {transport.rank}; aborting the MPI job",
               file=sys.stderr, flush=True)
         if prepared is not None:
-            prepared.results.close("Errored", 1)
+            prepared.results.close(RunState.ERRORED.value, ExitCode.FAILED)
         transport.comm.Abort(1)
         return 1
 
 
-def _distribute(transport: MPITransport, runtime: Runtime, arrays: dict | None,
+def _distribute(transport: MPITransport, executor: Executor, arrays: dict | None,
                 specs: dict) -> None:
+    dispatch = executor.core.dispatch
     layout = transport.broadcast(data.layouts(arrays, specs) if transport.rank == 0 else None,
-                                 runtime.dispatch)
-    runtime.partitions = data.distribute(transport, layout, runtime.info.plan.holders,
-                                         arrays, runtime.dispatch)
+                                 dispatch)
+    executor.partitions = data.distribute(transport, layout, executor.info.plan.holders,
+                                          arrays, dispatch)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-def _stop_on_signals(runtime: Runtime) -> None:
+def _stop_on_signals(executor: Executor) -> None:
     """SIGTERM, SIGINT and SIGUSR1 (Slurm's warning before a time limit) stop the run
     gracefully: no new tasks, a bounded wait for those in flight, state Cancelled."""
     for number in STOP_SIGNALS:
-        signal.signal(number, lambda *_: runtime.on_signal())
+        signal.signal(number, lambda *_: executor.core.on_signal())
+
+
+def _start_coordinator(transport: Transport, info: RunInfo, prepared: _Prepared) -> Executor:
+    """Rank 0: a rank that also records into the results file."""
+    executor = start_rank(transport, info)
+    shapes = {name: array.shape for name, array in prepared.arrays.items()}
+    Coordinator(executor, prepared.results, shapes)
+    _stop_on_signals(executor)
+    return executor
 
 
 def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int:
-    from distx.engine.coordinator import Coordinator
-
-    shapes = {name: array.shape for name, array in prepared.arrays.items()}
-    coordinator = Coordinator(transport, info, prepared.results, shapes)
-    _stop_on_signals(coordinator)
-    coordinator.reach("Init")
-    coordinator.reach("PreRun")
-    _distribute(transport, coordinator, prepared.arrays, info.script.data)
+    executor = _start_coordinator(transport, info, prepared)
+    executor.core.reach(INIT)
+    executor.core.reach(PRE_RUN)
+    _distribute(transport, executor, prepared.arrays, info.script.data)
     prepared.arrays.clear()
-    coordinator.preload_kernels()
-    return _finish(coordinator, prepared)
+    preload_kernels(executor)
+    return _finish(executor, prepared)
 
 
 def _work(transport: Transport, info: RunInfo) -> int:
-    runtime = Runtime(transport, info)
-    _stop_on_signals(runtime)
-    runtime.reach("Init")
-    runtime.reach("PreRun")
-    _distribute(transport, runtime, None, info.script.data)
-    runtime.preload_kernels()
-    runtime.run_as_worker()
-    shutil.rmtree(runtime.temp_folder, ignore_errors=True)
-    return runtime.exit_code
+    executor = start_rank(transport, info)
+    _stop_on_signals(executor)
+    executor.core.reach(INIT)
+    executor.core.reach(PRE_RUN)
+    _distribute(transport, executor, None, info.script.data)
+    preload_kernels(executor)
+    run_as_worker(executor)
+    shutil.rmtree(executor.temp_folder, ignore_errors=True)
+    return executor.core.exit_code
 
 
-def _finish(coordinator: Coordinator, prepared: _Prepared) -> int:
-    state, exit_code = coordinator.run_as_coordinator()
-    coordinator.end_commands()
+def _finish(executor: Executor, prepared: _Prepared) -> int:
+    core, coordinator = executor.core, executor.feature(Coordinator)
+    stuck = coordinator.stuck
+    state, exit_code = run_as_coordinator(executor)
+    end_commands(executor)
     # A rank lost in a kernel never joins; after a stop, waiting ends with --grace.
-    joined = not coordinator.stuck and coordinator.transport.close(coordinator.join_deadline())
+    joined = not stuck and core.transport.close(coordinator.join_deadline())
     coordinator.close_results(state, exit_code)
-    shutil.rmtree(coordinator.info.temp_root, ignore_errors=True)
+    shutil.rmtree(executor.info.temp_root, ignore_errors=True)
     hint = "; --resume continues it" if exit_code == ExitCode.STOPPED else ""
-    print(f"distx: {coordinator.info.script.name} {state.lower()} "
+    print(f"distx: {executor.info.script.name} {state.lower()} "
           f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
           file=sys.stderr, flush=True)
-    if coordinator.stuck:
-        lost = ", ".join(coordinator.describe(rank) for rank in coordinator.stuck)
+    if stuck:
+        lost = ", ".join(core.describe(rank) for rank in stuck)
         print(f"distx: {lost} cannot be stopped (in a kernel past its Timeout): aborting "
               "the MPI job", file=sys.stderr, flush=True)
     elif not joined:
-        print(f"distx: ranks still in a kernel or command {coordinator.info.grace:g} s "
+        print(f"distx: ranks still in a kernel or command {executor.info.grace:g} s "
               "(--grace) after the stop: aborting the MPI job", file=sys.stderr, flush=True)
     if not joined:
-        coordinator.transport.abort(exit_code)
+        core.transport.abort(exit_code)
     return exit_code
 
 
 def _run_single_process(options: RunOptions) -> int:
-    from distx.engine.coordinator import Coordinator
-
     host = socket.gethostname()
     prepared = _prepare(options, 1, [host])
     info = _info(prepared.script, options, prepared.run_id, 1, [host])
     hub = LocalHub(info.plan.size)
-    shapes = {name: array.shape for name, array in prepared.arrays.items()}
-    coordinator = Coordinator(hub.transport(0), info, prepared.results, shapes)
-    _stop_on_signals(coordinator)
-    others = [Runtime(hub.transport(rank), info) for rank in range(1, info.plan.size)]
+    coordinator = _start_coordinator(hub.transport(0), info, prepared)
+    others = [start_rank(hub.transport(rank), info) for rank in range(1, info.plan.size)]
     layout = data.layouts(prepared.arrays, info.script.data)
     partitions = data.split_locally(prepared.arrays, layout, info.plan.holders)
-    for runtime in (coordinator, *others):
-        runtime.partitions = partitions.get(runtime.rank, {})
-        runtime.reach("Init")
-        runtime.reach("PreRun")
-        runtime.preload_kernels()
-    hub.threads = [threading.Thread(target=_virtual_rank, args=(runtime,), daemon=True,
-                                    name=f"distx-rank{runtime.rank}") for runtime in others]
+    for executor in (coordinator, *others):
+        executor.partitions = partitions.get(executor.rank, {})
+        executor.core.reach(INIT)
+        executor.core.reach(PRE_RUN)
+        preload_kernels(executor)
+    hub.threads = [threading.Thread(target=_virtual_rank, args=(executor,), daemon=True,
+                                    name=f"distx-rank{executor.rank}") for executor in others]
     for thread in hub.threads:
         thread.start()
     return _finish(coordinator, prepared)
 
 
-def _virtual_rank(runtime: Runtime) -> None:
+def _virtual_rank(executor: Executor) -> None:
     try:
-        runtime.run_as_worker()
+        run_as_worker(executor)
     except Exception:
         traceback.print_exc()
         os._exit(1)

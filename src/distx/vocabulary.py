@@ -1,8 +1,8 @@
 """The words every layer shares: run states, milestones, experiment and task statuses, exit
 codes. One definition each, so that no module spells `"done"` or `3` on its own.
 
-Message kinds and the bodies they carry belong to the engine's protocol; everything here is
-also written into, or read from, the results file.
+Message kinds and the bodies they carry belong to the engine's protocol (engine/protocol.py);
+everything here is also written into, or read from, the results file.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ class RunState(str, enum.Enum):
 TERMINAL = (RunState.FINISHED.value, RunState.CANCELLED.value, RunState.ERRORED.value)
 """The milestones that end a rank's sequence; exactly one of them is reached, with a cause."""
 
-STARTED = ("Init", "PreRun", "Run")
+INIT, PRE_RUN, RUN, POST_RUN = "Init", "PreRun", "Run", "PostRun"
+"""Rank up; data being distributed; sequence started; sequence done (before its terminal)."""
+
+STARTED = (INIT, PRE_RUN, RUN)
 """Reached automatically before a rank's sequence: rank up, data distributed, sequence on."""
 
-AUTOMATIC = (*STARTED, "PostRun", *TERMINAL)
+AUTOMATIC = (*STARTED, POST_RUN, *TERMINAL)
 """Every milestone a rank reaches by itself; a script may not add one of these."""
 
 

@@ -1,7 +1,7 @@
 """Benchmark cases that run under mpiexec: distx and its raw-mpi4py reference, same run.
 
 `python -m distx.bench.cases CASE JSON_ARGS` is launched by `distx bench`; rank 0 prints
-one JSON line with the figures. The distx side uses the real runtime (transport, milestone
+one JSON line with the figures. The distx side uses the real rank core (transport, milestone
 and value handling, a coordinator writing a results file), not a mock.
 """
 
@@ -19,13 +19,16 @@ from mpi4py import MPI
 
 from distx.engine import data
 from distx.engine.coordinator import Coordinator
-from distx.engine.runtime import RunInfo, Runtime
+from distx.engine.core import RunInfo
+from distx.engine.rank import start_rank
+from distx.engine.taskrun import Executor
 from distx.engine.transport import MPITransport
 from distx.results.provenance import new_run_id
 from distx.results.store import ResultsFile, RunIdentity
 from distx.script.model import parse_script
 from distx.script.roles import plan_roles
 from distx.script.source import Source
+from distx.vocabulary import ExitCode, RunState
 
 PEERS = """\
 Version: 2
@@ -37,19 +40,20 @@ Roles:
 """
 
 
-def _runtime(comm: MPI.Comm, folder: Path) -> Runtime:
-    """A real runtime on every rank; rank 0 a coordinator writing a results file."""
+def _rank(comm: MPI.Comm, folder: Path) -> Executor:
+    """A real rank on every rank; rank 0 with a coordinator writing a results file."""
     script = parse_script(Source(str(folder / "bench.yml"), PEERS))
     run_id = comm.bcast(new_run_id() if comm.rank == 0 else None)
     plan = plan_roles(script, comm.size)
     info = RunInfo(script, plan, run_id, 600.0, {}, ("bench",) * comm.size, folder / run_id)
-    transport = MPITransport(comm)
+    executor = start_rank(MPITransport(comm), info)
     if comm.rank != 0:
-        return Runtime(transport, info)
+        return executor
     identity = RunIdentity("bench", run_id, PEERS, "bench.yml", "", dict.fromkeys(
         ("script", "kernels", "data"), ""), {"world_size": comm.size}, ["bench"] * comm.size)
     results = ResultsFile.open(folder / f"bench-{run_id}.h5", identity)
-    return Coordinator(transport, info, results, {})
+    Coordinator(executor, results, {})
+    return executor
 
 
 def _ping_pong(comm: MPI.Comm, message: np.ndarray, repeats: int) -> float:
@@ -69,19 +73,20 @@ def _ping_pong(comm: MPI.Comm, message: np.ndarray, repeats: int) -> float:
 
 def milestone_latency(comm: MPI.Comm, folder: Path, repeats: int) -> dict:
     raw = _ping_pong(comm, np.zeros(64, dtype=np.uint8), repeats)
-    runtime = _runtime(comm, folder)
+    executor = _rank(comm, folder)
+    core = executor.core
     me, other = comm.rank, 1 - comm.rank
     comm.Barrier()
     start = time.perf_counter()
     for i in range(repeats):
         if me == 1:
-            runtime.reach(f"ping{i}")
-            runtime.wait_for_milestone(f"pong{i}", (other,), 60)
+            core.reach(f"ping{i}")
+            core.wait_for_milestone(f"pong{i}", (other,), 60)
         elif me == 0:
-            runtime.wait_for_milestone(f"ping{i}", (other,), 60)
-            runtime.reach(f"pong{i}")
+            core.wait_for_milestone(f"ping{i}", (other,), 60)
+            core.reach(f"pong{i}")
     distx = (time.perf_counter() - start) / repeats / 2
-    _finish(runtime, comm)
+    _finish(executor, comm)
     return {"distx": distx, "raw": raw}
 
 
@@ -89,24 +94,25 @@ def value_round_trip(comm: MPI.Comm, folder: Path, repeats: int, megabytes: int)
     array = np.arange(megabytes * (1 << 20) // 8, dtype=np.float64)
     raw_scalar = _raw_request_reply(comm, np.array([42.0]), repeats)
     raw_array = _raw_request_reply(comm, array, max(3, repeats // 100))
-    runtime = _runtime(comm, folder)
+    executor = _rank(comm, folder)
+    core = executor.core
     figures = {"raw_scalar": raw_scalar, "raw_array": raw_array}
     if comm.rank == 1:
-        runtime.publish("scalar", 42.0)
-        runtime.publish("array", array)
+        core.publish("scalar", 42.0)
+        core.publish("array", array)
     comm.Barrier()
     if comm.rank == 0:
         for key, count in (("scalar", repeats), ("array", max(3, repeats // 100))):
-            runtime.get_values(key, (1,), 60)  # the first includes nothing special; warm
+            core.get_values(key, (1,), 60)  # the first includes nothing special; warm
             start = time.perf_counter()
             for _ in range(count):
-                value = runtime.get_values(key, (1,), 60)[0]
+                value = core.get_values(key, (1,), 60)[0]
             figures[f"distx_{key}"] = (time.perf_counter() - start) / count
             assert np.array_equal(value, 42.0 if key == "scalar" else array)
-        runtime.reach("done")
+        core.reach("done")
     else:
-        runtime.wait_for_milestone("done", (0,), 600)
-    _finish(runtime, comm)
+        core.wait_for_milestone("done", (0,), 600)
+    _finish(executor, comm)
     return figures
 
 
@@ -139,24 +145,25 @@ def distribution(comm: MPI.Comm, folder: Path, megabytes: int) -> dict:
     comm.Scatterv([whole, counts, displacements, MPI.DOUBLE] if comm.rank == 0 else None, mine)
     comm.Barrier()
     raw = time.perf_counter() - start
-    runtime = _runtime(comm, folder)
+    executor = _rank(comm, folder)
+    core = executor.core
     layout = [data.Layout("table", (rows, 8), "<f8", "rows")]
     comm.Barrier()
     start = time.perf_counter()
-    partitions = data.distribute(runtime.transport, layout, holders,
-                                 {"table": whole} if comm.rank == 0 else None, runtime.dispatch)
+    partitions = data.distribute(core.transport, layout, holders,
+                                 {"table": whole} if comm.rank == 0 else None, core.dispatch)
     comm.Barrier()
     distx = time.perf_counter() - start
     if comm.rank:
         assert np.array_equal(partitions["table"].array, mine)
-    _finish(runtime, comm)
+    _finish(executor, comm)
     return {"distx": distx, "raw": raw, "bytes": rows * 8 * 8}
 
 
-def _finish(runtime: Runtime, comm: MPI.Comm) -> None:
+def _finish(executor: Executor, comm: MPI.Comm) -> None:
     comm.Barrier()
-    if isinstance(runtime, Coordinator):
-        runtime.results.close("Finished", 0)
+    if executor.rank == 0:
+        executor.feature(Coordinator).results.close(RunState.FINISHED.value, ExitCode.OK)
 
 
 CASES = {"latency": milestone_latency, "value": value_round_trip, "distribution": distribution}

@@ -4,16 +4,19 @@ Every case measures distx and its reference in the same invocation and reports t
 ratio distx / reference (for rates: reference / distx, so that > 1 is always "distx
 slower") next to its target. Figures depend on the machine; nothing here is pass/fail.
 The cases launch their own `mpiexec` runs of real scripts and of `distx.bench.cases`.
+
+The kernels are real modules: the benchmark's own (`benchkernels.py`) and the shipped
+example kernels (`examples_folder()`), so that the figures are those of the examples.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import time
@@ -23,66 +26,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-KERNELS = '''\
-import numba
-import numpy as np
+from distx.bench import benchkernels
+from distx.engine.kernels import KernelLibrary
+from distx.errors import UserError
 
-
-def trivial(seed):
-    return seed * 2.0
-
-
-@numba.njit(cache=True, fastmath=True)
-def sum_squares(values):
-    total = 0.0
-    for value in values:
-        total += value * value
-    return total
-
-
-@numba.njit(cache=True)
-def estimate_pi(seed, samples):
-    np.random.seed(seed)
-    inside = 0
-    for _ in range(samples):
-        x = np.random.random()
-        y = np.random.random()
-        if x * x + y * y <= 1.0:
-            inside += 1
-    return 4.0 * inside / samples
-
-
-@numba.njit(cache=True)
-def count_inside(samples):
-    inside = 0
-    for i in range(samples.shape[0]):
-        if samples[i, 0] * samples[i, 0] + samples[i, 1] * samples[i, 1] <= 1.0:
-            inside += 1
-    return inside
-
-
-@numba.njit(cache=True)
-def diffuse(grid, above, below, alpha):
-    rows, columns = grid.shape
-    old = np.empty((rows + 2, columns))
-    old[1:rows + 1] = grid
-    if above.shape[0] > 0:
-        old[0] = above[above.shape[0] - 1]
-    if below.shape[0] > 0:
-        old[rows + 1] = below[0]
-    for i in range(rows):
-        if (i == 0 and above.shape[0] == 0) or (i == rows - 1 and below.shape[0] == 0):
-            continue
-        for j in range(1, columns - 1):
-            grid[i, j] = old[i + 1, j] + alpha * (old[i, j] + old[i + 2, j]
-                                                  + old[i + 1, j - 1] + old[i + 1, j + 1]
-                                                  - 4.0 * old[i + 1, j])
-'''
+BENCH_KERNELS = Path(benchkernels.__file__).parent
 
 FUTURES_MAP = '''\
 import json, sys, time
 from mpi4py.futures import MPIPoolExecutor
-from benchkernels import trivial
+from distx.bench.benchkernels import trivial
 
 if __name__ == "__main__":
     count, chunksize = int(sys.argv[1]), int(sys.argv[2])
@@ -99,7 +52,7 @@ import h5py
 import numpy as np
 from mpi4py import MPI
 sys.path.insert(0, sys.argv[1])
-from benchkernels import estimate_pi
+from montecarlo import estimate_pi
 
 comm = MPI.COMM_WORLD
 seeds, samples = int(sys.argv[2]), int(sys.argv[3])
@@ -137,20 +90,16 @@ class Bench:
         self.ranks = ranks
         self.quick = quick
         self.folder = folder
-        self.kernels = folder / "kernels"
-        self.kernels.mkdir()
-        (self.kernels / "benchkernels.py").write_text(KERNELS)
+        self.examples = examples_folder() / "kernels"
         self.rows: list[Row] = []
         self.notes: list[str] = []
 
     # ----- running things ------------------------------------------------------------------
     def mpiexec(self, ranks: int, *command: str, timeout: float = 1800) -> tuple[str, float]:
         full = [_mpiexec(), "-n", str(ranks), *command]
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [str(self.kernels), os.environ.get("PYTHONPATH")])))
         start = time.perf_counter()
         done = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.folder, env=environment)
+                              cwd=self.folder)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(full)} failed:\n{done.stderr[-2000:]}")
@@ -163,7 +112,8 @@ class Bench:
 
     def script(self, name: str, body: str) -> Path:
         path = self.folder / f"{name}.yml"
-        path.write_text(textwrap.dedent(body).replace("KERNELS", str(self.kernels)))
+        path.write_text(textwrap.dedent(body).replace("EXAMPLES", str(self.examples))
+                        .replace("BENCH_KERNELS", str(BENCH_KERNELS)))
         return path
 
     def run_distx(self, ranks: int, script: Path, *extra: str) -> tuple[Path, float]:
@@ -217,7 +167,7 @@ class Bench:
         script = self.script("sweep", f"""\
             Version: 2
             Name: bench-sweep
-            Kernels: KERNELS
+            Kernels: BENCH_KERNELS
             Experiments:
               Keyfields:
                 seed: {{stop: {count}}}
@@ -246,18 +196,12 @@ class Bench:
         return rate4
 
     def kernels_speed(self) -> None:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("benchkernels",
-                                                      self.kernels / "benchkernels.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["benchkernels"] = module
-        spec.loader.exec_module(module)
+        count_inside = KernelLibrary(self.examples).get("montecarlo.count_inside").function
         values = np.random.default_rng(0).random(2_000_000 if self.quick else 20_000_000)
         points = np.random.default_rng(1).random((1_000_000 if self.quick else 10_000_000, 2))
-        cases = [("sum of squares", lambda: module.sum_squares(values),
+        cases = [("sum of squares", lambda: benchkernels.sum_squares(values),
                   lambda: float(np.sum(values * values)), "numpy np.sum(x * x)"),
-                 ("Monte Carlo pi count", lambda: module.count_inside(points),
+                 ("Monte Carlo pi count", lambda: count_inside(points, 1.0),
                   lambda: int(np.count_nonzero((points ** 2).sum(axis=1) <= 1.0)),
                   "numpy (x**2).sum(1) <= 1")]
         for name, kernel, reference, described in cases:
@@ -273,7 +217,7 @@ class Bench:
         _, distx = self.run_distx(ranks, script)
         program = self.folder / "hand_written_pi.py"
         program.write_text(HAND_WRITTEN_PI)
-        reference = min(self.mpiexec(ranks, sys.executable, str(program), str(self.kernels),
+        reference = min(self.mpiexec(ranks, sys.executable, str(program), str(self.examples),
                                      str(seeds), str(samples),
                                      str(self.folder / "hand.h5"))[1] for _ in range(2))
         self.add(f"end-to-end pi sweep, {ranks} ranks (wall)", distx, reference, "s",
@@ -283,14 +227,14 @@ class Bench:
         return self.script(f"pi-{seeds}-{samples}", f"""\
             Version: 2
             Name: bench-pi
-            Kernels: KERNELS
+            Kernels: EXAMPLES
             Experiments:
               Keyfields:
                 seed: {{stop: {seeds}}}
                 samples: [{samples}]
             Sequence:
               - Task: Run.Sweep
-                Config: {{Kernel: benchkernels.estimate_pi, Outputs: [pi]}}
+                Config: {{Kernel: montecarlo.estimate_pi, Outputs: [pi]}}
             """)
 
     def oversubscription(self) -> None:
@@ -337,7 +281,7 @@ class Bench:
             Version: 2
             Name: bench-heat
             Distributed: True
-            Kernels: KERNELS
+            Kernels: EXAMPLES
             Data:
               grid:
                 Generate: {{Distribution: uniform, Shape: [{400 if self.quick else 2000}, 512]}}
@@ -347,7 +291,7 @@ class Bench:
               workers:
                 Sequence:
                   - Task: Run.Iterate
-                    Config: {{Kernel: benchkernels.diffuse, Inputs: [grid], Steps: 100,
+                    Config: {{Kernel: heat.diffuse, Inputs: [grid], Steps: 100,
                               Args: {{alpha: 0.2}}}}
             """)
         self.run_distx(2, grid)
@@ -365,6 +309,19 @@ class Bench:
                               f"{duration * rate:,.0f} workers with {label} tasks"
                               for duration, label in ((1e-3, "1 ms"), (1e-2, "10 ms"),
                                                       (1e-1, "100 ms"), (1.0, "1 s"))))
+
+
+def examples_folder() -> Path:
+    """The shipped examples (jobs/, kernels/): the checkout distx runs from, else where the
+    wheel installed them (<prefix>/share/distx/examples, setup.cfg's data_files)."""
+    checkout = Path(__file__).resolve().parents[3]
+    installed = Path(sysconfig.get_path("data")) / "share" / "distx" / "examples"
+    for folder in (checkout, installed):
+        if (folder / "kernels" / "montecarlo.py").is_file():
+            return folder
+    raise UserError(f"the example kernels are neither in {checkout / 'kernels'} nor in "
+                    f"{installed / 'kernels'}", fix="run distx bench from a checkout, or "
+                    "reinstall distx")
 
 
 def _workers(ranks: int) -> int:

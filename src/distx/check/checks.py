@@ -1,54 +1,66 @@
 """Every check that needs no MPI, run by `distx validate` and before every run.
 
-Beyond the schema (script.py): roles and ranks for the world size, what tasks refer to
-(roles, arrays, kernels and their arguments, values), and coordination that can never
-complete (see `coordination.py`).
+Beyond the schema (script/model.py): task names and their Config (from the task catalogue,
+engine/tasks.py), roles and ranks for the world size, what tasks refer to (roles, arrays,
+kernels and their arguments, values), and coordination that can never complete (see
+`coordination.py`). Whatever is particular to one task type is declared in the catalogue.
 """
 
 from __future__ import annotations
 
-import itertools
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from distx.check.coordination import check_coordination, produced_values
-from distx.engine.command import KEEP_FIX, keep_pattern_problem
-from distx.engine.data import check_data
-from distx.engine.kernels import PARTITION_NAMES, KernelLibrary
+from distx.engine.data import Partition, check_data
+from distx.engine.kernels import PARTITION_NAMES, KernelLibrary, kernel_arguments
 from distx.engine.tasks import TASKS
 from distx.errors import TaskFailed, UserError
 from distx.script.expand import expand, referenced_names
-from distx.script.model import COORDINATOR, Script, TaskSpec
-from distx.script.roles import RolePlan, check_rank_syntax, plan_roles
+from distx.script.model import COORDINATOR, Script, TaskSpec, check_keys
+from distx.script.roles import RolePlan, check_rank_syntax, other_roles, plan_roles
 from distx.script.schema import is_reference, suggestion
-from distx.script.shell import UnsafeReference, compile_command
-from distx.vocabulary import AUTOMATIC
-
-HALO_NAMES = {"above", "below", "step"}
-MAX_SIGNATURES = 16  # keyfield type combinations compiled at validation
 
 
 def check_script(script: Script, size: int, overrides: dict | None = None) -> RolePlan:
     """Raise UserError for the first problem found; return the role plan for `size`."""
+    check_task_configs(script)
     check_rank_syntax(script)
     plan = plan_roles(script, size)
     overrides = overrides or {}
     published = published_names(script)
     before_run = _BeforeRun(check_data(script),
                             _values_before_run(script, overrides, published))
-    sweeps = [spec for spec in script.tasks() if spec.task == "Run.Sweep"]
-    if len(sweeps) > 1:
-        raise script.error(sweeps[1].where, "a script runs at most one Run.Sweep",
-                           "put the kernels of both sweeps into one kernel with several "
-                           "Outputs, or use two scripts")
+    _check_once_per_script(script)
     kernels = KernelLibrary(script.kernels_dir)
     for spec in script.tasks():
         _check_task(script, plan, spec, kernels, before_run)
     _check_references(script, overrides, published)
     check_coordination(script, plan)
     return plan
+
+
+def check_task_configs(script: Script) -> None:
+    """Every task names a task type of the catalogue and gives the Config it takes."""
+    for spec in script.tasks():
+        if spec.task not in TASKS:
+            raise script.error((*spec.where, "Task"), f"unknown task '{spec.task}'."
+                               + suggestion(spec.task, TASKS),
+                               f"use one of: {', '.join(TASKS)}")
+        check_keys(script.source, spec.config, TASKS[spec.task].keys,
+                   (*spec.where, "Config"))
+
+
+def _check_once_per_script(script: Script) -> None:
+    counts: Counter[str] = Counter()
+    for spec in script.tasks():
+        counts[spec.task] += 1
+        fix = TASKS[spec.task].once_per_script
+        if fix and counts[spec.task] == 2:
+            raise script.error(spec.where, f"a script runs at most one {spec.task}", fix)
 
 
 def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelLibrary,
@@ -58,15 +70,9 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
     if task_type.coordinator_only and spec.role != COORDINATOR:
         raise script.error((*spec.where, "Task"), f"{spec.task} runs on the coordinator only",
                            "move it to Roles.coordinator")
-    if spec.task == "Run.AddMilestone" and config["Milestone"] in AUTOMATIC:
-        raise script.error((*spec.where, "Config", "Milestone"),
-                           f"milestone {config['Milestone']} is reached automatically",
-                           f"choose another name (automatic: {', '.join(AUTOMATIC)})")
-    if "From" in config or spec.task in ("Remote.WaitForMilestone", "Remote.GetValue"):
+    if "From" in config or task_type.waits_for(config) is not None:
         _check_from(script, plan, spec)
-    if spec.task == "Run.Sweep" and script.experiments is None:
-        raise script.error(spec.where, "Run.Sweep needs an Experiments section",
-                           "add Experiments: {Keyfields: {...}}")
+    task_type.check(script, spec)
     for position, name in enumerate(config.get("Inputs", [])):
         if is_reference(name):
             continue
@@ -76,15 +82,13 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
                                f"declare it under Data: (arrays: {', '.join(script.data)})")
     if spec.kernel:
         _check_kernel(script, spec, kernels, before_run)
-    if spec.task == "Run.CliExecute":
-        _check_command(script, spec)
 
 
 def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:
     target = spec.config.get("From")
     where = (*spec.where, "Config", "From")
     if target is None:
-        others = [name for name in script.roles if name != spec.role]
+        others = other_roles(script, spec.role)
         if len(others) != 1:
             raise script.error((*spec.where, "Config"), f"{spec.task} needs From: there are "
                                f"{len(others)} other roles", f"add From: (one of "
@@ -100,19 +104,6 @@ def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:
                            "name a role of Roles or a rank of this run") from None
 
 
-def _check_command(script: Script, spec: TaskSpec) -> None:
-    """References only where the shell takes them as data; Keep only under CWD."""
-    try:
-        compile_command(spec.config["Parameters"])
-    except UnsafeReference as error:
-        raise script.error((*spec.where, "Config", "Parameters"), str(error),
-                           error.fix) from None
-    for position, pattern in enumerate(spec.config.get("Keep", [])):
-        problem = keep_pattern_problem(pattern)
-        if problem:
-            raise script.error((*spec.where, "Config", "Keep", position), problem, KEEP_FIX)
-
-
 def _check_kernel(script: Script, spec: TaskSpec, kernels: KernelLibrary,
                   before_run: _BeforeRun) -> None:
     config = spec.config
@@ -122,16 +113,9 @@ def _check_kernel(script: Script, spec: TaskSpec, kernels: KernelLibrary,
     except UserError as error:
         raise _with_task_place(script, where, error) from None
     given = set(config.get("Inputs", [])) | set(config.get("Args", {})) | set(PARTITION_NAMES)
-    if spec.task == "Run.Sweep":
-        keyfields = set(script.experiments.keyfields) | ({"fold"} if script.experiments.folds
-                                                         else set())
-        clash = keyfields & (set(config.get("Args", {})) | set(config.get("Inputs", [])))
-        if clash:
-            raise script.error((*spec.where, "Config"), f"{', '.join(sorted(clash))} is both "
-                               "a keyfield and an input or argument", "rename one of them")
-        given |= keyfields
-    if spec.task == "Run.Iterate":
-        given |= HALO_NAMES
+    extras = TASKS[spec.task].kernel_extras
+    if extras is not None:
+        given |= extras.names(script)
     try:
         kernel.check_arguments(given)
     except UserError as error:
@@ -156,23 +140,14 @@ def _example_arguments(script: Script, spec: TaskSpec,
         return []
     if any(is_reference(name) for name in inputs):
         return []
-    base: dict[str, Any] = {}
+    partitions = []
     for name in inputs:
         dtype, shape = before_run.arrays[name]
-        base[name] = np.empty((0,) * len(shape), dtype)
-    if inputs:
-        shape = before_run.arrays[inputs[0]][1]
-        base.update(row_offset=0, global_rows=shape[0] if shape else 0, global_shape=shape)
-    base.update(args)
-    if spec.task == "Run.Iterate" and inputs:
-        base.update(above=base[inputs[0]], below=base[inputs[0]], step=0)
-    if spec.task != "Run.Sweep":
-        return [base]
-    columns = script.experiments.grid().columns
-    kinds = [list({type(value): value for value in values}.values())
-             for values in columns.values()]
-    combinations = itertools.islice(itertools.product(*kinds), MAX_SIGNATURES)
-    return [{**base, **dict(zip(columns, combination))} for combination in combinations]
+        partitions.append(Partition(name, np.empty((0,) * len(shape), dtype), 0, shape,
+                                    script.data[name].partition))
+    base = kernel_arguments(partitions, args)
+    extras = TASKS[spec.task].kernel_extras
+    return [base] if extras is None else extras.examples(script, config, base)
 
 
 @dataclass

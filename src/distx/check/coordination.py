@@ -5,48 +5,39 @@ must name something its target produces (a milestone it adds or reaches automati
 value it publishes). Then the roles are played forward together: a role advances past a
 wait once its targets have produced what it waits for. If some roles stop short of the end,
 they wait on each other in a cycle (or on a role that is itself stuck), and the message
-lists each stuck wait with its line.
+lists each stuck wait with its line. What each task type publishes, adds and waits for is
+declared in the task catalogue (engine/tasks.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from distx.engine.tasks import MILESTONE, TASKS
 from distx.script.model import Script, TaskSpec
-from distx.script.roles import SERVE_ONLY, RolePlan
+from distx.script.roles import SERVE_ONLY, RolePlan, default_target
 from distx.script.schema import is_reference
-from distx.vocabulary import STARTED
+from distx.vocabulary import POST_RUN, STARTED, RunState
 
-ENDED = ("PostRun", "Finished")
+ENDED = (POST_RUN, RunState.FINISHED.value)
+"""What every role reaches once its sequence is done."""
 
 
 @dataclass(frozen=True)
 class _Wait:
     spec: TaskSpec
-    kind: str          # "milestone" or "value"
+    kind: str          # tasks.MILESTONE or tasks.VALUE
     name: str
     roles: tuple[str, ...]
 
 
 def produced_values(spec: TaskSpec) -> set[str]:
     """The value names a task publishes."""
-    config = spec.config
-    if spec.task == "Run.Publish":
-        return {str(key) for key in config}
-    if spec.task in ("Run.PublishFromFile", "Run.PublishFromPreviousTaskLog"):
-        return {item if isinstance(item, str) else item[1] for item in config["Keys"]}
-    if spec.task == "Run.Evaluate":
-        return {config["Key"]}
-    if spec.task == "Remote.GetValue":
-        return {config.get("PublishName", config["Value"])}
-    if spec.task == "Run.Kernel":
-        return set(config.get("Outputs", [])) | ({config["Publish"]} if "Publish" in config
-                                                  else set())
-    return set()
+    return TASKS[spec.task].publishes(spec.config)
 
 
 def _produced_milestones(spec: TaskSpec) -> set[str]:
-    return {spec.config["Milestone"]} if spec.task == "Run.AddMilestone" else set()
+    return TASKS[spec.task].adds_milestones(spec.config)
 
 
 def check_coordination(script: Script, plan: RolePlan) -> None:
@@ -61,37 +52,29 @@ def check_coordination(script: Script, plan: RolePlan) -> None:
 
 
 def _wait_of(script: Script, plan: RolePlan, spec: TaskSpec) -> _Wait | None:
-    config = spec.config
-    if spec.task == "Remote.WaitForMilestone":
-        kind, name = "milestone", config["Milestone"]
-    elif spec.task == "Remote.GetValue":
-        kind, name = "value", config["Value"]
-    else:
+    wait = TASKS[spec.task].waits_for(spec.config)
+    if wait is None or is_reference(wait.name) or is_reference(wait.target):
         return None
-    target = config.get("From")
-    if is_reference(name) or is_reference(target):
-        return None
-    if target is None:
-        target = next(role for role in script.roles if role != spec.role)
+    target = default_target(script, spec.role) if wait.target is None else wait.target
     roles = tuple(sorted({plan.role_of[rank] for rank in plan.resolve(target)}))
-    return _Wait(spec, kind, name, roles)
+    return _Wait(spec, wait.kind, wait.name, roles)
 
 
 def _check_producible(script: Script, sequences: dict[str, list[TaskSpec]], wait: _Wait) -> None:
     for role in wait.roles:
         sequence = sequences[role]
-        if wait.kind == "milestone":
+        if wait.kind == MILESTONE:
             produced = set(STARTED) | set(ENDED) | \
                 {name for spec in sequence for name in _produced_milestones(spec)}
         else:
             produced = {name for spec in sequence for name in produced_values(spec)}
         if wait.name not in produced:
             who = "ranks that only serve" if role == SERVE_ONLY else f"role '{role}'"
-            adds = "adds" if wait.kind == "milestone" else "publishes"
+            adds = "adds" if wait.kind == MILESTONE else "publishes"
             raise script.error((*wait.spec.where, "Config"),
                                f"{wait.spec.task} waits for {wait.kind} '{wait.name}' from "
                                f"{who}, which never {adds} it: the wait can never complete",
-                               f"make {who} {'add' if wait.kind == 'milestone' else 'publish'}"
+                               f"make {who} {'add' if wait.kind == MILESTONE else 'publish'}"
                                f" '{wait.name}', or fix the name")
 
 
@@ -143,5 +126,5 @@ def _cycle(stuck: dict[str, _Wait]) -> list[str]:
 
 
 def _satisfied(wait: _Wait, milestones: dict[str, set[str]], values: dict[str, set[str]]) -> bool:
-    reached = milestones if wait.kind == "milestone" else values
+    reached = milestones if wait.kind == MILESTONE else values
     return all(wait.name in reached[role] for role in wait.roles)

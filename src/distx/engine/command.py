@@ -29,7 +29,8 @@ from distx.script.expand import expand_text
 from distx.script.shell import ShellCommand, UnsafeReference, compile_command
 
 if TYPE_CHECKING:
-    from distx.engine.runtime import TaskRun
+    from distx.engine.taskrun import Executor, TaskRun
+    from distx.script.model import Script, TaskSpec
 
 KEEP_MAX_BYTES = 256 << 20  # one kept file travels to rank 0 in one message
 
@@ -60,6 +61,20 @@ def execute(run: TaskRun, config: dict) -> None:
         raise TaskFailed(too_big)
 
 
+def check_command(script: Script, spec: TaskSpec) -> None:
+    """At validation: references only where the shell takes them as data; Keep only
+    under CWD."""
+    try:
+        compile_command(spec.config["Parameters"])
+    except UnsafeReference as error:
+        raise script.error((*spec.where, "Config", "Parameters"), str(error),
+                           error.fix) from None
+    for position, pattern in enumerate(spec.config.get("Keep", [])):
+        problem = keep_pattern_problem(pattern)
+        if problem:
+            raise script.error((*spec.where, "Config", "Keep", position), problem, KEEP_FIX)
+
+
 def keep_pattern_problem(pattern: str) -> str | None:
     """Why a Keep glob may not be used (it could reach outside the command's folder)."""
     if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
@@ -80,12 +95,12 @@ def _compile(template: str) -> ShellCommand:
 
 def _folder(run: TaskRun, cwd: str | None) -> Path:
     """The command's folder: CWD (relative to the script's folder), else the rank's own."""
-    runtime = run.runtime
+    executor = run.executor
     if cwd is None:
-        return runtime.temp_folder
+        return executor.temp_folder
     folder = Path(cwd)
     if not folder.is_absolute():
-        folder = runtime.script_folder / folder
+        folder = executor.script_folder / folder
     if not folder.is_dir():
         raise TaskFailed(f"CWD {folder} is not a folder")
     return folder
@@ -93,8 +108,8 @@ def _folder(run: TaskRun, cwd: str | None) -> Path:
 
 def _environment(run: TaskRun, command: ShellCommand) -> dict[str, str]:
     """This process's environment plus the value of each reference of the command."""
-    runtime = run.runtime
-    values = [expand_text(reference, runtime.expansion_values, runtime.builtins)
+    executor = run.executor
+    values = [expand_text(reference, executor.expansion_values, executor.builtins)
               for reference in command.references]
     try:
         return command.environment(values, os.environ)
@@ -105,22 +120,29 @@ def _environment(run: TaskRun, command: ShellCommand) -> dict[str, str]:
 def _run(run: TaskRun, command: ShellCommand, environment: dict[str, str], folder: Path,
          config: dict) -> tuple[int, list[str]]:
     """Run the command to its end (serving meanwhile); its exit code and output lines."""
-    runtime = run.runtime
+    groups = run.executor.command_groups
     with tempfile.TemporaryFile(mode="w+b") as output:
         process = subprocess.Popen(["/bin/sh", "-c", command.script], cwd=folder,
                                    env=environment, stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        runtime.command_groups.add(process.pid)
+        groups.add(process.pid)
         try:
-            runtime.wait_until(lambda: process.poll() is not None, run.timeout(config),
+            run.core.wait_until(lambda: process.poll() is not None, run.timeout(config),
                                f"command {config['Parameters']!r}")
         finally:
             if process.poll() is None:  # timed out or cancelled
                 kill_group(process.pid)
-                runtime.command_groups.discard(process.pid)
+                groups.discard(process.pid)
                 process.wait()
         output.seek(0)
         return process.returncode, output.read().decode(errors="replace").splitlines()
+
+
+def end_commands(executor: Executor) -> None:
+    """At the end of the run: kill what this rank's commands left in the background."""
+    for group in executor.command_groups:
+        kill_group(group)
+    executor.command_groups.clear()
 
 
 def kill_group(group: int) -> None:

@@ -1,10 +1,11 @@
-"""Rank 0: the coordinator role, the only writer of the results file, the end of the run.
+"""Rank 0's own part: the only writer of the results file, and the end of the run.
 
-Besides running its own sequence like any rank, rank 0 records every milestone, value,
-task, log line and kept file that arrives, and drives sweeps. After its sequence it keeps
-serving until every rank has reached a terminal milestone; if any rank errored it first
-cancels the ranks still in their sequences, so nothing waits for a run that already failed.
-Then it tells every rank to shut down with the run's exit code.
+Attached to rank 0's executor, the coordinator records every milestone, value, task, log
+line and kept file that arrives (its handler of EVENT messages), and flushes the file as it
+serves. After rank 0's sequence it keeps serving until every rank has reached a terminal
+milestone; if any rank errored it first cancels the ranks still in their sequences, so
+nothing waits for a run that already failed. Then it tells every rank to shut down with
+the run's exit code.
 
 A stop (SIGTERM, SIGINT, SIGUSR1 on any rank) is bounded by `--grace`: no new work is
 handed out, what finishes within the grace period is recorded, and when it is over rank 0
@@ -20,171 +21,149 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from distx.engine.runtime import RunInfo, Runtime
-from distx.engine.transport import Kind, Transport
-from distx.results.store import ResultsFile
-from distx.vocabulary import ExitCode
+from distx.engine.core import RankCore
+from distx.engine.protocol import Command, Control, Event, EventKind, Kind, Milestone
+from distx.engine.taskrun import Executor
+from distx.vocabulary import ExitCode, RunState
 
+# Rank 0 alone writes HDF5: the other ranks never import h5py (start-up time counts), so
+# the results file is named here for its type only; launch.py opens it.
 if TYPE_CHECKING:
-    from distx.engine.sweep import Sweep
+    from distx.results.store import ResultsFile
+
+StuckListener = Callable[[int, dict], None]
+"""Told (rank, stuck record) when a rank is lost in a kernel; the sweep listens."""
 
 GRACE_MARGIN = 2.0  # after the grace period, how long the serving thread gets to end the run
 
 
-class Coordinator(Runtime):
-    def __init__(self, transport: Transport, info: RunInfo, results: ResultsFile,
+class Coordinator:
+    def __init__(self, executor: Executor, results: ResultsFile,
                  data_shapes: dict[str, tuple[int, ...]]) -> None:
-        super().__init__(transport, info)
+        self.core: RankCore = executor.core
         self.results = results
         self.data_shapes = data_shapes
-        self.active_sweep: Sweep | None = None
         self.failed_experiments = 0
         self.cancel_sent = False
         self.stuck: dict[int, str] = {}  # rank -> why it is lost in a kernel call
-        self.stop_deadline: float | None = None   # end of the grace period, once stopping
+        self.stuck_listeners: list[StuckListener] = []
+        self.before_close: list[Callable[[], None]] = []  # e.g. the sweep puts rows back
+        self._closing = threading.Lock()  # the file is closed once, by whichever thread
+        self._closed = False
         self._grace_timer: threading.Timer | None = None
-        self._closing = threading.Lock()  # the results file is closed once, by one thread
-        self.handlers.update({
-            Kind.EVENT: self.on_event,
-            Kind.SWEEP_READY: self._to_sweep("on_ready"),
-            Kind.SWEEP_RESULTS: self._to_sweep("on_results"),
-        })
+        core = self.core
+        core.register(Kind.EVENT, self.on_event)
+        record_milestone = core.handlers[Kind.MILESTONE]
 
-    def serve_once(self, timeout: float | None) -> bool:
-        handled = super().serve_once(timeout)
-        self.results.maybe_flush()
-        return handled
+        def on_milestone(source: int, milestone: Milestone) -> None:
+            record_milestone(source, milestone)
+            results.record_milestone(source, core.info.plan.role_of[source], milestone.name,
+                                     milestone.when, milestone.detail)
+        core.register(Kind.MILESTONE, on_milestone)
+        core.after_serving.append(results.maybe_flush)
+        core.before_abort.append(lambda: self.close_results(RunState.ERRORED.value,
+                                                           ExitCode.FAILED))
+        core.on_stop.append(self._start_grace_timer)
+        executor.attach(self)
 
     # ----- recording ----------------------------------------------------------------------
-    def emit(self, kind: str, record: dict) -> None:
-        self._record(self.rank, kind, record)
-
-    def on_event(self, source: int, body: tuple) -> None:
-        kind, record = body
-        self._record(source, kind, record)
-
-    def _record(self, source: int, kind: str, record: dict) -> None:
-        writers = {"value": self.results.record_value, "task": self.results.record_task,
-                   "file": self.results.record_file, "stuck": self._record_stuck}
-        writers[kind](source, record)
+    def on_event(self, source: int, event: Event) -> None:
+        if event.kind == EventKind.VALUE:
+            self.results.record_value(source, event.record)
+        elif event.kind == EventKind.TASK:
+            self.results.record_task(source, event.record)
+        elif event.kind == EventKind.FILE:
+            self.results.record_file(source, event.record)
+        elif event.kind == EventKind.STUCK:
+            self._record_stuck(source, event.record)
 
     def _record_stuck(self, source: int, record: dict) -> None:
         """A rank is lost in a kernel past its Timeout: record its task or experiment."""
         self.stuck[source] = record["error"]
-        self.on_milestone(source, ("Errored", time.time(), record["error"]))
+        self.core.deliver(source, Kind.MILESTONE,
+                          Milestone(RunState.ERRORED.value, time.time(), record["error"]))
         if "task" in record:
             self.results.record_task(source, record["task"])
-        if "sweep" in record and self.active_sweep is not None:
-            self.active_sweep.on_stuck(source, *record["sweep"], record["error"])
+        for listener in self.stuck_listeners:
+            listener(source, record)
 
-    def kernel_stuck(self, record: dict) -> None:
-        """From the watchdog thread, rank 0's own kernel is past its Timeout: the serving
-        thread is lost in it, so this thread records the error, closes the file and ends
-        the job."""
-        self.echo(record["error"], "ERROR")
-        if self._closing.acquire(blocking=False):
-            self._record_stuck(self.rank, record)
-            self.results.close("Errored", 1)
-        self.transport.abort(1)
+    # ----- the end of the run ----------------------------------------------------------------
+    def end_run(self) -> tuple[str, int]:
+        """After rank 0's sequence: wait for every rank, then shut them down; return
+        (final state, exit code)."""
+        core = self.core
+        core.wait_until(self._all_terminal, None, "every rank to finish its sequence",
+                        stoppable=False)
+        states = {state for state, _ in core.terminal.values()}
+        state = next((s for s in (RunState.ERRORED, RunState.CANCELLED) if s in states),
+                     RunState.FINISHED)
+        if state == RunState.ERRORED or (state == RunState.FINISHED and
+                                         self.failed_experiments):
+            exit_code = ExitCode.FAILED
+        else:
+            exit_code = ExitCode.STOPPED if state == RunState.CANCELLED else ExitCode.OK
+        core.send_control(range(1, core.info.plan.size),
+                          Control(Command.SHUTDOWN, int(exit_code)))
+        core.exit_code = exit_code
+        return state.value, exit_code
 
-    # ----- a stop, bounded by --grace ----------------------------------------------------------
-    def on_signal(self) -> None:
-        """From the signal handler, which runs even while this thread sleeps in a Python
-        kernel: start the grace period now."""
-        super().on_signal()
-        self._start_grace()
+    def _all_terminal(self) -> bool:
+        core = self.core
+        if core.past_grace():
+            self._cancel_the_busy()
+        failed = any(state == RunState.ERRORED for state, _ in core.terminal.values())
+        if (failed or core.stop_requested) and not self.cancel_sent:
+            self.cancel_sent = True
+            core.send_control([rank for rank in range(1, core.info.plan.size)
+                               if rank not in core.terminal], Control(Command.CANCEL))
+        return len(core.terminal) == core.info.plan.size
 
-    def request_stop(self) -> None:
-        self._start_grace()
-        super().request_stop()
-
-    def _start_grace(self) -> None:
-        if self.stop_deadline is not None:
-            return
-        grace = self.info.grace
-        self.stop_deadline = time.monotonic() + grace
-        self._grace_timer = threading.Timer(grace + GRACE_MARGIN, self._grace_expired)
-        self._grace_timer.daemon = True
-        self._grace_timer.start()
-
-    def past_grace(self) -> bool:
-        """True once a stop's grace period is over."""
-        return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
+    def _cancel_the_busy(self) -> None:
+        """The grace period is over: every rank still in its sequence is recorded as
+        Cancelled (it is in a kernel or command; the job is aborted after the file closes)."""
+        core = self.core
+        for rank in range(core.info.plan.size):
+            if rank not in core.terminal:
+                core.deliver(rank, Kind.MILESTONE, Milestone(
+                    RunState.CANCELLED.value, time.time(),
+                    f"still busy when the --grace period of {core.info.grace:g} s ended"))
 
     def join_deadline(self) -> float | None:
         """How long the end of the run waits for the ranks to meet: for ever, or, after
         a stop, until just after the grace period."""
-        return None if self.stop_deadline is None else self.stop_deadline + GRACE_MARGIN / 2
+        deadline = self.core.stop_deadline
+        return None if deadline is None else deadline + GRACE_MARGIN / 2
 
-    def close_results(self, state: str, exit_code: int) -> None:
-        """Close the results file (the serving thread, at the end of the run)."""
+    # ----- closing the file, from whichever thread ends the run ------------------------------
+    def close_results(self, state: str, exit_code: int) -> bool:
+        """Close the results file unless it is closed already; True if this call did."""
         with self._closing:
+            if self._closed:
+                return False
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
+            for hook in self.before_close:
+                hook()
             self.results.close(state, exit_code)
+            self._closed = True
+            return True
+
+    def _start_grace_timer(self) -> None:
+        self._grace_timer = threading.Timer(self.core.info.grace + GRACE_MARGIN,
+                                            self._grace_expired)
+        self._grace_timer.daemon = True
+        self._grace_timer.start()
 
     def _grace_expired(self) -> None:
         """Timer thread, GRACE_MARGIN after the grace period: the serving thread has not
         closed the file, so it is lost in a kernel of this rank. Record what finished
         (experiments in flight back to `created`), close the file, end the job."""
-        if not self._closing.acquire(blocking=False):
-            return  # the serving thread is closing it
-        if self.active_sweep is not None:
-            self.active_sweep.put_back_unfinished()
-        self.results.close("Cancelled", ExitCode.STOPPED)
-        print(f"distx: {self.info.script.name} cancelled: rank 0 was still in a kernel "
-              f"{self.info.grace:g} s (--grace) after the stop; aborting the run (exit code "
-              f"{ExitCode.STOPPED}); results in {self.results.path}; --resume continues it",
-              file=sys.stderr, flush=True)
-        self.transport.abort(ExitCode.STOPPED)
-
-    def on_milestone(self, source: int, body: tuple) -> None:
-        super().on_milestone(source, body)
-        name, when, detail = body
-        self.results.record_milestone(source, self.info.plan.role_of[source], name, when, detail)
-
-    def _to_sweep(self, method: str) -> Callable[[int, Any], None]:
-        """A handler passing sweep messages to the running sweep (late ones are dropped)."""
-        def handle(source: int, body: Any) -> None:
-            if self.active_sweep is not None:
-                getattr(self.active_sweep, method)(source, body)
-        return handle
-
-    # ----- the end of the run ----------------------------------------------------------------
-    def run_as_coordinator(self) -> tuple[str, int]:
-        """Run rank 0's sequence and end the run; return (final state, exit code)."""
-        self.run_sequence()
-        self.wait_until(self._all_terminal, None, "every rank to finish its sequence",
-                        stoppable=False)
-        states = {state for state, _ in self.terminal.values()}
-        state = next((s for s in ("Errored", "Cancelled") if s in states), "Finished")
-        if state == "Errored" or (state == "Finished" and self.failed_experiments):
-            exit_code = ExitCode.FAILED
-        else:
-            exit_code = ExitCode.STOPPED if state == "Cancelled" else ExitCode.OK
-        for rank in range(1, self.info.plan.size):
-            self.transport.send(rank, Kind.CONTROL, ("shutdown", exit_code))
-        self.exit_code = exit_code
-        return state, exit_code
-
-    def _all_terminal(self) -> bool:
-        if self.past_grace():
-            self._cancel_the_busy()
-        failed = any(state == "Errored" for state, _ in self.terminal.values())
-        if (failed or self.stop_requested) and not self.cancel_sent:
-            self.cancel_sent = True
-            for rank in range(1, self.info.plan.size):
-                if rank not in self.terminal:
-                    self.transport.send(rank, Kind.CONTROL, ("cancel",))
-        return len(self.terminal) == self.info.plan.size
-
-    def _cancel_the_busy(self) -> None:
-        """The grace period is over: every rank still in its sequence is recorded as
-        Cancelled (it is in a kernel or command; the job is aborted after the file closes)."""
-        for rank in range(self.info.plan.size):
-            if rank not in self.terminal:
-                self.on_milestone(rank, ("Cancelled", time.time(),
-                                         f"still busy when the --grace period of "
-                                         f"{self.info.grace:g} s ended"))
+        if not self.close_results(RunState.CANCELLED.value, ExitCode.STOPPED):
+            return  # the serving thread closed it and ends the run itself
+        print(f"distx: {self.core.info.script.name} cancelled: rank 0 was still in a kernel "
+              f"{self.core.info.grace:g} s (--grace) after the stop; aborting the run (exit "
+              f"code {ExitCode.STOPPED}); results in {self.results.path}; --resume "
+              "continues it", file=sys.stderr, flush=True)
+        self.core.transport.abort(ExitCode.STOPPED)

@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from distx.engine.transport import Kind, Message, MPITransport
-
-if TYPE_CHECKING:
-    from distx.script.model import DataSpec, Script
+from distx.engine.protocol import DataBlock, Kind
+from distx.engine.transport import Message, MPITransport
+from distx.script.model import DataSpec, Script
 
 
 @dataclass
@@ -199,16 +198,19 @@ def distribute(transport: MPITransport, layout: list[Layout], holders: tuple[int
         blocks = row_blocks(item.shape[0], len(holders))
         if rank == 0:
             for holder, (start, stop) in zip(holders, blocks):
-                transport.send(holder, Kind.DATA, (item.name, start, arrays[item.name][start:stop]))
+                transport.send(holder, Kind.DATA,
+                               DataBlock(item.name, start, arrays[item.name][start:stop]))
         elif rank in holders:
-            name, offset, block = _receive_data(transport, dispatch)
-            if name != item.name:
-                raise RuntimeError(f"rank {rank} expected array {item.name}, got {name}")
-            mine[name] = Partition(name, block, offset, item.shape, item.mode)
+            received = _receive_data(transport, dispatch)
+            if received.array != item.name:
+                raise RuntimeError(f"rank {rank} expected array {item.name}, "
+                                   f"got {received.array}")
+            mine[item.name] = Partition(item.name, received.block, received.offset,
+                                        item.shape, item.mode)
     return mine
 
 
-def _receive_data(transport: MPITransport, dispatch: Callable[[Message], None]) -> tuple:
+def _receive_data(transport: MPITransport, dispatch: Callable[[Message], None]) -> DataBlock:
     while True:
         message = transport.receive(timeout=None)
         if message.kind == Kind.DATA:

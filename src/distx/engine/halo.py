@@ -8,27 +8,41 @@ block plus `above` and `below` (the neighbours' rows; zero rows at the global ed
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import numpy as np
 
 from distx.engine.kernels import PARTITION_NAMES
-from distx.engine.transport import Kind
+from distx.engine.protocol import HaloRows, Kind
+from distx.engine.taskrun import Executor, TaskRun
 from distx.errors import TaskFailed
 
-if TYPE_CHECKING:
-    from distx.engine.runtime import TaskRun
+HALO_ARGUMENTS = ("above", "below", "step")
+"""What Run.Iterate passes its kernel besides Inputs and Args."""
+
+
+class HaloMailbox:
+    """Halo rows that arrived from neighbours, until the step that needs them takes them."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.rows: dict[tuple[str, int, str], np.ndarray] = {}
+        executor.core.register(Kind.HALO, self.on_halo)
+        executor.attach(self)
+
+    def on_halo(self, source: int, halo: HaloRows) -> None:
+        self.rows[(halo.array, halo.step, halo.side)] = halo.rows
 
 
 def iterate_with_halos(run: TaskRun, config: dict) -> None:
-    runtime = run.runtime
+    executor, core = run.executor, run.core
+    mailbox = executor.feature(HaloMailbox)
     inputs = config.get("Inputs", [])
     if not inputs:
         raise TaskFailed("Run.Iterate needs Inputs, the row-partitioned array first")
     name = inputs[0]
-    partition = runtime.partitions.get(name)
+    partition = executor.partitions.get(name)
     if partition is None or partition.mode != "rows":
         raise TaskFailed(f"Run.Iterate needs '{name}' partitioned by rows on this rank")
-    holders = runtime.info.plan.holders
-    position = holders.index(runtime.rank)
+    holders = executor.info.plan.holders
+    position = holders.index(executor.rank)
     up = holders[position - 1] if position > 0 else None
     down = holders[position + 1] if position + 1 < len(holders) else None
     halo = config.get("Halo", 1)
@@ -36,21 +50,22 @@ def iterate_with_halos(run: TaskRun, config: dict) -> None:
     if (up is not None or down is not None) and block.shape[0] < halo:
         raise TaskFailed(f"this rank holds {block.shape[0]} row(s) of '{name}', fewer than "
                          f"Halo {halo}: use fewer ranks or a larger array")
-    kernel = runtime.kernels.get(config["Kernel"])
-    base = runtime.kernel_arguments(inputs, config.get("Args", {}))
-    kernel.check_arguments(set(base) | {"above", "below", "step"} | set(PARTITION_NAMES))
+    kernel = executor.kernels.get(config["Kernel"])
+    base = executor.kernel_arguments(inputs, config.get("Args", {}))
+    kernel.check_arguments(set(base) | set(HALO_ARGUMENTS) | set(PARTITION_NAMES))
     nothing = block[:0]
     for step in range(config["Steps"]):
         if up is not None:
-            runtime.transport.send(up, Kind.HALO, (name, step, "below", block[:halo].copy()))
+            core.transport.send(up, Kind.HALO, HaloRows(name, step, "below", block[:halo].copy()))
         if down is not None:
-            runtime.transport.send(down, Kind.HALO, (name, step, "above", block[-halo:].copy()))
+            core.transport.send(down, Kind.HALO,
+                                HaloRows(name, step, "above", block[-halo:].copy()))
         needed = [(name, step, side) for side, rank in (("above", up), ("below", down))
                   if rank is not None]
-        runtime.wait_until(lambda needed=needed: all(key in runtime.halos for key in needed),
-                           run.timeout(config), f"halo rows of step {step}")
-        above = runtime.halos.pop((name, step, "above")) if up is not None else nothing
-        below = runtime.halos.pop((name, step, "below")) if down is not None else nothing
+        core.wait_until(lambda needed=needed: all(key in mailbox.rows for key in needed),
+                        run.timeout(config), f"halo rows of step {step}")
+        above = mailbox.rows.pop((name, step, "above")) if up is not None else nothing
+        below = mailbox.rows.pop((name, step, "below")) if down is not None else nothing
         with run.kernel_timeout(config, config["Kernel"]):
             kernel.call({**base, "above": above, "below": below, "step": step})
     run.log(f"{config['Steps']} steps of {config['Kernel']} done")

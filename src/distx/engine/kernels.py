@@ -22,11 +22,25 @@ from typing import Any
 
 import numpy as np
 
+from distx.engine.data import Partition
 from distx.errors import TaskFailed, UserError
 from distx.script.schema import suggestion
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 PARTITION_NAMES = ("row_offset", "global_rows", "global_shape")
+
+
+def kernel_arguments(inputs: list[Partition], args: dict) -> dict[str, Any]:
+    """What a kernel task gives its kernel: each input's local array, where the first
+    input's rows sit in the whole array (PARTITION_NAMES), and the Args. Validation builds
+    the same from empty example arrays."""
+    arguments: dict[str, Any] = {partition.name: partition.array for partition in inputs}
+    if inputs:
+        shape = tuple(inputs[0].global_shape)
+        arguments.update(row_offset=inputs[0].offset, global_rows=shape[0] if shape else 0,
+                         global_shape=shape)
+    arguments.update(args)
+    return arguments
 
 
 @dataclass

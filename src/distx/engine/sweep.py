@@ -1,4 +1,13 @@
-"""Run.Sweep on the coordinator: farm experiments out to the holders and record each result.
+"""Run.Sweep, both ends: rank 0 farms experiments out to the holders and records each result.
+
+The messages, in the order a sweep exchanges them (bodies in protocol.py), each end's
+handler next to the other's:
+
+    scheduler (rank 0, `Sweep`)            holder (`SweepHolder`, every holder rank)
+    SWEEP_START  SweepPlan          ->     on_start: load and check the kernel
+    on_ready                        <-     SWEEP_READY  SweepReady
+    SWEEP_TASKS  SweepTasks         ->     on_tasks: run the batch
+    on_results: record, feed more   <-     SWEEP_RESULTS  BatchResult
 
 With replicated (or no) inputs every experiment is one task that any holder can run; with a
 row-partitioned input it is one task per partition, each run where its partition lives,
@@ -9,10 +18,17 @@ while long ones still balance. A failed task is retried (on another holder when 
 can move) up to Retries times; then its experiment is recorded as `error` and the sweep
 goes on. A kernel that cannot compile stops the sweep at once.
 
+A task id encodes (experiment position, partition): `task = position * parts + part`, so a
+batch message is a list of integers and the holder derives everything else from the
+script, which every rank has.
+
 Only experiments not `done` in the results file are run (all of them in a new file), so
 `--resume` continues where a killed or stopped run left off. A stop request (SIGTERM,
 SIGINT, SIGUSR1) stops handing out tasks, waits up to the grace period for those in flight,
 and puts the experiments that did not finish back to `created`.
+
+The scheduler changes the experiments table only in the methods under "the experiments
+table" below; the table itself (results/) owns its columns.
 """
 
 from __future__ import annotations
@@ -22,21 +38,32 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distx.engine.coordinator import Coordinator
 from distx.engine.data import row_blocks
-from distx.engine.tasks import reduce_values
-from distx.engine.transport import Kind
-from distx.engine.worker import BatchResult, SweepPlan
-from distx.errors import Cancelled, TaskFailed
-from distx.results.store import ATTEMPTS
+from distx.engine.kernels import (
+    PARTITION_NAMES,
+    Kernel,
+    fits_int64,
+    is_compile_error,
+    outputs_of,
+)
+from distx.engine.protocol import BatchResult, Kind, SweepPlan, SweepReady, SweepTasks
+from distx.engine.reduce import reduce_values
+from distx.engine.taskrun import Executor, TaskRun
+from distx.engine.watchdog import watch_kernel
+from distx.errors import Cancelled, TaskFailed, UserError
+from distx.script.grid import Grid
+from distx.vocabulary import Status
 
+# Rank 0 alone imports h5py (through results/): the holders import this module too.
 if TYPE_CHECKING:
-    from distx.engine.coordinator import Coordinator
-    from distx.engine.runtime import TaskRun
     from distx.results.store import ExperimentTable
 
 BATCH_SECONDS = 0.05
@@ -56,21 +83,23 @@ class _Pending:
     failed: bool = False
 
 
+# ======== the scheduler side (rank 0) ========================================================
 def run_sweep(run: TaskRun, config: dict) -> None:
-    coordinator: Coordinator = run.runtime
-    script = coordinator.info.script
+    """The Run.Sweep task on rank 0."""
+    coordinator = run.executor.feature(Coordinator)
+    script = run.executor.info.script
     if script.experiments is None:
         raise TaskFailed("Run.Sweep needs an Experiments section with Keyfields")
     inputs = config.get("Inputs", [])
     rows_inputs = [name for name in inputs if script.data[name].partition == "rows"]
-    holders = coordinator.info.plan.holders
+    holders = run.executor.info.plan.holders
     grid = script.experiments.grid()
     ids = grid.ids()
     outputs = config.get("Outputs", ["result"])
     table = coordinator.results.experiments(grid, ids, outputs)
     table_rows = np.array([table.row_of[experiment_id] for experiment_id in ids],
                           dtype=np.int64)
-    todo = np.flatnonzero(table.rows["status"][table_rows] != b"done")
+    todo = np.flatnonzero(table.rows["status"][table_rows] != Status.DONE.encoded)
     plan = SweepPlan(next(_numbers), config["Kernel"], inputs, config.get("Args", {}), outputs,
                      len(holders) if rows_inputs else 1, todo, config.get("Timeout"))
     weights = None
@@ -82,11 +111,9 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     skipped = len(grid) - len(todo)
     run.log(f"sweep of {len(todo)} experiments x {plan.parts} partition(s) on ranks "
             f"{list(holders)}" + (f" ({skipped} already done)" if skipped else ""))
-    coordinator.active_sweep = sweep
     try:
         sweep.run()
     finally:
-        coordinator.active_sweep = None
         sweep.progress.finish(sweep.remaining, sweep.errors)
         coordinator.results.flush()
     _report(run, coordinator, table)
@@ -94,20 +121,24 @@ def run_sweep(run: TaskRun, config: dict) -> None:
 
 def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable) -> None:
     counts = table.counts()
-    run.log(f"sweep finished: {counts.get('done', 0)} done, {counts.get('error', 0)} error")
-    if counts.get("error"):
-        coordinator.failed_experiments += counts["error"]
-        first = table.rows[table.rows["status"] == b"error"][0]
-        run.log(f"{counts['error']} experiment(s) failed; first: id {first['id'].decode()}: "
+    done, failed = counts.get(Status.DONE.value, 0), counts.get(Status.ERROR.value, 0)
+    run.log(f"sweep finished: {done} done, {failed} error")
+    if failed:
+        coordinator.failed_experiments += failed
+        first = table.rows[table.rows["status"] == Status.ERROR.encoded][0]
+        run.log(f"{failed} experiment(s) failed; first: id {first['id'].decode()}: "
                 f"{first['error'].splitlines()[0] if first['error'] else ''}", "ERROR",
                 echo=True)
 
 
 class Sweep:
+    """One sweep on rank 0: hands out batches, takes results, retries, records."""
+
     def __init__(self, coordinator: Coordinator, plan: SweepPlan, table: ExperimentTable,
                  ids: list[str], rows: np.ndarray, retries: int, reduce: str,
                  weights: list[int] | None) -> None:
         self.coordinator = coordinator
+        self.core = coordinator.core
         self.results = coordinator.results
         self.plan = plan
         self.table = table
@@ -117,8 +148,8 @@ class Sweep:
         self.retries = retries
         self.reduce = reduce
         self.weights = weights
-        self.holders = coordinator.info.plan.holders
-        self.hosts = coordinator.info.hosts
+        self.holders = self.core.info.plan.holders
+        self.hosts = self.core.info.hosts
         self.ready: dict[int, str | None] = {}
         self.in_flight = {rank: 0 for rank in self.holders}
         self.seconds_per_task = {rank: 0.0 for rank in self.holders}
@@ -136,67 +167,75 @@ class Sweep:
     def run(self) -> None:
         if not self.ids:
             return
+        core = self.core
+        core.register(Kind.SWEEP_READY, self.on_ready)
+        core.register(Kind.SWEEP_RESULTS, self.on_results)
+        self.coordinator.stuck_listeners.append(self.on_stuck)
+        self.coordinator.before_close.append(self._unfinished_back_to_created)
+        try:
+            self._run()
+        finally:
+            core.register(Kind.SWEEP_READY, _drop_late)
+            core.register(Kind.SWEEP_RESULTS, _drop_late)
+            self.coordinator.stuck_listeners.remove(self.on_stuck)
+            self.coordinator.before_close.remove(self._unfinished_back_to_created)
+
+    def _run(self) -> None:
         for rank in self.holders:
-            self.coordinator.transport.send(rank, Kind.SWEEP_START, self.plan)
-        self.coordinator.wait_until(lambda: len(self.ready) == len(self.holders), None,
-                                    "holders to load the kernel")
+            self.core.transport.send(rank, Kind.SWEEP_START, self.plan)
+        self.core.wait_until(lambda: len(self.ready) == len(self.holders), None,
+                             "holders to load the kernel")
         errors = {rank: error for rank, error in self.ready.items() if error}
         if errors:
             raise TaskFailed(next(iter(errors.values())))
         for rank in self.holders:
             self._feed(rank)
         try:
-            self.coordinator.wait_until(self._finished, None, "sweep results", stoppable=False)
+            self.core.wait_until(self._finished, None, "sweep results", stoppable=False)
         finally:
-            self.put_back_unfinished()
+            self._unfinished_back_to_created()
 
     def _finished(self) -> bool:
         if self.fatal:
             raise TaskFailed(self.fatal)
-        if self.coordinator.stop_requested:
+        if self.core.stop_requested:
             idle = not any(self.in_flight.values())
-            if idle or self.coordinator.past_grace():
+            if idle or self.core.past_grace():
                 raise Cancelled(f"stopped by a signal with {self.remaining} experiment(s) "
                                 "not done; --resume continues")
         return self.remaining == 0
 
-    def put_back_unfinished(self) -> None:
-        """After a stop or a fatal error: what did not finish is not done."""
-        running = self.rows[self.table.rows["status"][self.rows] == b"running"]
-        self.table.update_many(running, status=b"created")
+    def on_ready(self, source: int, ready: SweepReady) -> None:
+        if ready.number == self.plan.number:
+            self.ready[source] = ready.error
 
-    def on_stuck(self, source: int, number: int, task_id: int, start: float,
-                 error: str) -> None:
+    def on_stuck(self, source: int, record: dict) -> None:
         """A holder is lost in this task's kernel: the experiment errs, the sweep ends."""
+        if "sweep" not in record:
+            return
+        number, task_id, start = record["sweep"]
         if number != self.plan.number:
             return
         position = task_id // self.plan.parts
-        if self.table.rows["status"][self.rows[position]] == b"running":  # not yet recorded
+        if self._still_running(position):  # not yet recorded
             entry = self._entry(position, source, start)
             entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
             entry.failed = True
-            self._record(position, entry, source, time.time(), "error", error)
-        self.fatal = error
-        self.put_back_unfinished()
-
-    def on_ready(self, source: int, body: tuple) -> None:
-        number, error = body
-        if number == self.plan.number:
-            self.ready[source] = error
+            self._record(position, entry, source, time.time(), Status.ERROR, record["error"])
+        self.fatal = record["error"]
+        self._unfinished_back_to_created()
 
     # ----- handing out work ---------------------------------------------------------------
     def _feed(self, rank: int) -> None:
-        while self.in_flight[rank] < IN_FLIGHT and not self.coordinator.stop_requested:
+        while self.in_flight[rank] < IN_FLIGHT and not self.core.stop_requested:
             batch = self._take(rank, self._batch_size(rank))
             if not len(batch):
                 return
             self.in_flight[rank] += 1
             self.attempts[batch] += 1
-            rows = self.rows[batch // self.plan.parts]
-            starting = rows[self.table.rows["status"][rows] != b"running"]
-            self.table.update_many(starting, status=b"running", rank=rank,
-                                   host=self.hosts[rank], start=time.time())
-            self.coordinator.transport.send(rank, Kind.SWEEP_TASKS, (self.plan.number, batch))
+            self._mark_running(self.rows[batch // self.plan.parts], rank)
+            self.core.transport.send(rank, Kind.SWEEP_TASKS,
+                                     SweepTasks(self.plan.number, batch))
 
     def _batch_size(self, rank: int) -> int:
         per_task = self.seconds_per_task[rank]
@@ -263,36 +302,6 @@ class Sweep:
             for rank in self.holders:
                 self._feed(rank)
 
-    def _record_attempts(self, source: int, batch: BatchResult) -> None:
-        """One /attempts row per task, written as a block."""
-        positions, parts = np.divmod(batch.task_ids, self.plan.parts)
-        block = np.empty(len(batch.task_ids), dtype=ATTEMPTS)
-        block["run"] = self.results.run
-        block["id"] = self.table.rows["id"][self.rows[positions]]
-        block["part"] = parts
-        block["attempt"] = self.earlier_attempts[positions] + self.attempts[batch.task_ids]
-        block["rank"] = source
-        block["host"] = self.hosts[source]
-        block["start"], block["end"] = batch.start, batch.end
-        block["status"] = np.where(batch.ok, b"done", b"error")
-        block["error"] = ""
-        for position, (text, _) in batch.errors.items():
-            block["error"][position] = text
-        self.results.tables["attempts"].append_block(block)
-
-    def _record_done(self, source: int, batch: BatchResult, chosen: np.ndarray) -> None:
-        """Experiments finished by one successful task with numeric outputs, all at once."""
-        task_ids = batch.task_ids[chosen]
-        if not len(task_ids):
-            return
-        positions = task_ids // self.plan.parts
-        self.table.update_many(
-            self.rows[positions], status=b"done", rank=source, host=self.hosts[source],
-            attempts=self.earlier_attempts[positions] + self.attempts[task_ids],
-            start=batch.start[chosen], end=batch.end[chosen], error="",
-            **{name: column[chosen] for name, column in batch.values.items()})
-        self.remaining -= len(task_ids)
-
     def _one_result(self, source: int, batch: BatchResult, position: int) -> None:
         task_id = int(batch.task_ids[position])
         start, end = float(batch.start[position]), float(batch.end[position])
@@ -322,7 +331,7 @@ class Sweep:
         entry.outputs[part] = outputs
         entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
         if len(entry.outputs) == self.plan.parts:
-            self._record(position, entry, source, end, "done", "")
+            self._record(position, entry, source, end, Status.DONE, "")
 
     def _task_failed(self, task_id: int, source: int, error: str, start: float,
                      end: float) -> None:
@@ -336,18 +345,74 @@ class Sweep:
             return
         entry.failed = True
         entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
-        self._record(position, entry, source, end, "error", error)
+        self._record(position, entry, source, end, Status.ERROR, error)
+
+    def _combine(self, entry: _Pending) -> dict[str, Any]:
+        if self.plan.parts == 1:
+            return entry.outputs[0]
+        parts = [entry.outputs[part] for part in range(self.plan.parts)]
+        return {name: reduce_values([p[name] for p in parts], self.reduce, self.weights)
+                for name in self.plan.outputs}
+
+    # ----- the experiments table: every change the sweep makes to it ----------------------
+    def _still_running(self, position: int) -> bool:
+        return self.table.rows["status"][self.rows[position]] == Status.RUNNING.encoded
+
+    def _mark_running(self, rows: np.ndarray, rank: int) -> None:
+        """The experiments of a batch handed to `rank` (those not running already)."""
+        starting = rows[self.table.rows["status"][rows] != Status.RUNNING.encoded]
+        self.table.update_many(starting, status=Status.RUNNING.encoded, rank=rank,
+                               host=self.hosts[rank], start=time.time())
+
+    def _unfinished_back_to_created(self) -> None:
+        """After a stop or a fatal error: what did not finish is not done."""
+        running = self.rows[self.table.rows["status"][self.rows] == Status.RUNNING.encoded]
+        self.table.update_many(running, status=Status.CREATED.encoded)
+
+    def _record_attempts(self, source: int, batch: BatchResult) -> None:
+        """One /attempts row per task, written as a block."""
+        from distx.results.store import ATTEMPTS  # rank 0 only: see the imports above
+
+        positions, parts = np.divmod(batch.task_ids, self.plan.parts)
+        block = np.empty(len(batch.task_ids), dtype=ATTEMPTS)
+        block["run"] = self.results.run
+        block["id"] = self.table.rows["id"][self.rows[positions]]
+        block["part"] = parts
+        block["attempt"] = self.earlier_attempts[positions] + self.attempts[batch.task_ids]
+        block["rank"] = source
+        block["host"] = self.hosts[source]
+        block["start"], block["end"] = batch.start, batch.end
+        block["status"] = np.where(batch.ok, Status.DONE.encoded, Status.ERROR.encoded)
+        block["error"] = ""
+        for position, (text, _) in batch.errors.items():
+            block["error"][position] = text
+        self.results.tables["attempts"].append_block(block)
+
+    def _record_done(self, source: int, batch: BatchResult, chosen: np.ndarray) -> None:
+        """Experiments finished by one successful task with numeric outputs, all at once."""
+        task_ids = batch.task_ids[chosen]
+        if not len(task_ids):
+            return
+        positions = task_ids // self.plan.parts
+        self.table.update_many(
+            self.rows[positions], status=Status.DONE.encoded, rank=source,
+            host=self.hosts[source],
+            attempts=self.earlier_attempts[positions] + self.attempts[task_ids],
+            start=batch.start[chosen], end=batch.end[chosen], error="",
+            **{name: column[chosen] for name, column in batch.values.items()})
+        self.remaining -= len(task_ids)
 
     def _record(self, position: int, entry: _Pending, source: int, end: float,
-                status: str, error: str) -> None:
-        fields: dict[str, Any] = {"status": status, "start": entry.start, "end": end,
+                status: Status, error: str) -> None:
+        """One experiment finished (done or error) through _Pending."""
+        fields: dict[str, Any] = {"status": status.value, "start": entry.start, "end": end,
                                   "attempts": self.earlier_attempts[position] + entry.attempts,
                                   "error": error}
         if self.plan.parts == 1 or len(entry.ranks) == 1:
             fields.update(rank=source, host=self.hosts[source])  # the attempt that decided
         else:
             fields.update(rank=-1, host=b"")
-        if status == "done":
+        if status == Status.DONE:
             for name, value in self._combine(entry).items():
                 if isinstance(value, np.ndarray) and value.ndim > 0:
                     self.table.set_output_array(self.ids[position], name, value)
@@ -356,14 +421,97 @@ class Sweep:
         self.table.update(int(self.rows[position]), **fields)
         del self.pending[position]
         self.remaining -= 1
-        self.errors += status == "error"
+        self.errors += status == Status.ERROR
 
-    def _combine(self, entry: _Pending) -> dict[str, Any]:
-        if self.plan.parts == 1:
-            return entry.outputs[0]
-        parts = [entry.outputs[part] for part in range(self.plan.parts)]
-        return {name: reduce_values([p[name] for p in parts], self.reduce, self.weights)
-                for name in self.plan.outputs}
+
+def _drop_late(source: int, body: Any) -> None:
+    """Sweep messages that arrive after their sweep ended (results of a stopped sweep)."""
+
+
+# ======== the holder side (every holder rank) ================================================
+@dataclass
+class _ActiveSweep:
+    plan: SweepPlan
+    kernel: Kernel
+    grid: Grid
+    call: Callable[[dict], Any]
+    watch: Callable[[int, dict], AbstractContextManager] | None  # (task id, keyfields)
+
+
+class SweepHolder:
+    """A holder's side of sweeps: registered on every rank that holds data partitions."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.core = executor.core
+        self.active: _ActiveSweep | None = None
+        self.core.register(Kind.SWEEP_START, self.on_start)
+        self.core.register(Kind.SWEEP_TASKS, self.on_tasks)
+
+    def on_start(self, source: int, plan: SweepPlan) -> None:
+        """Load and check the kernel; answer SWEEP_READY with None or the error."""
+        error = None
+        executor = self.executor
+        try:
+            kernel = executor.kernels.get(plan.kernel)
+            arguments = executor.kernel_arguments(plan.inputs, plan.args)
+            grid = executor.info.script.experiments.grid()
+            kernel.check_arguments(set(arguments) | set(grid.names) | set(PARTITION_NAMES))
+            self.active = _ActiveSweep(plan, kernel, grid, kernel.bind(arguments, grid.names),
+                                       self._watch if plan.timeout else None)
+        except (UserError, TaskFailed) as failure:
+            error = str(failure)
+        self.core.transport.send(source, Kind.SWEEP_READY, SweepReady(plan.number, error))
+
+    def _watch(self, task_id: int, keyfields: dict) -> AbstractContextManager:
+        plan, start = self.active.plan, time.time()
+        return watch_kernel(self.core, plan.kernel, plan.timeout,
+                            lambda error: {"sweep": (plan.number, task_id, start)},
+                            f" (experiment {keyfields})")
+
+    def on_tasks(self, source: int, tasks: SweepTasks) -> None:
+        active = self.active
+        if active is None or active.plan.number != tasks.number:
+            return
+        self.core.transport.send(source, Kind.SWEEP_RESULTS, _run_batch(active, tasks.task_ids))
+
+
+def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
+    plan, kernel = active.plan, active.kernel
+    count = len(task_ids)
+    ok = np.ones(count, dtype=bool)
+    start, end = np.empty(count), np.empty(count)
+    values = {name: np.full(count, np.nan) for name in plan.outputs}
+    arrays: dict[tuple[int, str], np.ndarray] = {}
+    errors: dict[int, tuple[str, bool]] = {}
+    lone = plan.outputs[0] if len(plan.outputs) == 1 else None
+    columns = active.grid.keyfield_columns(plan.todo[task_ids // plan.parts])
+    names, call = list(columns), active.call
+    began = time.perf_counter()
+    for position, combo in enumerate(zip(*columns.values())):
+        start[position] = time.time()
+        try:
+            keyfields = dict(zip(names, combo))
+            if active.watch is None:
+                result = call(keyfields)
+            else:
+                with active.watch(int(task_ids[position]), keyfields):
+                    result = call(keyfields)
+            if lone is not None and (type(result) is float or
+                                     (type(result) is int and fits_int64(result))):
+                values[lone][position] = result       # the common case, without checks
+            else:
+                for name, value in outputs_of(result, plan.outputs, kernel).items():
+                    if isinstance(value, np.ndarray):
+                        arrays[(position, name)] = value
+                    else:
+                        values[name][position] = value
+        except TaskFailed as failure:
+            ok[position] = False
+            errors[position] = (str(failure), is_compile_error(failure))
+        end[position] = time.time()
+    return BatchResult(plan.number, task_ids, ok, start, end, values, arrays, errors,
+                       time.perf_counter() - began)
 
 
 class Progress:

@@ -1,24 +1,37 @@
-"""The tasks a role's Sequence can run, with the Config keys each takes (ELCM names).
+"""The task catalogue: every task type a role's Sequence can run, and all it knows.
 
-Each task is a function of (run, config): `run` is the `TaskRun` of `runtime.py` (the rank,
-its log, its timeout), `config` the task's Config after variable expansion. Tasks that
-wait (for milestones, values, processes, halos, sweep results) wait through the runtime,
-so the rank keeps serving other ranks meanwhile.
+Each task type declares, in one `@task(...)` registration beside the function that runs
+it: its Config keys and their types (ELCM names), the values it publishes and the
+milestones it adds, what it waits for (kind, name and `From`), the kernel arguments it
+passes beyond Inputs and Args, whether only the coordinator may run it, and checks of its
+own. Validation (check/checks.py) and the deadlock analysis (check/coordination.py) read
+these declarations; the rank runs the function. Adding a task type touches this module
+(and its tests) only.
+
+A task runs as a function of (run, config): `run` is the `TaskRun` of `taskrun.py` (the
+rank, its log, its timeout), `config` the task's Config after variable expansion. Tasks
+that wait (for milestones, values, processes, halos, sweep results) wait through the rank
+core, so the rank keeps serving other ranks meanwhile.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-
+from distx.engine.command import check_command
 from distx.engine.command import execute as execute_command
+from distx.engine.halo import HALO_ARGUMENTS, iterate_with_halos
 from distx.engine.kernels import outputs_of
+from distx.engine.reduce import reduce_values
+from distx.engine.sweep import run_sweep
+from distx.engine.taskrun import TaskRun
 from distx.errors import TaskFailed
 from distx.script.evaluate import evaluate
+from distx.script.model import Script, TaskSpec
 from distx.script.schema import (
     ANY,
     BOOL,
@@ -33,9 +46,41 @@ from distx.script.schema import (
     STR_LIST,
     Keys,
 )
+from distx.vocabulary import AUTOMATIC
 
-if TYPE_CHECKING:
-    from distx.engine.runtime import TaskRun
+MILESTONE, VALUE = "milestone", "value"
+MAX_SIGNATURES = 16  # keyfield type combinations compiled at validation
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What a task waits for: a milestone or a value `name` from the ranks `target` names
+    (a role or a rank; None: the one other role)."""
+
+    kind: str       # MILESTONE or VALUE
+    name: Any
+    target: Any
+
+
+@dataclass(frozen=True)
+class KernelExtras:
+    """The kernel arguments a task passes beyond Inputs, Args and the partition names."""
+
+    names: Callable[[Script], set[str]]
+    examples: Callable[[Script, dict, dict], list[dict]]
+    """(script, config, `base`: example Inputs/Args) -> values of the types it will pass."""
+
+
+def _nothing(config: dict) -> set[str]:
+    return set()
+
+
+def _no_wait(config: dict) -> Wait | None:
+    return None
+
+
+def _no_check(script: Script, spec: TaskSpec) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -43,17 +88,23 @@ class TaskType:
     name: str
     run: Callable[[TaskRun, dict], None]
     keys: Keys
-    shell_keys: tuple[str, ...] = ()
+    shell_keys: tuple[str, ...] = ()          # left as written: see command.py
     coordinator_only: bool = False
-    needs_data: bool = field(default=False)
+    once_per_script: str = ""                 # if set: at most one such task; the fix
+    kernel_on_holders: bool = False           # its kernel runs on the holders (preload)
+    publishes: Callable[[dict], set[str]] = _nothing
+    adds_milestones: Callable[[dict], set[str]] = _nothing
+    waits_for: Callable[[dict], Wait | None] = _no_wait
+    kernel_extras: KernelExtras | None = None
+    check: Callable[[Script, TaskSpec], None] = _no_check  # its own validation
 
 
 TASKS: dict[str, TaskType] = {}
 
 
-def task(name: str, keys: Keys, **options: Any) -> Callable:
+def task(name: str, keys: Keys, **declared: Any) -> Callable:
     def register(function: Callable[[TaskRun, dict], None]) -> Callable:
-        TASKS[name] = TaskType(name, function, keys, **options)
+        TASKS[name] = TaskType(name, function, keys, **declared)
         return function
     return register
 
@@ -61,28 +112,42 @@ def task(name: str, keys: Keys, **options: Any) -> Callable:
 WAIT = {"Timeout": POSITIVE}
 
 
-@task("Run.AddMilestone", Keys(required={"Milestone": STR}))
+def _not_automatic(script: Script, spec: TaskSpec) -> None:
+    if spec.config["Milestone"] in AUTOMATIC:
+        raise script.error((*spec.where, "Config", "Milestone"),
+                           f"milestone {spec.config['Milestone']} is reached automatically",
+                           f"choose another name (automatic: {', '.join(AUTOMATIC)})")
+
+
+@task("Run.AddMilestone", Keys(required={"Milestone": STR}),
+      adds_milestones=lambda config: {config["Milestone"]}, check=_not_automatic)
 def add_milestone(run: TaskRun, config: dict) -> None:
-    run.runtime.reach(config["Milestone"])
+    run.core.reach(config["Milestone"])
     run.log(f"reached milestone {config['Milestone']}")
 
 
 @task("Remote.WaitForMilestone", Keys(required={"Milestone": STR},
-                                      optional={"From": FROM, **WAIT}))
+                                      optional={"From": FROM, **WAIT}),
+      waits_for=lambda config: Wait(MILESTONE, config["Milestone"], config.get("From")))
 def wait_for_milestone(run: TaskRun, config: dict) -> None:
     ranks = run.targets(config.get("From"))
     run.log(f"waiting for milestone {config['Milestone']} from ranks {list(ranks)}")
-    run.runtime.wait_for_milestone(config["Milestone"], ranks, run.timeout(config))
+    run.core.wait_for_milestone(config["Milestone"], ranks, run.timeout(config))
 
 
-@task("Run.Publish", Keys(free=True))
+@task("Run.Publish", Keys(free=True), publishes=lambda config: {str(key) for key in config})
 def publish(run: TaskRun, config: dict) -> None:
     for key, value in config.items():
         run.publish(str(key), value)
 
 
+def _key_names(config: dict) -> set[str]:
+    """The names a `Keys:` list publishes (each a name or a [group, name] pair)."""
+    return {item if isinstance(item, str) else item[1] for item in config["Keys"]}
+
+
 @task("Run.PublishFromFile", Keys(required={"Path": STR, "Pattern": STR, "Keys": KEYS},
-                                  optional={"AnyFolder": BOOL}))
+                                  optional={"AnyFolder": BOOL}), publishes=_key_names)
 def publish_from_file(run: TaskRun, config: dict) -> None:
     path = run.readable_path(config["Path"], config.get("AnyFolder", False))
     try:
@@ -92,7 +157,8 @@ def publish_from_file(run: TaskRun, config: dict) -> None:
     _publish_matches(run, lines, config, str(path))
 
 
-@task("Run.PublishFromPreviousTaskLog", Keys(required={"Pattern": STR, "Keys": KEYS}))
+@task("Run.PublishFromPreviousTaskLog", Keys(required={"Pattern": STR, "Keys": KEYS}),
+      publishes=_key_names)
 def publish_from_previous_task_log(run: TaskRun, config: dict) -> None:
     _publish_matches(run, run.previous_log, config, "the previous task's log")
 
@@ -131,10 +197,12 @@ def _number_or_text(text: str) -> Any:
 
 @task("Remote.GetValue", Keys(required={"Value": STR},
                               optional={"From": FROM, "PublishName": STR, "Reduce": REDUCE,
-                                        **WAIT}))
+                                        **WAIT}),
+      publishes=lambda config: {config.get("PublishName", config["Value"])},
+      waits_for=lambda config: Wait(VALUE, config["Value"], config.get("From")))
 def get_value(run: TaskRun, config: dict) -> None:
     ranks = run.targets(config.get("From"))
-    gathered = run.runtime.get_values(config["Value"], ranks, run.timeout(config))
+    gathered = run.core.get_values(config["Value"], ranks, run.timeout(config))
     names_one_rank = isinstance(config.get("From"), int) or str(config.get("From")).isdigit()
     if "Reduce" in config:
         value = reduce_values(gathered, config["Reduce"])
@@ -145,23 +213,6 @@ def get_value(run: TaskRun, config: dict) -> None:
     run.publish(config.get("PublishName", config["Value"]), value)
 
 
-def reduce_values(values: list, how: str, weights: list[float] | None = None) -> Any:
-    """Combine per-rank (or per-partition) values: sum, min, max, mean, concat."""
-    if how == "concat":
-        parts = [np.atleast_1d(np.asarray(value)) for value in values]
-        return np.concatenate(parts)
-    arrays = [np.asarray(value) for value in values]
-    if how == "sum":
-        combined = np.sum(arrays, axis=0)
-    elif how == "min":
-        combined = np.min(arrays, axis=0)
-    elif how == "max":
-        combined = np.max(arrays, axis=0)
-    else:
-        combined = np.average(np.stack(arrays).astype(float), axis=0, weights=weights)
-    return combined.item() if np.ndim(combined) == 0 else combined
-
-
 @task("Run.Message", Keys(required={"Message": ANY}, optional={"Severity": SEVERITY}))
 def message(run: TaskRun, config: dict) -> None:
     run.log(str(config["Message"]), config.get("Severity", "INFO").upper(), echo=True)
@@ -169,21 +220,22 @@ def message(run: TaskRun, config: dict) -> None:
 
 @task("Run.Delay", Keys(required={"Time": POSITIVE}))
 def delay(run: TaskRun, config: dict) -> None:
-    run.runtime.sleep(float(config["Time"]))
+    run.core.sleep(float(config["Time"]))
 
 
 @task("Run.CliExecute", Keys(required={"Parameters": STR},
                              optional={"CWD": STR, "Keep": STR_LIST, **WAIT}),
-      shell_keys=("Parameters",))
+      shell_keys=("Parameters",), check=check_command)
 def cli_execute(run: TaskRun, config: dict) -> None:
     """Run a /bin/sh command line; values reach it as variables, never as code."""
     execute_command(run, config)
 
 
-@task("Run.Evaluate", Keys(required={"Key": STR, "Expression": ANY}))
+@task("Run.Evaluate", Keys(required={"Key": STR, "Expression": ANY}),
+      publishes=lambda config: {config["Key"]})
 def evaluate_expression(run: TaskRun, config: dict) -> None:
     expression = config["Expression"]
-    value = evaluate(str(expression), run.runtime.values) if isinstance(expression, str) \
+    value = evaluate(str(expression), run.core.values) if isinstance(expression, str) \
         else expression
     run.publish(config["Key"], value)
 
@@ -192,12 +244,18 @@ KERNEL_KEYS = {"Kernel": STR}
 KERNEL_OPTIONS = {"Inputs": STR_LIST, "Args": DICT, "Outputs": STR_LIST}
 
 
+def _kernel_publishes(config: dict) -> set[str]:
+    return set(config.get("Outputs", [])) | ({config["Publish"]} if "Publish" in config
+                                              else set())
+
+
 @task("Run.Kernel", Keys(required=KERNEL_KEYS,
                          optional={**KERNEL_OPTIONS, **WAIT, "Publish": STR}),
-      needs_data=True)
+      publishes=_kernel_publishes)
 def run_kernel(run: TaskRun, config: dict) -> None:
-    kernel = run.runtime.kernels.get(config["Kernel"])
-    arguments = run.runtime.kernel_arguments(config.get("Inputs", []), config.get("Args", {}))
+    executor = run.executor
+    kernel = executor.kernels.get(config["Kernel"])
+    arguments = executor.kernel_arguments(config.get("Inputs", []), config.get("Args", {}))
     kernel.check_arguments(set(arguments))
     with run.kernel_timeout(config, config["Kernel"]):
         result = kernel.call(arguments)
@@ -211,20 +269,53 @@ def run_kernel(run: TaskRun, config: dict) -> None:
     run.log(f"kernel {config['Kernel']} done")
 
 
+def _keyfield_names(script: Script) -> set[str]:
+    experiments = script.experiments
+    return set(experiments.keyfields) | ({"fold"} if experiments.folds else set())
+
+
+def _keyfield_examples(script: Script, config: dict, base: dict) -> list[dict]:
+    """One example per combination of keyfield value types (at most MAX_SIGNATURES)."""
+    columns = script.experiments.grid().columns
+    kinds = [list({type(value): value for value in values}.values())
+             for values in columns.values()]
+    combinations = itertools.islice(itertools.product(*kinds), MAX_SIGNATURES)
+    return [{**base, **dict(zip(columns, combination))} for combination in combinations]
+
+
+def _check_sweep(script: Script, spec: TaskSpec) -> None:
+    if script.experiments is None:
+        raise script.error(spec.where, "Run.Sweep needs an Experiments section",
+                           "add Experiments: {Keyfields: {...}}")
+    config = spec.config
+    clash = _keyfield_names(script) & (set(config.get("Args", {}))
+                                       | set(config.get("Inputs", [])))
+    if clash:
+        raise script.error((*spec.where, "Config"), f"{', '.join(sorted(clash))} is both "
+                           "a keyfield and an input or argument", "rename one of them")
+
+
 @task("Run.Sweep", Keys(required=KERNEL_KEYS,
                         optional={**KERNEL_OPTIONS, **WAIT, "Reduce": REDUCE}),
-      coordinator_only=True)
+      coordinator_only=True, kernel_on_holders=True, check=_check_sweep,
+      once_per_script="put the kernels of both sweeps into one kernel with several "
+                      "Outputs, or use two scripts",
+      kernel_extras=KernelExtras(_keyfield_names, _keyfield_examples))
 def sweep(run: TaskRun, config: dict) -> None:
-    from distx.engine.sweep import run_sweep
-
     run_sweep(run, config)
+
+
+def _halo_examples(script: Script, config: dict, base: dict) -> list[dict]:
+    """The neighbours' rows have the type of the first input."""
+    inputs = config.get("Inputs", [])
+    if not inputs:
+        return [base]
+    return [{**base, "above": base[inputs[0]], "below": base[inputs[0]], "step": 0}]
 
 
 @task("Run.Iterate", Keys(required={**KERNEL_KEYS, "Steps": COUNT},
                           optional={"Inputs": STR_LIST, "Args": DICT, "Halo": COUNT, **WAIT}),
-      needs_data=True)
+      kernel_extras=KernelExtras(lambda script: set(HALO_ARGUMENTS), _halo_examples))
 def iterate(run: TaskRun, config: dict) -> None:
     """Step a kernel over a row-partitioned array, exchanging halo rows with neighbours."""
-    from distx.engine.halo import iterate_with_halos
-
     iterate_with_halos(run, config)

@@ -1,10 +1,10 @@
 """Tagged point-to-point messages between ranks, over MPI or inside one process.
 
-Every message is (kind, body). The kind is the MPI tag (one tag per kind; MPI guarantees tags
-only up to 32767, so task ids travel in the body, never in the tag). The body is pickled
-with protocol 5 and its numpy arrays are taken out of band: they travel after the small
-header as raw buffers with the upper-case `Isend`/`Recv`, in chunks well below MPI's 2^31
-count limit, so an array is never pickled and any size works.
+Every message is (kind, body), as `protocol.py` defines them. The kind is the MPI tag (one
+tag per kind; MPI guarantees tags only up to 32767, so task ids travel in the body, never in
+the tag). The body is pickled with protocol 5 and its numpy arrays are taken out of band:
+they travel after the small header as raw buffers with the upper-case `Isend`/`Recv`, in
+chunks well below MPI's 2^31 count limit, so an array is never pickled and any size works.
 
 A rank waiting for a message first polls for SPIN_SECONDS, yielding the CPU after every
 `improbe` (a reply usually comes within microseconds, and `sleep` cannot wait less than
@@ -21,7 +21,6 @@ because MPI moves a large message only while the sender calls into it.
 
 from __future__ import annotations
 
-import enum
 import os
 import pickle
 import queue
@@ -36,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from distx.engine.protocol import Kind
+
 CHUNK_BYTES = 1 << 30
 _FIRST_PAUSE = 1e-6
 _LONGEST_PAUSE = 1e-3
@@ -43,24 +44,6 @@ SPIN_SECONDS = 2e-4
 IDLE_SECONDS = 1.0
 IDLE_PAUSE = 5e-2
 PROGRESS_SECONDS = 2.0
-
-
-class Kind(enum.IntEnum):
-    """Message kinds; the value is the MPI tag."""
-
-    MILESTONE = 1        # every rank -> every rank: (name, time, detail)
-    VALUE_REQUEST = 2    # (request_id, key)
-    VALUE_REPLY = 3      # (request_id, found, value_or_reason)
-    EVENT = 4            # any rank -> rank 0: (kind, record) for the results file
-    SWEEP_START = 5      # rank 0 -> holders: (sweep_no, kernel, inputs, args, outputs)
-    SWEEP_READY = 6      # holder -> rank 0: (sweep_no, error_or_None)
-    SWEEP_TASKS = 7      # rank 0 -> holder: (sweep_no, [task ids])
-    SWEEP_RESULTS = 8    # holder -> rank 0: (sweep_no, [results], seconds)
-    CONTROL = 9          # rank 0 -> every rank: ("cancel",) or ("shutdown", exit_code)
-    HALO = 10            # holder -> neighbour holder: (name, step, side, rows)
-    DATA = 11            # rank 0 -> holder at start: (name, offset, block)
-    START = 12           # rank 0 -> every rank at start: the verdict, the data layout
-    PAYLOAD = 100        # raw out-of-band buffers following a header
 
 
 @dataclass
@@ -200,7 +183,7 @@ class MPITransport(Transport):
                 self._held.extend(early)
                 return message.body
             # MPI orders messages per sender only: a faster rank's milestone can come
-            # before rank 0's start message. Without a runtime yet, keep it for later.
+            # before rank 0's start message. Without a rank core yet, keep it for later.
             if dispatch is None:
                 early.append(message)
             else:

@@ -1,5 +1,10 @@
 """Kernel Timeouts: a kernel call that outlives its Timeout ends the run.
 
+Every part of that lives here: watching a call (`watch_kernel`, used by Run.Kernel,
+Run.Iterate and the sweep's holders), the error text, and reporting the lost rank
+(`report_stuck`). Rank 0 records the report (coordinator.py) and aborts the MPI job at the
+end of the run.
+
 A kernel cannot be interrupted (numba code does not even look at signals), so the rank
 running it is lost. One watchdog thread per process watches the calls in progress; when
 one is overdue it calls the `expired` callback given for that call, which reports the rank
@@ -19,11 +24,16 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+
+from distx.engine.core import RankCore
+from distx.engine.protocol import Event, EventKind, Kind, Milestone
+from distx.vocabulary import RunState
 
 POLL_SECONDS = 0.1
 BACKSTOP_MARGIN = 5.0
+ABORT_WAIT = 30.0  # how long a rank stuck in a kernel waits for rank 0 to abort the job
 
 
 @dataclass
@@ -91,3 +101,47 @@ class KernelWatchdog:
 
 
 WATCHDOG = KernelWatchdog()
+
+
+def watch_kernel(core: RankCore, kernel: str, timeout: float | None,
+                 stuck_record: Callable[[str], dict], where: str = "") -> AbstractContextManager:
+    """Around one call of `kernel`: if it lasts `timeout` seconds, report this rank stuck.
+
+    `stuck_record(error)` gives what rank 0 records besides the error: {"task": row of
+    /tasks} or {"sweep": (sweep number, task id, start)}. No timeout: nothing is watched.
+    """
+    if timeout is None:
+        return nullcontext()
+
+    def expired() -> None:
+        error = (f"kernel {kernel} on {core.describe(core.rank)} ran past its Timeout of "
+                 f"{timeout:g} s; a kernel cannot be interrupted, so the run is aborted"
+                 + where)
+        report_stuck(core, {"error": error, **stuck_record(error)})
+    return WATCHDOG.watch(timeout, expired)
+
+
+def report_stuck(core: RankCore, record: dict) -> None:
+    """From the watchdog thread: this rank is lost in a kernel call.
+
+    Rank 0 learns why (and records the task or experiment), every rank sees this one
+    reach Errored, so the run ends as for any error; rank 0 then aborts the MPI job,
+    which is the only way to end this process. If that does not come, abort here.
+    On rank 0 itself the serving thread is the lost one: this thread records the error,
+    lets rank 0 close its file (`core.before_abort`) and ends the job.
+    """
+    core.echo(record["error"], "ERROR")
+    event = Event(EventKind.STUCK, record)
+    if core.rank == 0:
+        core.deliver(0, Kind.EVENT, event)
+        for close in core.before_abort:
+            close()
+        core.transport.abort(1)
+        return
+    core.transport.send_from_thread(0, Kind.EVENT, event)
+    errored = Milestone(RunState.ERRORED.value, time.time(), record["error"])
+    for rank in range(1, core.info.plan.size):  # rank 0 records it from the event
+        if rank != core.rank:
+            core.transport.send_from_thread(rank, Kind.MILESTONE, errored)
+    time.sleep(ABORT_WAIT)
+    core.transport.abort(1)

@@ -1,8 +1,8 @@
 """The experiment script: loading, schema checks, and the objects the run is built from.
 
 `load_script` returns a `Script` or raises `UserError` naming the file, the YAML line, what
-is wrong and the fix. Checks that need more than the text (kernels, ranks for a world size,
-coordination) live in `checks.py`.
+is wrong and the fix. Checks that need the task catalogue (task names and their Config) or
+more than the text (kernels, ranks for a world size, coordination) live in check/.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distx.engine.tasks import TASKS
 from distx.errors import UserError
 from distx.script import grid
 from distx.script.schema import (
@@ -217,11 +216,7 @@ def _parse_role(source: Source, name: str, role_doc: Any, where: Where) -> RoleS
         item_where = (*sequence_where, position)
         check_keys(source, item, TASK_ITEM, item_where)
         task = item["Task"]
-        if task not in TASKS:
-            raise source.error((*item_where, "Task"), f"unknown task '{task}'."
-                               + suggestion(task, TASKS), f"use one of: {', '.join(TASKS)}")
         config = item.get("Config") or {}
-        check_keys(source, config, TASKS[task].keys, (*item_where, "Config"))
         parsed.append((item.get("Order", position), position, task, config, item_where))
     parsed.sort(key=lambda entry: (entry[0], entry[1]))
     sequence = tuple(TaskSpec(task, config, item_where, name, index)

@@ -20,7 +20,6 @@ SERVE_ONLY = "-"
 @dataclass(frozen=True)
 class RolePlan:
     size: int
-    virtual: bool
     role_of: tuple[str, ...]
     ranks_of: dict[str, tuple[int, ...]]
 
@@ -42,6 +41,16 @@ class RolePlan:
 
     def describe(self, rank: int) -> str:
         return f"rank {rank} ({self.role_of[rank]})"
+
+
+def other_roles(script: Script, role: str) -> list[str]:
+    return [name for name in script.roles if name != role]
+
+
+def default_target(script: Script, role: str) -> str | None:
+    """Whom a wait of `role` without `From:` waits on: the one other role, if only one."""
+    others = other_roles(script, role)
+    return others[0] if len(others) == 1 else None
 
 
 def parse_ranks(spec: Any, size: int | None) -> list[int]:
@@ -71,7 +80,7 @@ def plan_roles(script: Script, size: int) -> RolePlan:
     others = [name for name in script.roles if name != COORDINATOR]
     if size == 1:
         role_of = (COORDINATOR, *others)
-        return RolePlan(len(role_of), True, role_of,
+        return RolePlan(len(role_of), role_of,
                         {name: (rank,) for rank, name in enumerate(role_of)})
     owner: dict[int, str] = {0: COORDINATOR}
     ranks_of: dict[str, tuple[int, ...]] = {COORDINATOR: (0,)}
@@ -102,7 +111,7 @@ def plan_roles(script: Script, size: int) -> RolePlan:
                                "start more ranks or change Ranks")
         ranks_of[name] = tuple(ranks)
     role_of = tuple(owner.get(rank, SERVE_ONLY) for rank in range(size))
-    return RolePlan(size, False, role_of, ranks_of)
+    return RolePlan(size, role_of, ranks_of)
 
 
 def check_rank_syntax(script: Script) -> None:

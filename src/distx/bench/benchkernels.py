@@ -1,0 +1,20 @@
+"""Kernels of the benchmark that are not examples: a trivial sweep task and a numba loop.
+
+The example kernels the benchmark also runs (`estimate_pi`, `count_inside`, `diffuse`) are
+imported from the shipped examples (kernels/ of a checkout, or share/distx/examples of an
+installed wheel), so the benchmark measures exactly what the examples run.
+"""
+
+import numba
+
+
+def trivial(seed):
+    return seed * 2.0
+
+
+@numba.njit(cache=True, fastmath=True)
+def sum_squares(values):
+    total = 0.0
+    for value in values:
+        total += value * value
+    return total

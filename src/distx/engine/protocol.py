@@ -1,0 +1,151 @@
+"""The engine's wire protocol: every message kind between ranks and the body it carries.
+
+A message is (kind, body): the kind is the MPI tag, the body one of the dataclasses below
+(pickled by the transport). Both ends of each message use these names, so a reader finds
+here who sends what to whom. The words that also reach the results file (run states,
+milestones, statuses, exit codes) live in `distx.vocabulary`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class Kind(enum.IntEnum):
+    """Message kinds; the value is the MPI tag (MPI guarantees tags up to 32767 only)."""
+
+    MILESTONE = 1        # every rank -> every rank: Milestone
+    VALUE_REQUEST = 2    # any rank -> the publisher: ValueRequest
+    VALUE_REPLY = 3      # publisher -> asker: ValueReply
+    EVENT = 4            # any rank -> rank 0: Event, a record for the results file
+    SWEEP_START = 5      # rank 0 -> holders: SweepPlan
+    SWEEP_READY = 6      # holder -> rank 0: SweepReady
+    SWEEP_TASKS = 7      # rank 0 -> holder: SweepTasks
+    SWEEP_RESULTS = 8    # holder -> rank 0: BatchResult
+    CONTROL = 9          # rank 0 -> every rank: Control (another rank -> rank 0: STOP)
+    HALO = 10            # holder -> neighbour holder: HaloRows
+    DATA = 11            # rank 0 -> holder at start: DataBlock
+    START = 12           # rank 0 -> every rank at start: Verdict, then the data layout
+    PAYLOAD = 100        # raw out-of-band buffers following a header
+
+
+@dataclass(frozen=True)
+class Milestone:
+    name: str
+    when: float          # Unix seconds
+    detail: str = ""     # the cause, for a terminal milestone
+
+
+@dataclass(frozen=True)
+class ValueRequest:
+    request_id: int
+    key: str
+
+
+@dataclass(frozen=True)
+class ValueReply:
+    request_id: int
+    found: bool
+    value: Any           # the value if found, else why it never will be
+
+
+class EventKind(str, enum.Enum):
+    """What an Event record is for rank 0 to write."""
+
+    VALUE = "value"      # a published value
+    TASK = "task"        # a finished task, with its log
+    FILE = "file"        # a file a task kept
+    STUCK = "stuck"      # a rank lost in a kernel past its Timeout
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    record: dict
+
+
+class Command(str, enum.Enum):
+    CANCEL = "cancel"      # end the sequence now: the run failed elsewhere
+    STOP = "stop"          # a signal: stop gracefully (sent to rank 0 by the rank that got it)
+    SHUTDOWN = "shutdown"  # the run is over: exit with `exit_code`
+
+
+@dataclass(frozen=True)
+class Control:
+    command: Command
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class HaloRows:
+    array: str
+    step: int
+    side: str            # "above" or "below", as the receiver sees it
+    rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class DataBlock:
+    array: str
+    offset: int          # of the block's first row in the whole array
+    block: np.ndarray
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Rank 0's word on the input: the parsed script to run, or the error ending every rank."""
+
+    error: str | None
+    script: Any = None
+    run_id: str = ""
+    hosts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepPlan:
+    """What rank 0 tells the holders about a sweep (SWEEP_START).
+
+    `todo` holds the grid indices of the experiments to run (all but those already done
+    when resuming); a task id is `position in todo * parts + part`. Holders decode the
+    keyfields from the grid index, so the message of a batch is a list of integers.
+    """
+
+    number: int
+    kernel: str
+    inputs: list[str]
+    args: dict
+    outputs: list[str]
+    parts: int
+    todo: np.ndarray
+    timeout: float | None = None  # of one kernel call (see watchdog.py)
+
+
+@dataclass(frozen=True)
+class SweepReady:
+    number: int
+    error: str | None    # why the holder cannot run the kernel, or None
+
+
+@dataclass(frozen=True)
+class SweepTasks:
+    number: int
+    task_ids: np.ndarray  # int64
+
+
+@dataclass
+class BatchResult:
+    """The results of one batch of tasks, as columns (SWEEP_RESULTS)."""
+
+    number: int
+    task_ids: np.ndarray                         # int64
+    ok: np.ndarray                               # bool
+    start: np.ndarray                            # float64, Unix seconds
+    end: np.ndarray
+    values: dict[str, np.ndarray]                # float64 per output; NaN if not a number
+    arrays: dict[tuple[int, str], np.ndarray]    # (position in batch, output) -> array
+    errors: dict[int, tuple[str, bool]]          # position -> (text, cannot compile?)
+    seconds: float

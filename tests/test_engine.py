@@ -1,0 +1,262 @@
+"""The engine in one process: ranks as threads on a `LocalHub`, no mpiexec, seconds.
+
+The same rank core, task catalogue, sweep and coordinator as an MPI run; only the transport
+differs (in-process queues). The MPI tests (test_compute, test_faults, ...) stay.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import experiments, milestones, text
+
+from distx.engine.coordinator import Coordinator
+from distx.engine.core import RankCore, RunInfo
+from distx.engine.protocol import Kind
+from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
+from distx.engine.sweep import IN_FLIGHT
+from distx.engine.transport import LocalHub, LocalTransport
+from distx.errors import TaskFailed
+from distx.results.store import ResultsFile, RunIdentity
+from distx.script.model import parse_script
+from distx.script.roles import plan_roles
+from distx.script.source import Source
+from distx.vocabulary import ExitCode, RunState
+
+KERNELS = '''
+from pathlib import Path
+
+
+def double(x):
+    return 2.0 * x
+
+
+def flaky(x, folder):
+    """Fails the first time it sees an experiment, succeeds after."""
+    marker = Path(folder) / f"seen-{x}"
+    if not marker.exists():
+        marker.touch()
+        raise ValueError(f"first try of {x} fails")
+    return 2.0 * x
+'''
+
+
+class RecordingTransport(LocalTransport):
+    """Rank 0's transport, noting the size of every batch of sweep tasks it sends."""
+
+    def __init__(self, hub: LocalHub, rank: int) -> None:
+        super().__init__(hub, rank)
+        self.batches: list[tuple[int, int]] = []  # (holder, task count)
+
+    def send(self, dest: int, kind: Kind, body: object) -> None:
+        if kind == Kind.SWEEP_TASKS:
+            self.batches.append((dest, len(body.task_ids)))
+        super().send(dest, kind, body)
+
+
+def run_info(tmp_path: Path, text: str, size: int) -> RunInfo:
+    """The script `text` for `size` ranks; `kernels.` in it names a fresh copy of KERNELS
+    (a kernel module name is taken once per process)."""
+    module = f"engine_{uuid.uuid4().hex}"
+    (tmp_path / "kernels").mkdir(exist_ok=True)
+    (tmp_path / "kernels" / f"{module}.py").write_text(KERNELS)
+    text = text.replace("Kernel: kernels.", f"Kernel: {module}.")
+    script = parse_script(Source(str(tmp_path / "script.yml"), text))
+    return RunInfo(script, plan_roles(script, size), uuid.uuid4().hex[:8], 30.0, {},
+                   ("here",) * size, tmp_path / "temp")
+
+
+def run_world(tmp_path: Path, text: str, size: int) -> tuple[str, int, RecordingTransport,
+                                                              Path]:
+    """Run the script on `size` ranks (threads); return state, exit code, rank 0's
+    transport and the results file."""
+    info = run_info(tmp_path, text, size)
+    hub = LocalHub(size)
+    transport = RecordingTransport(hub, 0)
+    coordinator = start_rank(transport, info)
+    output = tmp_path / "results.h5"
+    identity = RunIdentity("engine", info.run_id, text, "script.yml", "", dict.fromkeys(
+        ("script", "kernels", "data"), ""), {"world_size": size}, ["here"] * size)
+    results = ResultsFile.open(output, identity)
+    Coordinator(coordinator, results, {})
+    others = [start_rank(hub.transport(rank), info) for rank in range(1, size)]
+    for executor in (coordinator, *others):  # as launch.py does, before the threads start
+        preload_kernels(executor)
+    threads = [threading.Thread(target=run_as_worker, args=(executor,), daemon=True)
+               for executor in others]
+    for thread in threads:
+        thread.start()
+    state, exit_code = run_as_coordinator(coordinator)
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    results.close(state, exit_code)
+    return state, exit_code, transport, output
+
+
+def sweep_script(kernel: str, count: int, retries: int, args: str = "{}") -> str:
+    return f"""
+Name: engine
+Experiments:
+  Keyfields: {{x: {{start: 0, stop: {count}, step: 1}}}}
+  Retries: {retries}
+Roles:
+  coordinator:
+    Sequence:
+      - Task: Run.Sweep
+        Config: {{Kernel: kernels.{kernel}, Args: {args}}}
+  workers: {{Ranks: "1-"}}
+"""
+
+
+def test_sweep_batches_grow_with_measured_speed(tmp_path):
+    count, holders = 2000, 2
+    state, exit_code, transport, output = run_world(
+        tmp_path, sweep_script("double", count, 0), holders + 1)
+    assert (state, exit_code) == (RunState.FINISHED.value, ExitCode.OK)
+    sizes = [size for _, size in transport.batches]
+    assert sum(sizes) == count  # every task exactly once
+    first = {holder: size for holder, size in reversed(transport.batches)}
+    assert set(first.values()) == {1}  # before a holder's speed is known: one task
+    assert max(sizes) > 1  # trivial tasks travel many to a message
+    assert max(sizes) <= -(-count // (IN_FLIGHT * holders))  # never more than a fair share
+    with h5py.File(output) as file:
+        rows = experiments(file)
+    assert set(rows["status"]) == {b"done"}
+    assert np.allclose(rows["result"], 2.0 * np.array([int(x) for x in rows["x"]]))
+
+
+def test_sweep_retries_a_failed_task(tmp_path):
+    args = "{folder: " + str(tmp_path) + "}"
+    state, exit_code, _, output = run_world(tmp_path, sweep_script("flaky", 6, 1, args), 3)
+    assert (state, exit_code) == (RunState.FINISHED.value, ExitCode.OK)
+    with h5py.File(output) as file:
+        rows, attempts = experiments(file), file["attempts"][()]
+    assert set(rows["status"]) == {b"done"} and set(rows["attempts"]) == {2}
+    assert len(attempts) == 12 and sorted(attempts["status"]) == [b"done"] * 6 + [b"error"] * 6
+
+
+def test_sweep_records_error_when_retries_are_used_up(tmp_path):
+    args = "{folder: " + str(tmp_path) + "}"
+    state, exit_code, _, output = run_world(tmp_path, sweep_script("flaky", 4, 0, args), 3)
+    assert (state, exit_code) == (RunState.FINISHED.value, ExitCode.FAILED)
+    with h5py.File(output) as file:
+        rows = experiments(file)
+    assert set(rows["status"]) == {b"error"} and set(rows["attempts"]) == {1}
+    assert all("first try" in text(error) for error in rows["error"])
+
+
+TWO_ROLES = """
+Name: engine
+Roles:
+  coordinator: {Sequence: []}
+  side: {Sequence: []}
+"""
+
+
+def two_cores(tmp_path: Path) -> list[RankCore]:
+    info = run_info(tmp_path, TWO_ROLES, 2)
+    hub = LocalHub(2)
+    return [RankCore(hub.transport(rank), info) for rank in range(2)]
+
+
+def serve_in_thread(core: RankCore, until: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=core.wait_until, args=(until.is_set, 30, "the test"),
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def test_value_request_waits_for_publish_and_replies(tmp_path):
+    asker, publisher = two_cores(tmp_path)
+    asker.register(Kind.EVENT, lambda source, event: None)  # rank 0 records nothing here
+    publisher.register(Kind.EVENT, lambda source, event: None)
+    done = threading.Event()
+
+    def publish_later() -> None:
+        publisher.wait_until(lambda: publisher.pending_requests != [], 30, "the request")
+        publisher.publish("answer", np.arange(3))
+        publisher.wait_until(done.is_set, 30, "the end")
+    thread = threading.Thread(target=publish_later, daemon=True)
+    thread.start()
+    value = asker.get_values("answer", (1,), 30)
+    assert np.array_equal(value[0], np.arange(3))
+    with pytest.raises(TaskFailed, match="'answer' is not published on this rank"):
+        asker.get_values("answer", (0,), 1)
+    done.set()
+    thread.join(timeout=10)
+
+
+def test_value_never_published_fails_the_asker_naming_why(tmp_path):
+    asker, publisher = two_cores(tmp_path)
+    publisher.register(Kind.EVENT, lambda source, event: None)
+    done = threading.Event()
+
+    def end_without_publishing() -> None:
+        publisher.wait_until(lambda: publisher.pending_requests != [], 30, "the request")
+        publisher.end_sequence(RunState.FINISHED, "")
+        publisher.wait_until(done.is_set, 30, "the end")
+    thread = threading.Thread(target=end_without_publishing, daemon=True)
+    thread.start()
+    with pytest.raises(TaskFailed, match="rank 1 \\(side\\) cannot give 'never': it "
+                       "reached Finished without publishing 'never'"):
+        asker.get_values("never", (1,), 30)
+    done.set()
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("wait", ["milestone", "value"])
+def test_a_dead_peer_wakes_its_waiters_at_once(tmp_path, wait):
+    waiter, peer = two_cores(tmp_path)
+    peer.register(Kind.EVENT, lambda source, event: None)
+    done = threading.Event()
+
+    def fail_soon() -> None:
+        time.sleep(0.2)
+        peer.end_sequence(RunState.ERRORED, "the kernel blew up")
+        peer.wait_until(done.is_set, 30, "the end")
+    thread = threading.Thread(target=fail_soon, daemon=True)
+    thread.start()
+    began = time.monotonic()
+    with pytest.raises(TaskFailed, match="rank 1 \\(side\\) errored .*: the kernel blew up"):
+        if wait == "milestone":
+            waiter.wait_for_milestone("Ready", (1,), 30)
+        else:
+            waiter.get_values("answer", (1,), 30)
+    assert time.monotonic() - began < 10  # woken by the milestone, not by the timeout
+    done.set()
+    thread.join(timeout=10)
+
+
+CANCEL = """
+Name: engine
+Roles:
+  coordinator: {Sequence: []}
+  failing:
+    Ranks: 1
+    Sequence:
+      - Task: Run.CliExecute
+        Config: {Parameters: "exit 3"}
+  sleeping:
+    Ranks: 2
+    Sequence:
+      - Task: Run.Delay
+        Config: {Time: 60}
+"""
+
+
+def test_an_error_cancels_ranks_still_in_their_sequence(tmp_path):
+    began = time.monotonic()
+    state, exit_code, _, output = run_world(tmp_path, CANCEL, 3)
+    assert time.monotonic() - began < 20  # the 60 s delay was cancelled
+    assert (state, exit_code) == (RunState.ERRORED.value, ExitCode.FAILED)
+    with h5py.File(output) as file:
+        reached = milestones(file)
+    assert reached[1][-1] == RunState.ERRORED.value
+    assert reached[2][-1] == RunState.CANCELLED.value
