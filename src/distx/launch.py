@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 
 def run(options: RunOptions) -> int:
     """Run the script on this process's MPI world; return the exit code."""
+    prefer_shared_memory(os.environ)
     from mpi4py import MPI
 
     faulthandler.enable(file=2, all_threads=True)  # a rank that crashes leaves its stack
@@ -77,6 +79,28 @@ def run(options: RunOptions) -> int:
     if comm.Get_size() == 1:
         return _run_single_process(options)
     return _run_mpi(MPITransport(comm), options)
+
+
+SHARED_MEMORY_ONLY = {"UCX_TLS": "self,sm", "FI_PROVIDER": "shm"}
+
+
+def prefer_shared_memory(environment: MutableMapping[str, str]) -> bool:
+    """Before MPI starts: when every rank is on this host, keep MPICH off TCP.
+
+    MPICH's ch4 device starts its network module (UCX, or libfabric) even when all ranks
+    share a host, and it listens on TCP ports of 127.0.0.1 and the host's address, even
+    with one process. When the launcher says all ranks are here (hydra sets
+    MPI_LOCALNRANKS = PMI_SIZE) or there is no launcher, UCX and libfabric are limited to
+    shared memory. A UCX_TLS or FI_PROVIDER the user set is left alone. True if set.
+    """
+    size, local = environment.get("PMI_SIZE"), environment.get("MPI_LOCALNRANKS")
+    launched = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_ID")
+    alone = not any(name in environment for name in launched)
+    if not (alone or (size is not None and local == size)) or \
+            any(name in environment for name in SHARED_MEMORY_ONLY):
+        return False
+    environment.update(SHARED_MEMORY_ONLY)
+    return True
 
 
 def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
