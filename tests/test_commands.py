@@ -206,3 +206,22 @@ def test_no_process_of_a_command_outlives_the_run(tmp_path, ranks):
     errors = task_errors(output)
     assert "timed out after 1 s waiting for command" in errors[(0, 1)]
     assert "timed out after 1 s waiting for command" in errors[(1, 0)]
+
+
+def test_keep_refuses_a_file_over_its_limit_without_reading_it(tmp_path):
+    """A 3 GB (sparse) file asked for by Keep fails the task with the limit; the small
+    file beside it is still kept (before: the whole file was read into memory)."""
+    script = write_script(tmp_path, """
+        Version: 2
+        Name: keep-big
+        Sequence:
+          - Task: Run.CliExecute
+            Config:
+              Parameters: "truncate -s 3G big.bin && echo small > small.txt"
+              Keep: ["*.bin", "*.txt"]
+    """)
+    output = tmp_path / "out.h5"
+    result = run_script(script, output, None, timeout=120)
+    assert result.returncode == 1
+    assert "kept file big.bin is larger than Keep's limit of 256 MiB" in task_errors(output)[(0, 0)]
+    assert {name.rsplit("/", 1)[-1] for name in kept_files(output)} == {"small.txt"}

@@ -181,10 +181,9 @@ def _keep_changed(run: TaskRun, folder: Path, patterns: list[str],
 
 
 def _keep(run: TaskRun, path: Path, name: str) -> str:
-    """Send one file to rank 0; a file over the limit is not read but reported."""
-    with open(path, "rb") as file:
-        data = file.read(KEEP_MAX_BYTES + 1)
-    if len(data) > KEEP_MAX_BYTES:
+    """Send one file to rank 0; a file over the limit is reported, not read."""
+    data = _read_at_most(path, KEEP_MAX_BYTES)
+    if data is None:
         problem = (f"kept file {name} is larger than Keep's limit of "
                    f"{KEEP_MAX_BYTES >> 20} MiB: write large outputs to a shared folder "
                    "and keep a small summary")
@@ -192,3 +191,12 @@ def _keep(run: TaskRun, path: Path, name: str) -> str:
         return problem
     run.keep_file(path, name, np.frombuffer(data, dtype=np.uint8))
     return ""
+
+
+def _read_at_most(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None if it holds more than `limit` bytes."""
+    if path.stat().st_size > limit:
+        return None
+    with open(path, "rb") as file:
+        data = file.read(limit + 1)  # it may have grown since
+    return None if len(data) > limit else data
