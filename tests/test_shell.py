@@ -103,8 +103,9 @@ def test_reference_without_a_safe_form_is_refused(template, context):
 
 
 def test_quotes_that_are_literal_do_not_count():
-    """A ' inside "..." or a comment does not open single quotes; \\' is a plain quote."""
-    for template in ("echo \"it's @[v]\"", "echo it\\'s @[v]", "# it's\necho @[v]"):
+    """A ' inside "...", a comment or after \\ opens no single quotes; <<< is no heredoc."""
+    for template in ("echo \"it's @[v]\"", "echo it\\'s @[v]", "# it's\necho @[v]",
+                     "cat <<< 'x'\necho @[v]"):
         assert compile_command(template).references == ("@[v]",)
 
 

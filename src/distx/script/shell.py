@@ -169,7 +169,9 @@ class _Lexer:
             self.modes.pop()
         elif char == "#" and previous in _WORD_START:
             self.modes.append("comment")
-        elif char == "<" and self._ahead("<") and not self._ahead("<<"):
+        elif char == "<" and self._ahead("<<"):  # a here-string (bash): not a heredoc
+            self._take(2)
+        elif char == "<" and self._ahead("<"):
             self._take()
             self._announce_heredoc()
         elif char == "\n" and self.heredocs:
