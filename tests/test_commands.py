@@ -198,7 +198,9 @@ def test_no_process_of_a_command_outlives_the_run(tmp_path, ranks):
     output = tmp_path / "out.h5"
     result = distx(script, "--output", output, ranks=ranks, timeout=120)
     assert result.returncode == 1, result.stderr
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10  # killed processes may take a moment to go
+    while processes_running(f"sleep {tag}") and time.monotonic() < deadline:
+        time.sleep(0.2)
     leftovers = processes_running(f"sleep {tag}")
     for pid in leftovers:
         os.kill(pid, 9)

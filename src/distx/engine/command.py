@@ -38,7 +38,7 @@ KEEP_MAX_BYTES = 256 << 20  # one kept file travels to rank 0 in one message
 def execute(run: TaskRun, config: dict) -> None:
     """The body of Run.CliExecute (`config` expanded, except Parameters)."""
     folder = _folder(run, config.get("CWD"))
-    command = _compile(config["Parameters"])
+    command = compile_command(config["Parameters"])  # validation refused unsafe ones
     environment = _environment(run, command)
     patterns = config.get("Keep", [])
     for pattern in patterns:
@@ -46,7 +46,7 @@ def execute(run: TaskRun, config: dict) -> None:
         if problem:  # a pattern that came in through a reference
             raise TaskFailed(f"{problem}: {KEEP_FIX}")
     before = _snapshot(folder, patterns)
-    shown = "; ".join(f"{reference}={environment[command.variable(number)]!r}"
+    shown = "; ".join(f"{reference}={environment[command.variable(number)]!r:.200}"
                       for number, reference in enumerate(command.references))
     run.log(f"$ {config['Parameters']}  (in {folder}" + (f"; {shown}" if shown else "") + ")")
     returncode, lines = _run(run, command, environment, folder, config)
@@ -84,13 +84,6 @@ def keep_pattern_problem(pattern: str) -> str | None:
 
 KEEP_FIX = ("Keep gathers files under CWD only: write a pattern relative to CWD without "
             "'..', and set CWD to the folder to keep files from")
-
-
-def _compile(template: str) -> ShellCommand:
-    try:
-        return compile_command(template)
-    except UnsafeReference as error:  # a reference that came in through --set or a value
-        raise TaskFailed(f"{error}; {error.fix}") from None
 
 
 def _folder(run: TaskRun, cwd: str | None) -> Path:
@@ -132,8 +125,9 @@ def _run(run: TaskRun, command: ShellCommand, environment: dict[str, str], folde
         finally:
             if process.poll() is None:  # timed out or cancelled
                 kill_group(process.pid)
-                groups.discard(process.pid)
                 process.wait()
+            if not _group_alive(process.pid):  # nothing left in the background
+                groups.discard(process.pid)
         output.seek(0)
         return process.returncode, output.read().decode(errors="replace").splitlines()
 
@@ -149,6 +143,17 @@ def kill_group(group: int) -> None:
     """Kill every process of a command's process group (gone already: nothing to do)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    """True while a process of the group is left (then its number is not reused)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----- Keep --------------------------------------------------------------------------------
@@ -176,7 +181,8 @@ def _keep_changed(run: TaskRun, folder: Path, patterns: list[str],
         if not path.resolve().is_relative_to(inside):
             run.log(f"not kept: {path} leads outside {inside}", "WARNING")
             continue
-        problem = _keep(run, path, path.relative_to(folder).as_posix()) or problem
+        oversize = _keep(run, path, path.relative_to(folder).as_posix())
+        problem = problem or oversize
     return problem
 
 
