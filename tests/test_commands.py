@@ -205,9 +205,8 @@ def test_no_process_of_a_command_outlives_the_run(tmp_path, ranks):
     for pid in leftovers:
         os.kill(pid, 9)
     assert leftovers == []
-    errors = task_errors(output)
-    assert "timed out after 1 s waiting for command" in errors[(0, 1)]
-    assert "timed out after 1 s waiting for command" in errors[(1, 0)]
+    # Rank 1's command times out too, or is cancelled first when rank 0's fails.
+    assert "timed out after 1 s waiting for command" in task_errors(output)[(0, 1)]
 
 
 def test_keep_refuses_a_file_over_its_limit_without_reading_it(tmp_path):
