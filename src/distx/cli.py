@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from distx.errors import UserError
+from distx.vocabulary import ExitCode
 
 COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline", "bench")
 
@@ -21,14 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     if arguments.command is None:
         _parser().print_help(sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     try:
         return arguments.handler(arguments)
     except UserError as error:
         if arguments.debug:
             raise
         print(f"distx: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return ExitCode.BAD_INPUT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,21 +134,21 @@ def _validate(arguments: argparse.Namespace) -> int:
     plan = check_script(script, arguments.ranks, _overrides(arguments.set))
     roles = ", ".join(f"{name} {list(ranks)}" for name, ranks in plan.ranks_of.items())
     print(f"{arguments.script}: OK ({len(script.tasks())} tasks; roles: {roles})")
-    return 0
+    return ExitCode.OK
 
 
 def _show(arguments: argparse.Namespace) -> int:
     from distx.results.show import summary
 
     print(summary(arguments.results))
-    return 0
+    return ExitCode.OK
 
 
 def _status(arguments: argparse.Namespace) -> int:
     from distx.results.show import status
 
     print(status(arguments.results))
-    return 0
+    return ExitCode.OK
 
 
 def _reset(arguments: argparse.Namespace) -> int:
@@ -159,7 +160,7 @@ def _reset(arguments: argparse.Namespace) -> int:
     detail = ", ".join(f"{number} {status}" for status, number in sorted(counts.items()))
     print(f"{arguments.results}: {total} experiment(s) set back to created"
           + (f" ({detail})" if detail else ""))
-    return 0
+    return ExitCode.OK
 
 
 def _export(arguments: argparse.Namespace) -> int:
@@ -168,18 +169,18 @@ def _export(arguments: argparse.Namespace) -> int:
     rows = export_csv(arguments.results, arguments.table, arguments.csv)
     if arguments.csv != "-":
         print(f"{rows} row(s) of {arguments.table} written to {arguments.csv}")
-    return 0
+    return ExitCode.OK
 
 
 def _timeline(arguments: argparse.Namespace) -> int:
     from distx.results.timeline import draw
 
     print(f"timeline written to {draw(arguments.results, arguments.output, arguments.run)}")
-    return 0
+    return ExitCode.OK
 
 
 def _bench(arguments: argparse.Namespace) -> int:
     from distx.bench.harness import run_bench
 
     print(run_bench(arguments.ranks, arguments.quick, arguments.json))
-    return 0
+    return ExitCode.OK

@@ -175,8 +175,8 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
               file=sys.stderr, flush=True)
         if prepared is not None:
             prepared.results.close(RunState.ERRORED.value, ExitCode.FAILED)
-        transport.comm.Abort(1)
-        return 1
+        transport.comm.Abort(ExitCode.FAILED)
+        return ExitCode.FAILED
 
 
 def _distribute(transport: MPITransport, executor: Executor, arrays: dict | None,
@@ -235,21 +235,17 @@ def _finish(executor: Executor, prepared: _Prepared) -> int:
     state, exit_code = run_as_coordinator(executor)
     end_commands(executor)
     # A rank lost in a kernel never joins; after a stop, waiting ends with --grace.
-    joined = not stuck and core.transport.close(coordinator.join_deadline())
+    joined = not stuck.why and core.transport.close(coordinator.join_deadline())
     coordinator.close_results(state, exit_code)
     shutil.rmtree(executor.info.temp_root, ignore_errors=True)
     hint = "; --resume continues it" if exit_code == ExitCode.STOPPED else ""
     print(f"distx: {executor.info.script.name} {state.lower()} "
           f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
           file=sys.stderr, flush=True)
-    if stuck:
-        lost = ", ".join(core.describe(rank) for rank in stuck)
-        print(f"distx: {lost} cannot be stopped (in a kernel past its Timeout): aborting "
-              "the MPI job", file=sys.stderr, flush=True)
-    elif not joined:
+    stuck.abort_if_any(exit_code)
+    if not joined:
         print(f"distx: ranks still in a kernel or command {executor.info.grace:g} s "
               "(--grace) after the stop: aborting the MPI job", file=sys.stderr, flush=True)
-    if not joined:
         core.transport.abort(exit_code)
     return exit_code
 
@@ -280,4 +276,4 @@ def _virtual_rank(executor: Executor) -> None:
         run_as_worker(executor)
     except Exception:
         traceback.print_exc()
-        os._exit(1)
+        os._exit(ExitCode.FAILED)

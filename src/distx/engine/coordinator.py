@@ -26,15 +26,13 @@ from typing import TYPE_CHECKING
 from distx.engine.core import RankCore
 from distx.engine.protocol import Command, Control, Event, EventKind, Kind, Milestone
 from distx.engine.taskrun import Executor
+from distx.engine.watchdog import StuckRanks
 from distx.vocabulary import ExitCode, RunState
 
 # Rank 0 alone writes HDF5: the other ranks never import h5py (start-up time counts), so
 # the results file is named here for its type only; launch.py opens it.
 if TYPE_CHECKING:
     from distx.results.store import ResultsFile
-
-StuckListener = Callable[[int, dict], None]
-"""Told (rank, stuck record) when a rank is lost in a kernel; the sweep listens."""
 
 GRACE_MARGIN = 2.0  # after the grace period, how long the serving thread gets to end the run
 
@@ -47,8 +45,8 @@ class Coordinator:
         self.data_shapes = data_shapes
         self.failed_experiments = 0
         self.cancel_sent = False
-        self.stuck: dict[int, str] = {}  # rank -> why it is lost in a kernel call
-        self.stuck_listeners: list[StuckListener] = []
+        self.stuck = StuckRanks(self.core)  # ranks lost in a kernel past its Timeout
+        self.stuck.listeners.append(self._record_stuck_task)
         self.before_close: list[Callable[[], None]] = []  # e.g. the sweep puts rows back
         self._closing = threading.Lock()  # the file is closed once, by whichever thread
         self._closed = False
@@ -77,17 +75,11 @@ class Coordinator:
         elif event.kind == EventKind.FILE:
             self.results.record_file(source, event.record)
         elif event.kind == EventKind.STUCK:
-            self._record_stuck(source, event.record)
+            self.stuck.on_report(source, event.record)
 
-    def _record_stuck(self, source: int, record: dict) -> None:
-        """A rank is lost in a kernel past its Timeout: record its task or experiment."""
-        self.stuck[source] = record["error"]
-        self.core.deliver(source, Kind.MILESTONE,
-                          Milestone(RunState.ERRORED.value, time.time(), record["error"]))
+    def _record_stuck_task(self, source: int, record: dict) -> None:
         if "task" in record:
             self.results.record_task(source, record["task"])
-        for listener in self.stuck_listeners:
-            listener(source, record)
 
     # ----- the end of the run ----------------------------------------------------------------
     def end_run(self) -> tuple[str, int]:
@@ -97,7 +89,7 @@ class Coordinator:
         core.wait_until(self._all_terminal, None, "every rank to finish its sequence",
                         stoppable=False)
         states = {state for state, _ in core.terminal.values()}
-        state = next((s for s in (RunState.ERRORED, RunState.CANCELLED) if s in states),
+        state = next((s for s in (RunState.ERRORED, RunState.CANCELLED) if s.value in states),
                      RunState.FINISHED)
         if state == RunState.ERRORED or (state == RunState.FINISHED and
                                          self.failed_experiments):

@@ -170,14 +170,14 @@ class Sweep:
         core = self.core
         core.register(Kind.SWEEP_READY, self.on_ready)
         core.register(Kind.SWEEP_RESULTS, self.on_results)
-        self.coordinator.stuck_listeners.append(self.on_stuck)
+        self.coordinator.stuck.listeners.append(self.on_stuck)
         self.coordinator.before_close.append(self._unfinished_back_to_created)
         try:
             self._run()
         finally:
             core.register(Kind.SWEEP_READY, _drop_late)
             core.register(Kind.SWEEP_RESULTS, _drop_late)
-            self.coordinator.stuck_listeners.remove(self.on_stuck)
+            self.coordinator.stuck.listeners.remove(self.on_stuck)
             self.coordinator.before_close.remove(self._unfinished_back_to_created)
 
     def _run(self) -> None:

@@ -1,9 +1,9 @@
 """Kernel Timeouts: a kernel call that outlives its Timeout ends the run.
 
 Every part of that lives here: watching a call (`watch_kernel`, used by Run.Kernel,
-Run.Iterate and the sweep's holders), the error text, and reporting the lost rank
-(`report_stuck`). Rank 0 records the report (coordinator.py) and aborts the MPI job at the
-end of the run.
+Run.Iterate and the sweep's holders), the error text, reporting the lost rank
+(`report_stuck`), and rank 0's side (`StuckRanks`: the rank reaches Errored, those
+interested hear of it, and the MPI job is aborted at the end of the run).
 
 A kernel cannot be interrupted (numba code does not even look at signals), so the rank
 running it is lost. One watchdog thread per process watches the calls in progress; when
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import faulthandler
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 from distx.engine.core import RankCore
 from distx.engine.protocol import Event, EventKind, Kind, Milestone
-from distx.vocabulary import RunState
+from distx.vocabulary import ExitCode, RunState
 
 POLL_SECONDS = 0.1
 BACKSTOP_MARGIN = 5.0
@@ -136,7 +137,7 @@ def report_stuck(core: RankCore, record: dict) -> None:
         core.deliver(0, Kind.EVENT, event)
         for close in core.before_abort:
             close()
-        core.transport.abort(1)
+        core.transport.abort(ExitCode.FAILED)
         return
     core.transport.send_from_thread(0, Kind.EVENT, event)
     errored = Milestone(RunState.ERRORED.value, time.time(), record["error"])
@@ -144,4 +145,35 @@ def report_stuck(core: RankCore, record: dict) -> None:
         if rank != core.rank:
             core.transport.send_from_thread(rank, Kind.MILESTONE, errored)
     time.sleep(ABORT_WAIT)
-    core.transport.abort(1)
+    core.transport.abort(ExitCode.FAILED)
+
+
+StuckListener = Callable[[int, dict], None]
+"""Told (rank, stuck record) when a rank is lost in a kernel: rank 0 records the task,
+the sweep the experiment."""
+
+
+class StuckRanks:
+    """Rank 0's side: the ranks reported lost in a kernel, and why."""
+
+    def __init__(self, core: RankCore) -> None:
+        self.core = core
+        self.why: dict[int, str] = {}
+        self.listeners: list[StuckListener] = []
+
+    def on_report(self, source: int, record: dict) -> None:
+        """`source` is lost (see report_stuck): it is Errored with the cause."""
+        self.why[source] = record["error"]
+        self.core.deliver(source, Kind.MILESTONE,
+                          Milestone(RunState.ERRORED.value, time.time(), record["error"]))
+        for listener in self.listeners:
+            listener(source, record)
+
+    def abort_if_any(self, exit_code: int) -> None:
+        """At the end of the run: a lost rank can only be ended by aborting the MPI job."""
+        if not self.why:
+            return
+        lost = ", ".join(self.core.describe(rank) for rank in self.why)
+        print(f"distx: {lost} cannot be stopped (in a kernel past its Timeout): aborting "
+              "the MPI job", file=sys.stderr, flush=True)
+        self.core.transport.abort(exit_code)
