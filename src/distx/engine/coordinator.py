@@ -151,9 +151,11 @@ class Coordinator:
     def _grace_expired(self) -> None:
         """Timer thread, GRACE_MARGIN after the grace period: the serving thread has not
         closed the file, so it is lost in a kernel of this rank. Record what finished
-        (experiments in flight back to `created`), close the file, end the job."""
-        if not self.close_results(RunState.CANCELLED.value, ExitCode.STOPPED):
-            return  # the serving thread closed it and ends the run itself
+        (experiments in flight back to `created`), close the file, end the job. Once the
+        serving thread has shut the ranks down, it ends the run itself (in bounded time)."""
+        if self.core.exit_code is not None or \
+                not self.close_results(RunState.CANCELLED.value, ExitCode.STOPPED):
+            return
         print(f"distx: {self.core.info.script.name} cancelled: rank 0 was still in a kernel "
               f"{self.core.info.grace:g} s (--grace) after the stop; aborting the run (exit "
               f"code {ExitCode.STOPPED}); results in {self.results.path}; --resume "
