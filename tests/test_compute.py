@@ -174,3 +174,20 @@ def test_array_beyond_mpi_count_limit(tmp_path):
     del big
     with h5py.File(output, "r") as file:
         assert values(file)[(0, "total")] == expected
+
+
+def test_a_kernel_that_is_not_additive_gives_the_same_results_for_any_rank_count(tmp_path):
+    """Issue 11: without Partition a non-additive kernel's result changed with -n, exit 0.
+    Partition is now required, a rows input needs Reduce, and replicate is exact."""
+    X = np.random.default_rng(5).normal(0.0, 1.0, (101, 3))
+    found = {}
+    for ranks in (1, 3):
+        output = tmp_path / f"out{ranks}.h5"
+        result = run_script(SCRIPTS / "not_additive.yml", output, ranks)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(output, "r") as file:
+            rows = experiments(file)
+        found[ranks] = {int(row["seed"]): float(row["value"]) for row in rows}
+    expected = {seed: X.sum() * 0.01 + 2 * seed for seed in (-1, 0, 1)}
+    for ranks, results in found.items():
+        assert results == pytest.approx(expected), ranks

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from distx.errors import UserError
 from distx.vocabulary import ExitCode
@@ -19,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")
-    arguments = _parser().parse_args(argv)
+    try:
+        arguments = _parser().parse_args(argv)
+    except UserError as error:
+        print(f"distx: error: {error}", file=sys.stderr, flush=True)
+        return ExitCode.BAD_INPUT
     if arguments.command is None:
         _parser().print_help(sys.stderr)
         return ExitCode.BAD_INPUT
@@ -32,8 +37,47 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_INPUT
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (`distx: error: ...`) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message, fix=f"see {self.prog} --help")
+
+
+def _seconds(text: str, *, zero: bool = False) -> float:
+    """A command-line duration: finite, > 0 (>= 0 if `zero`), at most MAX_SECONDS."""
+    from distx.script.schema import MAX_SECONDS
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    lowest_ok = value >= 0 if zero else value > 0
+    if not (lowest_ok and value <= MAX_SECONDS):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds "
+                                         f"{'>=' if zero else '>'} 0 and <= "
+                                         f"{MAX_SECONDS:.0f} (a week)")
+    return value
+
+
+def _grace(text: str) -> float:
+    return _seconds(text, zero=True)
+
+
+def _world_size(text: str) -> int:
+    from distx.script.roles import MAX_RANKS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_RANKS:
+        raise argparse.ArgumentTypeError(f"{value} ranks: give 1 to {MAX_RANKS:,}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distx", description="Distributed experiments on MPI.")
+    parser = _Parser(prog="distx", description="Distributed experiments on MPI.")
     parser.set_defaults(command=None, debug=False)
     commands = parser.add_subparsers(dest="command")
 
@@ -42,20 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", help="results file (default: the script's Output)")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="define a value for @[NAME] (repeatable)")
-    run.add_argument("--timeout", type=float, help="default Timeout of waits, in seconds")
+    run.add_argument("--timeout", type=_seconds, help="default Timeout of waits, in seconds")
     run.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     run.add_argument("--resume", action="store_true",
                      help="continue the results file: run only experiments not done")
     run.add_argument("--force", action="store_true",
                      help="with --resume: continue even if script, kernels or data changed")
-    run.add_argument("--grace", type=float, default=30.0, metavar="S",
+    run.add_argument("--grace", type=_grace, default=30.0, metavar="S",
                      help="after SIGTERM/SIGINT/SIGUSR1, wait up to S s for tasks in flight")
     run.add_argument("-v", "--verbose", action="store_true", help="echo every log line")
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="check a script without running it")
     validate.add_argument("script")
-    validate.add_argument("-n", "--ranks", type=int, default=1,
+    validate.add_argument("-n", "--ranks", type=_world_size, default=1,
                           help="check roles for this many MPI ranks (default 1)")
     validate.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     validate.set_defaults(handler=_validate)
@@ -101,17 +145,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(pairs: list[str]) -> dict:
-    import yaml
+    from distx.script.source import read_scalar
 
     values = {}
     for pair in pairs:
         name, equals, text = pair.partition("=")
         if not equals or not name:
             raise UserError(f"--set {pair!r} is not NAME=VALUE", fix="write e.g. --set seed=3")
-        try:
-            values[name] = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            values[name] = text
+        values[name] = read_scalar(text) if text else ""
     return values
 
 
@@ -128,8 +169,6 @@ def _validate(arguments: argparse.Namespace) -> int:
     from distx.check.checks import check_script
     from distx.script.model import load_script
 
-    if arguments.ranks < 1:
-        raise UserError("-n must be at least 1")
     script = load_script(arguments.script)
     plan = check_script(script, arguments.ranks, _overrides(arguments.set))
     roles = ", ".join(f"{name} {list(ranks)}" for name, ranks in plan.ranks_of.items())

@@ -29,7 +29,8 @@ class UserError(Exception):
         text = f"{place}: {self.what}" if place else self.what
         if self.fix:
             text += ("" if text.endswith((".", "?", "!")) else ".") + f" Fix: {self.fix}"
-        return text
+        # One line, whatever the input put into names and values (a key "a\nb").
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class TaskFailed(Exception):

@@ -19,6 +19,7 @@ from distx.engine.data import Partition, check_data
 from distx.engine.kernels import PARTITION_NAMES, KernelLibrary, kernel_arguments
 from distx.engine.tasks import TASKS
 from distx.errors import TaskFailed, UserError
+from distx.script.evaluate import UnknownName, evaluate
 from distx.script.expand import expand, referenced_names
 from distx.script.model import COORDINATOR, Script, TaskSpec, check_keys
 from distx.script.roles import RolePlan, check_rank_syntax, other_roles, plan_roles
@@ -82,6 +83,24 @@ def _check_task(script: Script, plan: RolePlan, spec: TaskSpec, kernels: KernelL
                                f"declare it under Data: (arrays: {', '.join(script.data)})")
     if spec.kernel:
         _check_kernel(script, spec, kernels, before_run)
+    if spec.task == "Run.Evaluate":
+        _check_expression(script, spec, before_run)
+
+
+def _check_expression(script: Script, spec: TaskSpec, before_run: _BeforeRun) -> None:
+    """Evaluate the expression with the values known before the run (evaluation is
+    bounded): a syntax error, a forbidden construct or a result beyond the evaluator's
+    bounds is found now. Names that only the run publishes are left to the run."""
+    expression = spec.config["Expression"]
+    if not isinstance(expression, str) or is_reference(expression):
+        return
+    try:
+        evaluate(expression, before_run.values)
+    except UnknownName:
+        return
+    except TaskFailed as error:
+        raise script.error((*spec.where, "Config", "Expression"), str(error),
+                           "correct the expression") from None
 
 
 def _check_from(script: Script, plan: RolePlan, spec: TaskSpec) -> None:

@@ -8,6 +8,9 @@ Holders keep their partitions for the whole run, so kernels reuse them without c
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +61,8 @@ def materialize(spec: DataSpec, script: Script) -> np.ndarray:
 
 
 def check_data(script: Script) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-    """Validation without loading: files exist, hold a numeric array, rows to partition.
+    """Validation without loading: files exist, hold a numeric array, rows to partition,
+    generation settings in range, and everything fits in rank 0's memory.
 
     Returns each array's dtype and shape (what kernels will be given)."""
     described = {}
@@ -67,9 +71,89 @@ def check_data(script: Script) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
             described[name] = _with_source(spec, script,
                                            lambda source: (source.dtype, tuple(source.shape)))
         else:
-            described[name] = (_generation_dtype(spec, script),
-                               tuple(spec.generate["Shape"]))
+            described[name] = (_check_generation(spec, script), tuple(spec.generate["Shape"]))
+    _check_memory(script, described)
     return described
+
+
+def available_memory() -> int:
+    """Bytes this host can give a process now without swapping (Linux: MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_memory(script: Script, described: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    """Rank 0 makes or loads every array before distributing it: their bytes (and the
+    float64 buffer a generator fills before converting to DType) must fit in memory."""
+    total, available = 0, available_memory()
+    for name, (dtype, shape) in described.items():
+        spec = script.data[name]
+        need = math.prod(shape) * dtype.itemsize
+        if spec.generate is not None and spec.generate["Distribution"] != "integers" \
+                and dtype != np.float64:
+            need += math.prod(shape) * 8
+        total += need
+        if total > available:
+            where = (*spec.where, "Generate", "Shape") if spec.generate is not None \
+                else (*spec.where, "File")
+            raise script.error(where, f"array '{name}' of shape {list(shape)} and dtype "
+                               f"{dtype} needs {_gigabytes(need)} (all arrays so far "
+                               f"{_gigabytes(total)}), more than the {_gigabytes(available)} "
+                               "of memory available on this host",
+                               "use a smaller Shape or a smaller DType")
+
+
+def _gigabytes(count: int) -> str:
+    if count < 10**21:
+        return f"{count / 1e9:,.1f} GB"
+    return f"over 10^{len(str(count // 10**9)) - 1} GB"  # beyond what a float holds
+
+
+def _check_generation(spec: DataSpec, script: Script) -> np.dtype:
+    """The DType, after checking that the distribution's settings make sense for it."""
+    settings = spec.generate
+    dtype = _generation_dtype(spec, script)
+    where = (*spec.where, "Generate")
+    for key in ("Low", "High", "Mean", "Std"):
+        if key in settings and not math.isfinite(settings[key]):
+            raise script.error((*where, key), f"{key} is {settings[key]}: it must be finite")
+    distribution = settings["Distribution"]
+    if distribution == "normal" and settings.get("Std", 1.0) < 0:
+        raise script.error((*where, "Std"), f"Std is {settings['Std']}: it must be >= 0")
+    low, high = _bounds(settings)
+    if distribution == "uniform" and high < low:
+        raise script.error((*where, "High"), f"High {high} is below Low {low}",
+                           "give Low <= High")
+    if distribution == "integers":
+        _check_integer_bounds(script, where, dtype, low, high)
+    return dtype
+
+
+def _bounds(settings: dict) -> tuple[float, float]:
+    integers = settings["Distribution"] == "integers"
+    return (settings.get("Low", 0 if integers else 0.0),
+            settings.get("High", INTEGERS_HIGH if integers else 1.0))
+
+
+def _check_integer_bounds(script: Script, where: tuple, dtype: np.dtype, low: Any,
+                          high: Any) -> None:
+    """`integers` draws from [Low, High): whole numbers, Low < High, within the DType."""
+    for key, value in (("Low", low), ("High", high)):
+        if not isinstance(value, int):
+            raise script.error((*where, key), f"{key} is {value}: integers need whole numbers")
+    if high <= low:
+        raise script.error((*where, "High"), f"High {high} is not above Low {low} (High is "
+                           "excluded)", "give Low < High")
+    info = np.iinfo(dtype)
+    if low < info.min or high - 1 > info.max:
+        raise script.error(where, f"{dtype} holds {info.min} to {info.max}, not values from "
+                           f"{low} to {high - 1}", "use a wider DType or narrower bounds")
 
 
 def _generation_dtype(spec: DataSpec, script: Script) -> np.dtype:
@@ -78,7 +162,7 @@ def _generation_dtype(spec: DataSpec, script: Script) -> np.dtype:
     integers = settings["Distribution"] == "integers"
     try:
         dtype = np.dtype(settings.get("DType", "int64" if integers else "float64"))
-    except TypeError:
+    except (TypeError, ValueError):
         raise script.error(where, f"unknown dtype {settings['DType']!r}",
                            "use e.g. float64, float32, int64, int32, uint8") from None
     if integers and dtype.kind not in "iu":
@@ -86,6 +170,9 @@ def _generation_dtype(spec: DataSpec, script: Script) -> np.dtype:
     if dtype.kind not in "biuf":
         raise script.error(where, f"dtype {dtype} is not numeric", "use e.g. float64 or int64")
     return dtype
+
+
+INTEGERS_HIGH = 100  # the default High of `integers` (excluded)
 
 
 def _generate(spec: DataSpec, script: Script) -> np.ndarray:
@@ -100,7 +187,8 @@ def _generate(spec: DataSpec, script: Script) -> np.ndarray:
     if distribution == "normal":
         return rng.normal(settings.get("Mean", 0.0), settings.get("Std", 1.0), shape) \
             .astype(dtype, copy=False)
-    return rng.integers(settings.get("Low", 0), settings.get("High", 100), shape, dtype=dtype)
+    low, high = _bounds(settings)
+    return rng.integers(low, high, shape, dtype=dtype)
 
 
 def _with_source(spec: DataSpec, script: Script, use: Callable) -> Any:
@@ -112,9 +200,7 @@ def _with_source(spec: DataSpec, script: Script, use: Callable) -> Any:
     where = (*spec.where, "File")
     file_part, colon, dataset = spec.file.partition(":")
     path = Path(file_part) if Path(file_part).is_absolute() else script.folder / file_part
-    if not path.is_file():
-        raise script.error(where, f"data file {path} does not exist",
-                           "check the path (relative paths start at the script's folder)")
+    _check_regular_file(script, where, path)
     if path.suffix == ".npy":
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -134,7 +220,11 @@ def _with_source(spec: DataSpec, script: Script, use: Callable) -> Any:
         raise script.error(where, f"{path} is not a readable HDF5 file ({error})",
                            "give an HDF5 file (file.h5:/dataset) or a .npy file") from None
     with source:
-        node = source.get(dataset)
+        try:
+            node = source.get(dataset)
+        except (KeyError, RuntimeError, OSError) as error:  # e.g. a loop of soft links
+            raise script.error(where, f"{path} cannot open {dataset}: {error}",
+                               "name a dataset, not a broken or looping link") from None
         if not isinstance(node, h5py.Dataset):
             names: list[str] = []
             source.visititems(lambda name, item: names.append("/" + name)
@@ -143,6 +233,25 @@ def _with_source(spec: DataSpec, script: Script, use: Callable) -> Any:
                                f"datasets in the file: {', '.join(names) or 'none'}")
         _check_array(spec, script, node.shape, node.dtype, f"{path}:{dataset}")
         return use(node)
+
+
+def _check_regular_file(script: Script, where: tuple, path: Path) -> None:
+    """The data file is a regular file: say what it is otherwise."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise script.error(where, f"data file {path} does not exist",
+                           "check the path (relative paths start at the script's folder)") \
+            from None
+    except OSError as error:
+        raise script.error(where, f"cannot read data file {path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a character device" \
+            if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) \
+            else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" \
+            if stat.S_ISSOCK(mode) else "not a regular file"
+        raise script.error(where, f"data file {path} is {kind}, not a file",
+                           "give a .npy file or file.h5:/dataset")
 
 
 def _check_array(spec: DataSpec, script: Script, shape: tuple, dtype: np.dtype,

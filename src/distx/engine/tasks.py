@@ -17,6 +17,7 @@ core, so the rank keeps serving other ranks meanwhile.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from distx.engine.reduce import reduce_values
 from distx.engine.sweep import run_sweep
 from distx.engine.taskrun import TaskRun
 from distx.errors import TaskFailed
+from distx.results.store import EXPERIMENT_COLUMNS
 from distx.script.evaluate import evaluate
 from distx.script.model import Script, TaskSpec
 from distx.script.schema import (
@@ -39,12 +41,13 @@ from distx.script.schema import (
     DICT,
     FROM,
     KEYS,
-    POSITIVE,
     REDUCE,
+    SECONDS,
     SEVERITY,
     STR,
     STR_LIST,
     Keys,
+    is_reference,
 )
 from distx.vocabulary import AUTOMATIC
 
@@ -109,7 +112,7 @@ def task(name: str, keys: Keys, **declared: Any) -> Callable:
     return register
 
 
-WAIT = {"Timeout": POSITIVE}
+WAIT = {"Timeout": SECONDS}
 
 
 def _not_automatic(script: Script, spec: TaskSpec) -> None:
@@ -142,12 +145,29 @@ def publish(run: TaskRun, config: dict) -> None:
 
 
 def _key_names(config: dict) -> set[str]:
-    """The names a `Keys:` list publishes (each a name or a [group, name] pair)."""
+    """The names a `Keys:` list publishes (a name, [group, name] or [group, name, type])."""
     return {item if isinstance(item, str) else item[1] for item in config["Keys"]}
 
 
+def _check_pattern(script: Script, spec: TaskSpec) -> None:
+    """The regex compiles (with RE2) and has the groups Keys names."""
+    if is_reference(spec.config["Pattern"]):
+        return
+    try:
+        pattern = compile_pattern(spec.config["Pattern"])
+    except ValueError as error:
+        raise script.error((*spec.where, "Config", "Pattern"), str(error),
+                           "correct the pattern") from None
+    try:
+        capture_keys(spec.config["Keys"], pattern.groups)
+    except ValueError as error:
+        raise script.error((*spec.where, "Config", "Keys"), str(error),
+                           "add the group to Pattern or correct Keys") from None
+
+
 @task("Run.PublishFromFile", Keys(required={"Path": STR, "Pattern": STR, "Keys": KEYS},
-                                  optional={"AnyFolder": BOOL}), publishes=_key_names)
+                                  optional={"AnyFolder": BOOL}), publishes=_key_names,
+      check=_check_pattern)
 def publish_from_file(run: TaskRun, config: dict) -> None:
     path = run.readable_path(config["Path"], config.get("AnyFolder", False))
     try:
@@ -158,7 +178,7 @@ def publish_from_file(run: TaskRun, config: dict) -> None:
 
 
 @task("Run.PublishFromPreviousTaskLog", Keys(required={"Pattern": STR, "Keys": KEYS}),
-      publishes=_key_names)
+      publishes=_key_names, check=_check_pattern)
 def publish_from_previous_task_log(run: TaskRun, config: dict) -> None:
     _publish_matches(run, run.previous_log, config, "the previous task's log")
 
@@ -166,33 +186,75 @@ def publish_from_previous_task_log(run: TaskRun, config: dict) -> None:
 def _publish_matches(run: TaskRun, lines: list[str], config: dict, origin: str) -> None:
     """Publish the groups of `Pattern` on every matching line (later lines win)."""
     try:
-        pattern = re.compile(config["Pattern"])
-    except re.error as error:
-        raise TaskFailed(f"Pattern {config['Pattern']!r} is not a valid regex: {error}") from None
-    keys = [(item, index + 1) if isinstance(item, str) else (item[1], item[0])
-            for index, item in enumerate(config["Keys"])]
-    found: dict[str, str] = {}
+        pattern = compile_pattern(config["Pattern"])
+        captures = capture_keys(config["Keys"], pattern.groups)
+    except ValueError as error:
+        raise TaskFailed(str(error)) from None
+    found: dict[Capture, str] = {}
     for line in lines:
         match = pattern.search(line)
         if match:
-            for key, group in keys:
-                if group > pattern.groups:
-                    raise TaskFailed(f"Pattern has {pattern.groups} group(s), no group {group}")
-                if match.group(group) is not None:
-                    found[key] = match.group(group)
+            for capture in captures:
+                if match.group(capture.group) is not None:
+                    found[capture] = match.group(capture.group)
     if not found:
         run.log(f"no line of {origin} matched {config['Pattern']!r}", "WARNING")
-    for key, text in found.items():
-        run.publish(key, _number_or_text(text))
+    for capture, text in found.items():
+        run.publish(capture.name, capture.convert(text))
 
 
-def _number_or_text(text: str) -> Any:
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
+def compile_pattern(text: str) -> Any:
+    """`text` compiled by RE2, whose matching time is linear in the line's length (no
+    backtracking: `^(a+)+$` cannot run for minutes). ValueError says what RE2 refused,
+    which includes backreferences and lookaround."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would also print the error on stderr
+    try:
+        return re2.compile(text, options)
+    except re2.error as error:
+        reason = error.args[0].decode(errors="replace") if error.args and isinstance(
+            error.args[0], bytes) else str(error)
+        raise ValueError(f"Pattern {text!r} is not a regular expression distx can match: "
+                         f"{reason} (RE2 syntax: no backreferences or lookaround)") from None
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One of a pattern's groups, published as `name`: text unless the script asks for
+    `int` or `float` (ELCM's captures are text: `001` stays "001", `1.10` stays "1.10")."""
+
+    group: int
+    name: str
+    type: str = "text"
+
+    def convert(self, text: str) -> Any:
+        if self.type == "text":
+            return text
+        if self.type == "int" and _INTEGER.fullmatch(text) and abs(int(text)) < 2**63:
+            return int(text)
+        if self.type == "float" and _FLOAT.fullmatch(text) and math.isfinite(float(text)):
+            return float(text)
+        kind = "a 64-bit integer" if self.type == "int" else "a finite decimal number"
+        raise TaskFailed(f"'{self.name}' (group {self.group}) captured {text[:80]!r}, "
+                         f"not {kind}")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_FLOAT = re.compile(r"[+-]?([0-9]{1,400}\.?[0-9]{0,400}|\.[0-9]{1,400})([eE][+-]?[0-9]{1,3})?")
+
+
+def capture_keys(keys: list, groups: int) -> list[Capture]:
+    """The captures `Keys` names: `name` (group = its position + 1), `[group, name]` or
+    `[group, name, type]`. ValueError for a group the pattern does not have."""
+    captures = [Capture(position + 1, item) if isinstance(item, str) else Capture(*item)
+                for position, item in enumerate(keys)]
+    for capture in captures:
+        if not 0 <= capture.group <= groups:
+            raise ValueError(f"Keys names group {capture.group} ({capture.name}) but Pattern "
+                             f"has {groups} group(s)")
+    return captures
 
 
 @task("Remote.GetValue", Keys(required={"Value": STR},
@@ -218,7 +280,7 @@ def message(run: TaskRun, config: dict) -> None:
     run.log(str(config["Message"]), config.get("Severity", "INFO").upper(), echo=True)
 
 
-@task("Run.Delay", Keys(required={"Time": POSITIVE}))
+@task("Run.Delay", Keys(required={"Time": SECONDS}))
 def delay(run: TaskRun, config: dict) -> None:
     run.core.sleep(float(config["Time"]))
 
@@ -240,6 +302,19 @@ def evaluate_expression(run: TaskRun, config: dict) -> None:
     run.publish(config["Key"], value)
 
 
+def _check_outputs(script: Script, spec: TaskSpec) -> None:
+    """Outputs name values to publish or columns to write: distinct plain names."""
+    seen: set[str] = set()
+    for position, name in enumerate(spec.config.get("Outputs", [])):
+        where = (*spec.where, "Config", "Outputs", position)
+        if is_reference(name) or not name.strip() or "/" in name or name == ".":
+            raise script.error(where, f"output name {name!r} is not a plain name",
+                               "use a name such as loss or accuracy")
+        if name in seen:
+            raise script.error(where, f"output '{name}' is listed twice", "keep one of them")
+        seen.add(name)
+
+
 KERNEL_KEYS = {"Kernel": STR}
 KERNEL_OPTIONS = {"Inputs": STR_LIST, "Args": DICT, "Outputs": STR_LIST}
 
@@ -251,7 +326,7 @@ def _kernel_publishes(config: dict) -> set[str]:
 
 @task("Run.Kernel", Keys(required=KERNEL_KEYS,
                          optional={**KERNEL_OPTIONS, **WAIT, "Publish": STR}),
-      publishes=_kernel_publishes)
+      publishes=_kernel_publishes, check=_check_outputs)
 def run_kernel(run: TaskRun, config: dict) -> None:
     executor = run.executor
     kernel = executor.kernels.get(config["Kernel"])
@@ -293,6 +368,41 @@ def _check_sweep(script: Script, spec: TaskSpec) -> None:
     if clash:
         raise script.error((*spec.where, "Config"), f"{', '.join(sorted(clash))} is both "
                            "a keyfield and an input or argument", "rename one of them")
+    _check_outputs(script, spec)
+    _check_experiment_columns(script, spec)
+    _check_sweep_reduce(script, spec)
+
+
+def _check_experiment_columns(script: Script, spec: TaskSpec) -> None:
+    """Keyfields and Outputs are columns of the experiments table, beside its own."""
+    experiments = script.experiments
+    keyfields = [*experiments.keyfields, *(["fold"] if experiments.folds else [])]
+    for name in keyfields:
+        if name in EXPERIMENT_COLUMNS:
+            raise script.error(("Experiments", "Keyfields", name), f"keyfield '{name}' has "
+                               "the name of a column of the experiments table",
+                               f"rename it (taken: {', '.join(EXPERIMENT_COLUMNS)})")
+    given = "Outputs" in spec.config
+    for position, name in enumerate(spec.config.get("Outputs", ["result"])):  # as sweep.py
+        if name in EXPERIMENT_COLUMNS or name in keyfields:
+            taken = "a keyfield" if name in keyfields else "a column of the experiments table"
+            where = (*spec.where, "Config", *(("Outputs", position) if given else ()))
+            raise script.error(where, f"output '{name}' has the name of {taken}",
+                               f"rename it (taken: {', '.join((*EXPERIMENT_COLUMNS, *keyfields))})")
+
+
+def _check_sweep_reduce(script: Script, spec: TaskSpec) -> None:
+    """A sweep over row-partitioned inputs runs the kernel once per block and combines the
+    blocks' results: how depends on the kernel (a sum of counts, a min, a mean...), so the
+    script says it; a silent `sum` gave results that change with the number of ranks."""
+    rows = [name for name in spec.config.get("Inputs", [])
+            if name in script.data and script.data[name].partition == "rows"]
+    if rows and "Reduce" not in spec.config:
+        raise script.error((*spec.where, "Config"), f"Run.Sweep over row-partitioned "
+                           f"input '{rows[0]}' needs Reduce: the kernel runs once per block "
+                           "of rows and Reduce combines the blocks' results",
+                           "add Reduce: sum (or min, max, mean, concat) if the kernel's result "
+                           "combines that way, or give the input Partition: replicate")
 
 
 @task("Run.Sweep", Keys(required=KERNEL_KEYS,

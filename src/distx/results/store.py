@@ -40,10 +40,11 @@ import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.script.grid import Grid
+from distx.script.grid import Grid, column_type, from_cell, to_cell
 
 FORMAT = "distx-results"
 FORMAT_VERSION = 1
+EXPERIMENT_COLUMNS = ("id", "index", "status", "attempts", "rank", "host", "start", "end", "error")
 FLUSH_SECONDS = 0.5
 TEXT = h5py.string_dtype()
 FINGERPRINTS = ("script", "kernels", "data")
@@ -287,7 +288,7 @@ def _check_resumable(file: h5py.File, identity: RunIdentity, force: bool) -> Non
                if file.attrs.get(f"fingerprint_{key}") != identity.fingerprints[key]]
     if not changed or force:
         return
-    written_by = str(_python(file.attrs.get("name", "")))
+    written_by = str(from_cell(file.attrs.get("name", "")))
     if written_by != identity.name:
         raise UserError(f"cannot resume: it holds the results of script '{written_by}', not "
                         f"of '{identity.name}'", file=path,
@@ -346,8 +347,8 @@ class ExperimentTable:
         for name, values in grid.columns.items():
             values = list(values)
             if existing is not None and name in existing.dtype.names:
-                values += [_python(v) for v in np.unique(existing[name])]
-            columns.append((name, _column_type(values)))
+                values += [from_cell(v) for v in np.unique(existing[name])]
+            columns.append((name, column_type(values)))
         columns += [("status", "S8"), ("attempts", "i4"), ("rank", "i4"), ("host", "S64"),
                     ("start", "f8"), ("end", "f8"), ("error", TEXT)]
         columns += [(name, "f8") for name in outputs]
@@ -358,7 +359,7 @@ class ExperimentTable:
         new["id"] = ids
         new["index"] = np.arange(first, first + len(ids))
         for name, values in grid.keyfield_columns(indices).items():
-            new[name] = [_cell(value) for value in values]
+            new[name] = [to_cell(value) for value in values]
         new["status"] = b"created"
         new["rank"] = -1
         new["start"] = np.nan
@@ -402,27 +403,6 @@ class ExperimentTable:
 def status_counts(rows: np.ndarray) -> dict[str, int]:
     statuses, numbers = np.unique(rows["status"], return_counts=True)
     return {status.decode(): int(number) for status, number in zip(statuses, numbers)}
-
-
-def _column_type(values: list) -> str:
-    if all(isinstance(v, bool) for v in values):
-        return "?"
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return "i8"
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return "f8"
-    return f"S{max(len(str(v).encode()) for v in values)}"
-
-
-def _python(value: Any) -> Any:
-    """A table cell back as the Python value a keyfield holds."""
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _cell(value: Any) -> Any:
-    return value.encode() if isinstance(value, str) else value
 
 
 def _json_default(value: Any) -> Any:

@@ -4,6 +4,12 @@ The expression is parsed with `ast` and walked node by node; only the node kinds
 here are accepted, so there is no attribute access, no subscripting of objects, no
 comprehension, no import and no call of anything but the whitelisted functions. Python's
 `eval` is never used (ELCM's Run.Evaluate used it).
+
+Every operation is bounded before it runs: integers to MAX_INT_BITS bits, text and lists
+to MAX_LENGTH items, expressions to MAX_EXPRESSION characters. Python computes `**` and
+`*` on big integers, and repeats text, inside one C call that neither a timeout nor
+SIGTERM interrupts, so `((10**10000)**10000)**10000` or `'a' * 10**10 * 10**10` must be
+refused before the call, not stopped during it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,11 @@ from typing import Any
 
 from distx.errors import TaskFailed
 
+MAX_INT_BITS = 4096          # about 1,233 decimal digits
+MAX_LENGTH = 1_000_000       # characters of text, items of a list
+MAX_EXPRESSION = 10_000      # characters of an expression
+MAX_ROUND_DIGITS = 1_300     # round(x, n): |n| at most the digits of a MAX_INT_BITS integer
+
 _BINARY = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
     ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
@@ -26,25 +37,45 @@ _COMPARE = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
     ast.Gt: operator.gt, ast.GtE: operator.ge,
 }
+
+
+def _round(number: Any, ndigits: Any = None) -> Any:
+    """round(), with ndigits bounded: round(5, -10**7) computes 10**(10**7) first."""
+    if ndigits is not None and isinstance(ndigits, int) and abs(ndigits) > MAX_ROUND_DIGITS:
+        raise TaskFailed(f"round() to {ndigits} digits: at most {MAX_ROUND_DIGITS} either way")
+    return round(number, ndigits)
+
+
 FUNCTIONS = {
-    "abs": abs, "min": min, "max": max, "round": round, "int": int, "float": float,
+    "abs": abs, "min": min, "max": max, "round": _round, "int": int, "float": float,
     "sqrt": math.sqrt, "exp": math.exp, "log": math.log, "log10": math.log10,
     "sin": math.sin, "cos": math.cos, "tan": math.tan, "floor": math.floor, "ceil": math.ceil,
 }
 CONSTANTS = {"pi": math.pi, "e": math.e, "true": True, "false": False}
-_MAX_POWER = 10_000
+
+
+class UnknownName(TaskFailed):
+    """The expression names a value that is not (yet) known."""
+
 
 
 def evaluate(expression: str, names: Mapping[str, Any] | None = None) -> Any:
     """Evaluate `expression`; bare names are looked up in `names`, then in CONSTANTS."""
+    shown = expression if len(expression) <= 80 else expression[:80] + "..."
+    if len(expression) > MAX_EXPRESSION:
+        raise TaskFailed(f"expression {shown!r} is longer than {MAX_EXPRESSION:,} characters")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as error:
-        raise TaskFailed(f"cannot parse expression {expression!r}: {error.msg}") from None
+        raise TaskFailed(f"cannot parse expression {shown!r}: {error.msg}") from None
+    except (RecursionError, MemoryError):
+        raise TaskFailed(f"expression {shown!r} nests too deeply") from None
     try:
         return _Evaluator(dict(names or {})).visit(tree.body)
+    except RecursionError:
+        raise TaskFailed(f"expression {shown!r} nests too deeply") from None
     except (ArithmeticError, ValueError, TypeError) as error:
-        raise TaskFailed(f"cannot evaluate {expression!r}: {error}") from None
+        raise TaskFailed(f"cannot evaluate {shown!r}: {error}") from None
 
 
 class _Evaluator:
@@ -70,22 +101,21 @@ class _Evaluator:
             return self.names[node.id]
         if node.id in CONSTANTS:
             return CONSTANTS[node.id]
-        raise TaskFailed(f"unknown name '{node.id}' in expression")
+        raise UnknownName(f"unknown name '{node.id}' in expression")
 
     def visit_BinOp(self, node: ast.BinOp) -> Any:
         operation = _BINARY.get(type(node.op))
         if operation is None:
             raise TaskFailed(f"operator in '{ast.unparse(node)}' is not allowed")
         left, right = self.visit(node.left), self.visit(node.right)
-        if operation is operator.pow and isinstance(right, (int, float)) and right > _MAX_POWER:
-            raise TaskFailed(f"exponent {right} is too large")
-        return operation(left, right)
+        _check_operands(node, operation, left, right)
+        return _checked(node, operation(left, right))
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
         operation = _UNARY.get(type(node.op))
         if operation is None:
             raise TaskFailed(f"operator in '{ast.unparse(node)}' is not allowed")
-        return operation(self.visit(node.operand))
+        return _checked(node, operation(self.visit(node.operand)))
 
     def visit_BoolOp(self, node: ast.BoolOp) -> Any:
         result = None
@@ -116,4 +146,42 @@ class _Evaluator:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS or node.keywords:
             raise TaskFailed(f"call '{ast.unparse(node)}' is not allowed "
                              f"(functions: {', '.join(sorted(FUNCTIONS))})")
-        return FUNCTIONS[node.func.id](*(self.visit(arg) for arg in node.args))
+        return _checked(node, FUNCTIONS[node.func.id](*(self.visit(arg) for arg in node.args)))
+
+
+def _check_operands(node: ast.BinOp, operation: Any, left: Any, right: Any) -> None:
+    """Refuse `**` and `*` whose result would exceed the bounds, before computing it."""
+    if operation is operator.pow and _is_int(left) and _is_int(right) and right > 0 \
+            and abs(left) > 1 and (abs(left).bit_length() - 1) * right >= MAX_INT_BITS:
+        raise TaskFailed(f"'{_text(node)}' would be an integer of more than {MAX_INT_BITS:,} "
+                         "bits")
+    if operation is operator.mul:
+        if _is_int(left) and _is_int(right) \
+                and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
+            raise TaskFailed(f"'{_text(node)}' would be an integer of more than "
+                             f"{MAX_INT_BITS:,} bits")
+        for sequence, count in ((left, right), (right, left)):
+            if isinstance(sequence, (str, list, tuple)) and _is_int(count) \
+                    and len(sequence) * count > MAX_LENGTH:
+                raise TaskFailed(f"'{_text(node)}' would hold more than {MAX_LENGTH:,} "
+                                 "characters or items")
+
+
+def _checked(node: ast.AST, value: Any) -> Any:
+    """The value of an operation, if it is within the bounds and a real number or text."""
+    if _is_int(value) and value.bit_length() > MAX_INT_BITS:
+        raise TaskFailed(f"'{_text(node)}' is an integer of more than {MAX_INT_BITS:,} bits")
+    if isinstance(value, (str, list, tuple)) and len(value) > MAX_LENGTH:
+        raise TaskFailed(f"'{_text(node)}' holds more than {MAX_LENGTH:,} characters or items")
+    if isinstance(value, complex):
+        raise TaskFailed(f"'{_text(node)}' is a complex number")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int)  # bool too: True * 'a' is 'a'
+
+
+def _text(node: ast.AST) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= 80 else text[:80] + "..."

@@ -82,13 +82,10 @@ def _uses_default(match: re.Match, values: Mapping[str, Any]) -> bool:
 
 def _typed(default: str) -> Any:
     """A default standing alone is read as a YAML scalar: `@[n:3]` gives the number 3."""
-    import yaml
+    from distx.script.source import read_scalar
 
-    try:
-        value = yaml.safe_load(default)
-    except yaml.YAMLError:
-        return default
-    return value if isinstance(value, (int, float, bool, str)) else default
+    value = read_scalar(default)
+    return default if value is None else value
 
 
 def _format(value: Any) -> str:

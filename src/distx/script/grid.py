@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 MAX_EXPERIMENTS = 10_000_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TEXT_BYTES = 1024  # a text keyfield value, in UTF-8
 
 
 class GridError(ValueError):
@@ -23,6 +25,8 @@ class GridError(ValueError):
 
 def keyfield_values(name: str, spec: Any) -> list:
     """The values of one keyfield, from a list or a `{start, stop, step}` range."""
+    if not name.strip() or not name.isprintable():
+        raise GridError(f"keyfield name {name!r} is not a plain name")
     if isinstance(spec, list):
         if not spec:
             raise GridError(f"keyfield '{name}' has an empty list of values")
@@ -32,13 +36,77 @@ def keyfield_values(name: str, spec: Any) -> list:
             if not isinstance(value, (int, float, str, bool)):
                 raise GridError(f"keyfield '{name}' has value {value!r}: values must be "
                                 "numbers, strings or booleans")
+            _check_storable(name, value)
+        _check_distinct_when_stored(name, spec)
         return list(spec)
     if isinstance(spec, dict):
         return _range_values(name, spec)
     raise GridError(f"keyfield '{name}' must be a list of values or {{start, stop, step}}")
 
 
-def _range_values(name: str, spec: dict) -> list:
+def _check_storable(name: str, value: Any) -> None:
+    """A value the results table stores exactly and a resume finds again."""
+    if isinstance(value, str) and (len(value.encode()) > MAX_TEXT_BYTES or "\0" in value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise GridError(f"keyfield '{name}' has text value {shown!r}: text values are "
+                        f"at most {MAX_TEXT_BYTES} bytes, without NUL characters (the table "
+                        "keeps every value at the longest one's width)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GridError(f"keyfield '{name}' has value {value}: values must be finite numbers")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value \
+            <= INT64_MAX:
+        raise GridError(f"keyfield '{name}' has value {value}, outside the 64-bit integers "
+                        "the results table stores")
+
+
+def _check_distinct_when_stored(name: str, values: list, described: str = "") -> None:
+    """Two values that the results table would store alike (1 and 1.0 in a float column,
+    1 and "1" in a text column, floats that round alike) would give experiments that share
+    one id: refuse them, naming the values. `described` says where they came from."""
+    stored = np.array([to_cell(value) for value in values], dtype=column_type(values))
+    _, first, counts = np.unique(stored, return_index=True, return_counts=True)
+    if (counts == 1).all():
+        return
+    position = int(first[counts > 1].min())
+    twin = next(i for i in range(position + 1, len(values)) if stored[i] == stored[position])
+    raise GridError(f"keyfield '{name}'{described} has values {values[position]!r} (value "
+                    f"{position + 1}) and {values[twin]!r} (value {twin + 1}), stored alike as "
+                    f"{from_cell(stored[position])!r}; {len(values) - len(first)} value(s) "
+                    "repeat one before them, and experiments would share one id")
+
+
+def column_type(values: list) -> str:
+    """The numpy dtype of a keyfield's column in the results table."""
+    if all(isinstance(v, bool) for v in values):
+        return "?"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "i8"
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "f8"
+    return f"S{max(len(str(v).encode()) for v in values)}"
+
+
+def to_cell(value: Any) -> Any:
+    """A keyfield value as a cell of its column (text as bytes)."""
+    return value.encode() if isinstance(value, str) else value
+
+
+def from_cell(value: Any) -> Any:
+    """A table cell back as the Python value a keyfield holds."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def keyfield_count(name: str, spec: Any) -> int:
+    """How many values a keyfield has, without making them (a range is checked first)."""
+    if isinstance(spec, dict):
+        return _range(name, spec)[3]
+    return len(spec) if isinstance(spec, list) else 1
+
+
+def _range(name: str, spec: dict) -> tuple[Any, Any, Any, int]:
+    """A range's start, stop and step, checked, and its number of values."""
     unknown = set(spec) - {"start", "stop", "step"}
     if unknown or "stop" not in spec:
         extra = f", unknown: {', '.join(sorted(unknown))}" if unknown else ""
@@ -48,21 +116,42 @@ def _range_values(name: str, spec: dict) -> list:
     for key, value in (("start", start), ("stop", stop), ("step", step)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise GridError(f"keyfield '{name}' range {key} must be a number, not {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GridError(f"keyfield '{name}' range {key} is {value}: it must be finite")
+        _check_storable(name, value)
     if step == 0:
         raise GridError(f"keyfield '{name}' range has step 0")
-    count = math.ceil((stop - start) / step - 1e-9)
+    count = _range_count(start, stop, step, _integers(start, stop, step))
     if count <= 0:
         raise GridError(f"keyfield '{name}' range from {start} to {stop} with step {step} "
                         "is empty (stop is excluded)")
     if count > MAX_EXPERIMENTS:
-        raise GridError(f"keyfield '{name}' range has {count} values, more than {MAX_EXPERIMENTS}")
-    if all(isinstance(value, int) for value in (start, stop, step)):
+        shown = f"{count:,}" if math.isfinite(count) else "too many"
+        raise GridError(f"keyfield '{name}' range has {shown} values, more than "
+                        f"{MAX_EXPERIMENTS:,}")
+    return start, stop, step, int(count)
+
+
+def _integers(*values: Any) -> bool:
+    return all(isinstance(value, int) for value in values)
+
+
+def _range_values(name: str, spec: dict) -> list:
+    start, stop, step, count = _range(name, spec)
+    if _integers(start, stop, step):
         return list(range(start, stop, step))
-    return [round(start + i * step, 12) for i in range(count)]
+    values = [round(start + i * step, 12) for i in range(count)]
+    _check_distinct_when_stored(name, values, f" range from {start} to {stop} with step "
+                                f"{step} (rounded to 12 decimals)")
+    return values
 
 
-def grid_size(keyfields: dict[str, list], folds: int | None) -> int:
-    return math.prod(len(values) for values in keyfields.values()) * (folds or 1)
+def _range_count(start: float, stop: float, step: float, integers: bool) -> float:
+    """How many values the range has (a float: may be far beyond any list's length)."""
+    if integers:
+        return -(-(stop - start) // step)
+    quotient = (stop - start) / step
+    return math.ceil(quotient - 1e-9) if math.isfinite(quotient) else math.inf
 
 
 class Grid:

@@ -8,6 +8,8 @@ more than the text (kernels, ranks for a world size, coordination) live in check
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from distx.script.schema import (
     COUNT,
     DICT,
     NUMBER,
-    POSITIVE,
+    SECONDS,
     STR,
     Keys,
     Type,
@@ -35,17 +37,22 @@ RANKS = Type("a rank, a list of ranks, or text like \"1-\", \"1-3\", \"1,3,5-7\"
                                                        and not isinstance(v, bool)))
 PARTITION = Type("rows or replicate", lambda v: v in ("rows", "replicate"))
 DISTRIBUTION = Type("uniform, normal or integers", lambda v: v in ("uniform", "normal", "integers"))
-SHAPE = Type("a list of whole numbers >= 1", lambda v: isinstance(v, list) and len(v) > 0 and all(
-    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v))
+MAX_DIMENSIONS = 32  # as HDF5 (numpy allows 64)
+SHAPE = Type("a list of whole numbers >= 1", lambda v: isinstance(v, list)
+             and 0 < len(v) <= MAX_DIMENSIONS and all(
+                 isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v),
+             f"1 to {MAX_DIMENSIONS} dimensions")
+ORDER = Type("a finite number", lambda v: isinstance(v, (int, float))
+             and not isinstance(v, bool) and math.isfinite(v))
 
 TOP_LEVEL = Keys(
     required={"Name": STR},
     optional={"Version": COUNT, "Description": STR, "Distributed": BOOL, "Output": STR,
-              "Timeout": POSITIVE, "Kernels": STR, "Parameters": DICT, "Data": DICT,
+              "Timeout": SECONDS, "Kernels": STR, "Parameters": DICT, "Data": DICT,
               "Experiments": DICT, "Roles": DICT, "Sequence": SEQUENCE_LIST},
 )
 ROLE = Keys(optional={"Ranks": RANKS, "Sequence": SEQUENCE_LIST})
-TASK_ITEM = Keys(required={"Task": STR}, optional={"Config": DICT, "Order": NUMBER})
+TASK_ITEM = Keys(required={"Task": STR}, optional={"Config": DICT, "Order": ORDER})
 DATA_ITEM = Keys(optional={"Generate": DICT, "File": STR, "Partition": PARTITION})
 GENERATE = Keys(required={"Distribution": DISTRIBUTION, "Shape": SHAPE},
                 optional={"Seed": COUNT, "DType": STR, "Low": NUMBER, "High": NUMBER,
@@ -177,8 +184,9 @@ def check_keys(source: Source, mapping: Any, keys: Keys, where: Where) -> None:
             raise source.error((*where, key), f"unknown key '{key}'." + suggestion(key, allowed),
                                f"use one of: {', '.join(allowed)}")
         if not allowed[key].check(value):
+            detail = f" ({allowed[key].detail})" if allowed[key].detail else ""
             raise source.error((*where, key), f"'{key}' must be {allowed[key].name}, "
-                               f"not {value!r}")
+                               f"not {value!r}{detail}")
     for key in keys.required:
         if key not in mapping:
             raise source.error(where, f"'{key}' is missing", f"add {key}: ...")
@@ -235,9 +243,24 @@ def _parse_data(source: Source, data_doc: Any) -> dict[str, DataSpec]:
             raise source.error(where, f"array '{name}' needs exactly one of Generate or File")
         if "Generate" in item:
             check_keys(source, item["Generate"], GENERATE, (*where, "Generate"))
+        if "Partition" not in item:
+            # No default: `rows` changes a non-additive kernel's result with the number of
+            # ranks, `replicate` costs memory on every holder; only the script knows.
+            raise source.error(where, f"array '{name}' does not say how it is partitioned",
+                               "add Partition: rows (each holder gets a block of rows; "
+                               "kernels see only their block) or Partition: replicate "
+                               "(every holder gets the whole array)")
         specs[name] = DataSpec(name, item.get("Generate"), item.get("File"),
-                               item.get("Partition", "rows"), where)
+                               item["Partition"], where)
     return specs
+
+
+def _keyfield(source: Source, name: Any, read: Callable[[str, Any], Any], spec: Any) -> Any:
+    """`read(name, spec)` of one keyfield, its GridError as the script's error."""
+    try:
+        return read(str(name), spec)
+    except grid.GridError as error:
+        raise source.error(("Experiments", "Keyfields", name), str(error)) from None
 
 
 def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
@@ -245,24 +268,24 @@ def _parse_experiments(source: Source, doc: Any) -> ExperimentsSpec | None:
         return None
     where = ("Experiments",)
     check_keys(source, doc, EXPERIMENTS, where)
-    keyfields = {}
-    for name, spec in doc["Keyfields"].items():
+    for name in doc["Keyfields"]:
         if name == "fold" and doc.get("Folds"):
             raise source.error((*where, "Keyfields", name),
                                "keyfield 'fold' is added by Folds", "rename the keyfield")
-        try:
-            keyfields[str(name)] = grid.keyfield_values(str(name), spec)
-        except grid.GridError as error:
-            raise source.error((*where, "Keyfields", name), str(error)) from None
-    if not keyfields:
+    if not doc["Keyfields"]:
         raise source.error((*where, "Keyfields"), "no keyfields", "add at least one keyfield")
     folds = doc.get("Folds")
     if folds is not None and folds < 2:
         raise source.error((*where, "Folds"), "Folds must be at least 2")
-    size = grid.grid_size(keyfields, folds)
+    # The size first, from the counts alone: values are made only for a grid that fits.
+    counts = {name: _keyfield(source, name, grid.keyfield_count, spec)
+              for name, spec in doc["Keyfields"].items()}
+    size = math.prod(counts.values()) * (folds or 1)
     if size > grid.MAX_EXPERIMENTS:
         raise source.error((*where, "Keyfields"), f"the grid has {size:,} experiments, more "
                            f"than the {grid.MAX_EXPERIMENTS:,} one results file holds",
                            "split the sweep into several scripts or use fewer values")
+    keyfields = {str(name): _keyfield(source, name, grid.keyfield_values, spec)
+                 for name, spec in doc["Keyfields"].items()}
     return ExperimentsSpec(keyfields, folds, doc.get("Retries", 0))
 

@@ -15,6 +15,7 @@ from typing import Any
 from distx.script.model import COORDINATOR, Script
 
 SERVE_ONLY = "-"
+MAX_RANKS = 100_000  # the largest world a script is checked for (roles are planned per rank)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class RolePlan:
 
     def resolve(self, target: str | int) -> tuple[int, ...]:
         """The ranks named by `From:` (a role name or a rank number)."""
-        if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        if isinstance(target, int) or (isinstance(target, str) and _is_number(target)):
             rank = int(target)
             if not 0 <= rank < self.size:
                 raise ValueError(f"rank {rank} does not exist in a world of {self.size}")
@@ -56,14 +57,19 @@ def default_target(script: Script, role: str) -> str | None:
 def parse_ranks(spec: Any, size: int | None) -> list[int]:
     """Ranks named by `spec`; an open range "1-" needs `size`."""
     if isinstance(spec, int) and not isinstance(spec, bool):
+        if not 0 <= spec < MAX_RANKS:
+            raise ValueError(f"rank {spec} is not a rank from 0 to {MAX_RANKS - 1:,}")
         return [spec]
     if isinstance(spec, list):
         return sorted({rank for item in spec for rank in parse_ranks(item, size)})
     ranks: set[int] = set()
     for part in str(spec).replace(" ", "").split(","):
         first, dash, last = part.partition("-")
-        if not first.isdigit() or (last and not last.isdigit()):
+        if not _is_number(first) or (last and not _is_number(last)):
             raise ValueError(f"cannot read ranks '{spec}' (write e.g. \"1-\", \"1-3\", \"2,4\")")
+        if max(int(first), int(last or 0)) >= MAX_RANKS:
+            raise ValueError(f"ranks '{spec}' go beyond rank {MAX_RANKS - 1:,}, the largest "
+                             "distx plans for")
         if not dash:
             ranks.add(int(first))
         elif last:
@@ -73,6 +79,10 @@ def parse_ranks(spec: Any, size: int | None) -> list[int]:
         else:
             ranks.update(range(int(first), size if size is not None else int(first) + 1))
     return sorted(ranks)
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def plan_roles(script: Script, size: int) -> RolePlan:

@@ -18,6 +18,7 @@ from distx.errors import TaskFailed
 class Type:
     name: str
     accepts: Any  # callable(value) -> bool
+    detail: str = ""  # a bound the name does not say, shown after the value
 
     def check(self, value: Any) -> bool:
         return is_reference(value) or self.accepts(value)
@@ -27,9 +28,17 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+MAX_SECONDS = 7 * 24 * 3600.0  # the longest Timeout or Delay: a week
+
+
+def _seconds(value: Any) -> bool:
+    return _number(value) and 0 < value <= MAX_SECONDS  # also refuses nan
+
+
 STR = Type("a string", lambda v: isinstance(v, str))
 NUMBER = Type("a number", _number)
-POSITIVE = Type("a positive number", lambda v: _number(v) and v > 0)
+SECONDS = Type("a positive number", _seconds,
+               f"seconds, finite and at most {MAX_SECONDS:.0f} (a week)")
 COUNT = Type("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool)
              and v >= 0)
 BOOL = Type("true or false", lambda v: isinstance(v, bool))
@@ -44,11 +53,21 @@ REDUCE = Type("one of sum, min, max, mean, concat",
 SEVERITY = Type("one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
                 lambda v: isinstance(v, str) and v.upper() in
                 ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
-KEYS = Type("a list of names, or of [group, name] pairs",
-            lambda v: isinstance(v, list) and all(
-                isinstance(item, str) or (isinstance(item, list) and len(item) == 2
-                                          and isinstance(item[0], int)
-                                          and isinstance(item[1], str)) for item in v))
+CAPTURE_TYPES = ("text", "int", "float")
+
+
+def _capture_keys(value: Any) -> bool:
+    def one(item: Any) -> bool:
+        if isinstance(item, str):
+            return True
+        return (isinstance(item, list) and len(item) in (2, 3) and isinstance(item[0], int)
+                and not isinstance(item[0], bool) and isinstance(item[1], str)
+                and (len(item) == 2 or item[2] in CAPTURE_TYPES))
+    return isinstance(value, list) and all(one(item) for item in value)
+
+
+KEYS = Type("a list of names, or of [group, name] pairs or [group, name, type] triples "
+            f"(type: {', '.join(CAPTURE_TYPES)})", _capture_keys)
 
 
 @dataclass(frozen=True)
