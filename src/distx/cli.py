@@ -1,19 +1,37 @@
-"""Command line: `distx [run] script.yml`, `distx validate`, `distx show`.
+"""Command line: `distx [run] script.yml`, `distx validate`, `distx show`, ...
 
 User errors print one line `distx: error: <file>, line <n> (<where>): <what>. Fix: <how>`
-and exit 2; `--debug` shows the traceback instead.
+and exit 2; `--debug` shows the traceback instead. Output cut short by its reader
+(`distx export ... | head`) ends the command quietly with exit code 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
+from distx import __version__
+from distx.engine.progress import MODES as PROGRESS
 from distx.errors import UserError
 from distx.vocabulary import ExitCode
 
-COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline", "bench")
+COMMANDS = ("run", "validate", "show", "status", "reset", "export", "timeline", "bench",
+            "schema", "examples")
+
+EXAMPLES = """\
+examples:
+  distx examples my-first && cd my-first     copy the example scripts and kernels
+  mpiexec -n 4 distx jobs/pi.yml             run on 4 ranks (results in pi.h5)
+  mpiexec -n 4 distx jobs/pi.yml --progress live   a live progress line under mpiexec
+  distx validate jobs/pi.yml -n 4            check a script for 4 ranks, run nothing
+  distx show pi.h5 --by samples --sort pi --desc --top 5
+  distx status 'shard-*.h5'                  counts of several shards together
+  distx export pi.h5 --csv - | head          a table as CSV on stdout
+  distx timeline pi.h5 -o pi.png --trace pi.json   a picture; a trace for ui.perfetto.dev
+  distx schema > distx.schema.json           the script format for editors (see README)
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"distx: error: {error}", file=sys.stderr, flush=True)
         return ExitCode.BAD_INPUT
+    except BrokenPipeError:
+        _quiet_stdout()
+        return ExitCode.OK
+
+
+def _quiet_stdout() -> None:
+    """The reader of our output went away (`| head`): send what is still buffered nowhere,
+    so that Python's flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +106,9 @@ def _world_size(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="distx", description="Distributed experiments on MPI.")
+    parser = _Parser(prog="distx", description="Distributed experiments on MPI.",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"distx {__version__}")
     parser.set_defaults(command=None, debug=False)
     commands = parser.add_subparsers(dest="command")
 
@@ -95,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--grace", type=_grace, default=30.0, metavar="S",
                      help="after SIGTERM/SIGINT/SIGUSR1, wait up to S s for tasks in flight")
     run.add_argument("-v", "--verbose", action="store_true", help="echo every log line")
+    run.add_argument("--progress", choices=PROGRESS, default="auto",
+                     help="sweep progress on stderr: live (one line redrawn with \\r; use "
+                     "it under mpiexec, whose stderr is a pipe), lines (a line every 5 s), "
+                     "off, or auto (live on a terminal, else lines)")
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="check a script without running it")
@@ -104,12 +139,20 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     validate.set_defaults(handler=_validate)
 
-    show = commands.add_parser("show", help="summarise a results file")
-    show.add_argument("results")
+    show = commands.add_parser("show", help="summarise results files: runs, milestones, "
+                               "output statistics, best rows, errors")
+    show.add_argument("results", nargs="+", help="results files or a quoted pattern "
+                      "('shard-*.h5'); several are reported together")
+    show.add_argument("--by", metavar="K1[,K2]", default="",
+                      help="output statistics per value of one or two keyfields")
+    show.add_argument("--sort", metavar="COLUMN", help="list the best rows by this column")
+    show.add_argument("--desc", action="store_true", help="with --sort: highest first")
+    show.add_argument("--top", type=int, default=10, metavar="N",
+                      help="with --sort: how many rows (default 10)")
     show.set_defaults(handler=_show)
 
     status = commands.add_parser("status", help="live counts (also while a run writes)")
-    status.add_argument("results")
+    status.add_argument("results", nargs="+", help="results files or a quoted pattern")
     status.set_defaults(handler=_status)
 
     reset = commands.add_parser("reset", help="set experiments back to created")
@@ -130,6 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     timeline.add_argument("results")
     timeline.add_argument("-o", "--output", default="timeline.png")
     timeline.add_argument("--run", type=int, help="which run (default: the latest)")
+    timeline.add_argument("--trace", metavar="FILE.json",
+                          help="also write the events as a Chrome/Perfetto trace "
+                          "(open it in ui.perfetto.dev or chrome://tracing)")
     timeline.set_defaults(handler=_timeline)
 
     bench = commands.add_parser("bench", help="measure distx against raw mpi4py, "
@@ -139,7 +185,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.set_defaults(handler=_bench)
 
-    for sub in (run, validate, show, status, reset, export, timeline, bench):
+    schema = commands.add_parser("schema", help="print the JSON Schema of the script format "
+                                 "(for editor completion)")
+    schema.set_defaults(handler=_schema)
+
+    examples = commands.add_parser("examples", help="copy the example scripts and kernels "
+                                   "into a folder")
+    examples.add_argument("folder")
+    examples.set_defaults(handler=_examples)
+
+    for sub in (run, validate, show, status, reset, export, timeline, bench, schema, examples):
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -162,7 +217,7 @@ def _run(arguments: argparse.Namespace) -> int:
     return run(RunOptions(arguments.script, arguments.output, _overrides(arguments.set),
                           arguments.timeout, arguments.overwrite, arguments.verbose,
                           ["distx", *sys.argv[1:]], arguments.resume, arguments.force,
-                          arguments.grace))
+                          arguments.grace, arguments.progress))
 
 
 def _validate(arguments: argparse.Namespace) -> int:
@@ -177,9 +232,13 @@ def _validate(arguments: argparse.Namespace) -> int:
 
 
 def _show(arguments: argparse.Namespace) -> int:
-    from distx.results.show import summary
+    from distx.results.show import ShowOptions, summary
 
-    print(summary(arguments.results))
+    if arguments.top < 1:
+        raise UserError("--top must be at least 1")
+    by = [name.strip() for name in arguments.by.split(",") if name.strip()]
+    print(summary(arguments.results, ShowOptions(by, arguments.sort, arguments.desc,
+                                                 arguments.top)))
     return ExitCode.OK
 
 
@@ -215,6 +274,11 @@ def _timeline(arguments: argparse.Namespace) -> int:
     from distx.results.timeline import draw
 
     print(f"timeline written to {draw(arguments.results, arguments.output, arguments.run)}")
+    if arguments.trace:
+        from distx.results.trace import write_trace
+
+        events = write_trace(arguments.results, arguments.trace, arguments.run)
+        print(f"trace of {events:,} events written to {arguments.trace}")
     return ExitCode.OK
 
 
@@ -222,4 +286,22 @@ def _bench(arguments: argparse.Namespace) -> int:
     from distx.bench.harness import run_bench
 
     print(run_bench(arguments.ranks, arguments.quick, arguments.json))
+    return ExitCode.OK
+
+
+def _schema(arguments: argparse.Namespace) -> int:
+    import json
+
+    from distx.check.script_schema import script_schema
+
+    print(json.dumps(script_schema(), indent=2))
+    return ExitCode.OK
+
+
+def _examples(arguments: argparse.Namespace) -> int:
+    from distx.script.examples import copy_examples
+
+    written = copy_examples(arguments.folder)
+    print(f"{len(written)} example file(s) copied to {arguments.folder}; try: cd "
+          f"{arguments.folder} && mpiexec -n 4 distx jobs/pi.yml && distx show pi.h5")
     return ExitCode.OK

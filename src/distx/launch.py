@@ -29,6 +29,7 @@ from distx.engine import data
 from distx.engine.command import end_commands
 from distx.engine.coordinator import Coordinator
 from distx.engine.core import RunInfo
+from distx.engine.output import real_stderr
 from distx.engine.protocol import Verdict
 from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
 from distx.engine.taskrun import Executor
@@ -51,6 +52,7 @@ class RunOptions:
     resume: bool = False
     force: bool = False
     grace: float = 30.0
+    progress: str = "auto"   # sweep progress on stderr: auto, live, lines or off
 
 
 @dataclass
@@ -74,7 +76,8 @@ def run(options: RunOptions) -> int:
     prefer_shared_memory(os.environ)
     from mpi4py import MPI
 
-    faulthandler.enable(file=2, all_threads=True)  # a rank that crashes leaves its stack
+    # a rank that crashes leaves its stack (also while a kernel's output is captured)
+    faulthandler.enable(file=real_stderr(), all_threads=True)
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
         return _run_single_process(options)
@@ -132,7 +135,7 @@ def _info(script: Script, options: RunOptions, run_id: str, size: int,
     temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
     return RunInfo(script, plan, run_id, timeout, dict(options.overrides),
                    _hosts_per_rank(hosts, plan.size),
-                   temp_root, options.verbose, options.grace)
+                   temp_root, options.verbose, options.grace, options.progress)
 
 
 def _hosts_per_rank(hosts: list[str], size: int) -> tuple[str, ...]:

@@ -16,7 +16,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import textwrap
 import time
@@ -28,7 +27,7 @@ import numpy as np
 
 from distx.bench import benchkernels
 from distx.engine.kernels import KernelLibrary
-from distx.errors import UserError
+from distx.script.examples import examples_folder
 
 BENCH_KERNELS = Path(benchkernels.__file__).parent
 
@@ -309,19 +308,6 @@ class Bench:
                               f"{duration * rate:,.0f} workers with {label} tasks"
                               for duration, label in ((1e-3, "1 ms"), (1e-2, "10 ms"),
                                                       (1e-1, "100 ms"), (1.0, "1 s"))))
-
-
-def examples_folder() -> Path:
-    """The shipped examples (jobs/, kernels/): the checkout distx runs from, else where the
-    wheel installed them (<prefix>/share/distx/examples, setup.cfg's data_files)."""
-    checkout = Path(__file__).resolve().parents[3]
-    installed = Path(sysconfig.get_path("data")) / "share" / "distx" / "examples"
-    for folder in (checkout, installed):
-        if (folder / "kernels" / "montecarlo.py").is_file():
-            return folder
-    raise UserError(f"the example kernels are neither in {checkout / 'kernels'} nor in "
-                    f"{installed / 'kernels'}", fix="run distx bench from a checkout, or "
-                    "reinstall distx")
 
 
 def _workers(ranks: int) -> int:

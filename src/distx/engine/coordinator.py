@@ -74,6 +74,8 @@ class Coordinator:
             self.results.record_task(source, event.record)
         elif event.kind == EventKind.FILE:
             self.results.record_file(source, event.record)
+        elif event.kind == EventKind.LOG:
+            self.results.record_log(source, event.record)
         elif event.kind == EventKind.STUCK:
             self.stuck.on_report(source, event.record)
 

@@ -15,6 +15,7 @@ carries its cause, so a rank waiting on an Errored peer fails at once, naming it
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distx.engine.output import real_stderr
+from distx.engine.progress import break_live_line
 from distx.engine.protocol import (
     Command,
     Control,
@@ -58,6 +61,7 @@ class RunInfo:
     temp_root: Path
     verbose: bool = False
     grace: float = 30.0
+    progress: str = "auto"    # how rank 0 shows sweep progress (engine/progress.py)
 
 
 class RankCore:
@@ -96,8 +100,12 @@ class RankCore:
         return self.info.plan.describe(rank)
 
     def echo(self, text: str, severity: str) -> None:
-        """A line on stderr naming this rank."""
-        print(f"[{self.describe(self.rank)}] {severity}: {text}", file=sys.stderr, flush=True)
+        """A line on stderr naming this rank; never taken by a capture of kernel output
+        (the watchdog echoes while a kernel's output is being captured)."""
+        line = f"[{self.describe(self.rank)}] {severity}: {text}\n"
+        break_live_line()
+        sys.stderr.flush()
+        os.write(real_stderr(), line.encode(errors="replace"))
 
     # ----- serving --------------------------------------------------------------------
     def on_signal(self) -> None:

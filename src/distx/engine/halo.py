@@ -66,6 +66,6 @@ def iterate_with_halos(run: TaskRun, config: dict) -> None:
                         run.timeout(config), f"halo rows of step {step}")
         above = mailbox.rows.pop((name, step, "above")) if up is not None else nothing
         below = mailbox.rows.pop((name, step, "below")) if down is not None else nothing
-        with run.kernel_timeout(config, config["Kernel"]):
+        with run.kernel_call(config, config["Kernel"]):
             kernel.call({**base, "above": above, "below": below, "step": step})
     run.log(f"{config['Steps']} steps of {config['Kernel']} done")

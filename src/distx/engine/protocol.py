@@ -60,6 +60,7 @@ class EventKind(str, enum.Enum):
     TASK = "task"        # a finished task, with its log
     FILE = "file"        # a file a task kept
     STUCK = "stuck"      # a rank lost in a kernel past its Timeout
+    LOG = "log"          # log lines outside a task of the sequence (sweep kernel output)
 
 
 @dataclass(frozen=True)

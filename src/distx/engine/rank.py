@@ -53,7 +53,7 @@ def run_sequence(executor: Executor) -> str:
     except Cancelled as stop:
         return core.end_sequence(RunState.CANCELLED, str(stop))
     except TaskFailed as failure:
-        return core.end_sequence(RunState.ERRORED, str(failure).splitlines()[0])
+        return core.end_sequence(RunState.ERRORED, str(failure))  # the whole cause
     core.reach(POST_RUN)
     return core.end_sequence(RunState.FINISHED, "")
 

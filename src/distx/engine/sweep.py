@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from distx.engine.kernels import (
     is_compile_error,
     outputs_of,
 )
+from distx.engine.progress import Progress
 from distx.engine.protocol import BatchResult, Kind, SweepPlan, SweepReady, SweepTasks
 from distx.engine.reduce import reduce_values
 from distx.engine.taskrun import Executor, TaskRun
@@ -66,6 +66,8 @@ from distx.vocabulary import Status
 if TYPE_CHECKING:
     from distx.results.store import ExperimentTable
 
+SWEEP_TASKS = -1
+"""The task index in /logs of what sweep kernels printed on a holder (not a task of its own)."""
 BATCH_SECONDS = 0.05
 MAX_BATCH = 4096
 IN_FLIGHT = 2
@@ -162,7 +164,7 @@ class Sweep:
         self.next_task = {rank: 0 for rank in self.holders}  # row partitions: per holder
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
-        self.progress = Progress(len(ids))
+        self.progress = Progress(len(ids), self.core.info.progress)
 
     def run(self) -> None:
         if not self.ids:
@@ -473,7 +475,11 @@ class SweepHolder:
         active = self.active
         if active is None or active.plan.number != tasks.number:
             return
-        self.core.transport.send(source, Kind.SWEEP_RESULTS, _run_batch(active, tasks.task_ids))
+        with self.executor.output.capture() as printed:  # filled when the capture ends
+            result = _run_batch(active, tasks.task_ids)
+        # Before the results: once the last results are in, rank 0 may end the run.
+        self.executor.kernel_output(printed, SWEEP_TASKS)
+        self.core.transport.send(source, Kind.SWEEP_RESULTS, result)
 
 
 def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
@@ -512,39 +518,3 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
         end[position] = time.time()
     return BatchResult(plan.number, task_ids, ok, start, end, values, arrays, errors,
                        time.perf_counter() - began)
-
-
-class Progress:
-    """done/error/total, rate and ETA on stderr: a live line on a terminal, else every 5 s."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.began = time.monotonic()
-        self.last = 0.0
-        self.live = sys.stderr.isatty()
-        self.interval = 0.2 if self.live else 5.0
-        self.text = ""
-
-    def update(self, remaining: int, errors: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval and not force:
-            return
-        self.last = now
-        finished = self.total - remaining
-        rate = finished / max(now - self.began, 1e-9)
-        eta = remaining / rate if rate > 0 else math.inf
-        self.text = (f"sweep: {finished - errors} done, {errors} error, {self.total} total, "
-                     f"{rate:,.0f}/s, ETA {eta:,.0f} s")
-        self._show()
-
-    def _show(self) -> None:
-        if self.live:
-            print("\r" + self.text, end="", file=sys.stderr, flush=True)
-        else:
-            print(self.text, file=sys.stderr, flush=True)
-
-    def finish(self, remaining: int, errors: int) -> None:
-        """The final counts, always shown (also in a batch log)."""
-        self.update(remaining, errors, force=True)
-        if self.live:
-            print(file=sys.stderr, flush=True)

@@ -13,8 +13,7 @@ import contextlib
 import time
 import traceback
 from collections import ChainMap
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +22,9 @@ import numpy as np
 from distx.engine.core import RankCore
 from distx.engine.data import Partition
 from distx.engine.kernels import KernelLibrary, kernel_arguments
+from distx.engine.output import OUTPUT, OutputCapture
 from distx.engine.protocol import EventKind
+from distx.engine.transport import LocalTransport
 from distx.engine.watchdog import watch_kernel
 from distx.errors import Cancelled, TaskFailed, UserError
 from distx.script.expand import expand
@@ -51,6 +52,20 @@ class Executor:
         self.kernels = KernelLibrary(info.script.kernels_dir)
         self.command_groups: set[int] = set()  # process groups of Run.CliExecute commands
         self._features: dict[type, Any] = {}
+        transport = core.transport
+        self.output = OutputCapture(enabled=not (isinstance(transport, LocalTransport)
+                                                 and transport.size > 1))
+
+    def kernel_output(self, lines: list[str], index: int) -> None:
+        """What kernels printed outside a task of this rank's sequence (sweep tasks): to
+        rank 0's /logs with this rank, task index `index`, and to stderr with its prefix."""
+        if not lines:
+            return
+        now = time.time()
+        self.core.emit(EventKind.LOG, {"role": self.core.role, "index": index,
+                                       "log": [(now, OUTPUT, line) for line in lines]})
+        for line in lines:
+            self.core.echo(line, OUTPUT)
 
     def attach(self, feature: Any) -> None:
         """Make `feature` (one object per class) reachable from the tasks of this rank."""
@@ -132,8 +147,10 @@ class TaskRun:
                 "status": status.value, "start": start, "end": time.time(), "error": error,
                 "log": self.lines}
 
-    def kernel_timeout(self, config: dict, kernel: str) -> AbstractContextManager:
-        """Around one kernel call: with a Timeout in the config, a call that outlives it
+    @contextlib.contextmanager
+    def kernel_call(self, config: dict, kernel: str) -> Iterator[None]:
+        """Around one kernel call: what it prints goes to this task's log (OUTPUT) and to
+        stderr with the rank prefix; with a Timeout in the config, a call that outlives it
         ends the run (see watchdog.py)."""
         start = time.time()
 
@@ -141,7 +158,14 @@ class TaskRun:
             self.log(error, "ERROR")
             return {"task": self.record(TaskStatus.ERROR, start, error)}
         timeout = float(config["Timeout"]) if "Timeout" in config else None
-        return watch_kernel(self.core, kernel, timeout, stuck)
+        printed: list[str] = []   # filled when the capture ends
+        try:
+            with self.executor.output.capture() as printed, \
+                    watch_kernel(self.core, kernel, timeout, stuck):
+                yield
+        finally:
+            for line in printed:
+                self.log(line, OUTPUT, echo=True)
 
     def _expanded_config(self, keys: Keys, shell_keys: tuple[str, ...]) -> dict:
         """The Config with its references replaced, each key checked against its type

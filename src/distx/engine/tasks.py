@@ -332,7 +332,7 @@ def run_kernel(run: TaskRun, config: dict) -> None:
     kernel = executor.kernels.get(config["Kernel"])
     arguments = executor.kernel_arguments(config.get("Inputs", []), config.get("Args", {}))
     kernel.check_arguments(set(arguments))
-    with run.kernel_timeout(config, config["Kernel"]):
+    with run.kernel_call(config, config["Kernel"]):
         result = kernel.call(arguments)
     if "Outputs" in config:
         for name, value in outputs_of(result, config["Outputs"], kernel).items():

@@ -29,6 +29,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 from distx.engine.core import RankCore
+from distx.engine.output import real_stderr
 from distx.engine.protocol import Event, EventKind, Kind, Milestone
 from distx.vocabulary import ExitCode, RunState
 
@@ -98,7 +99,7 @@ class KernelWatchdog:
             return
         self._backstop = call.deadline
         delay = call.deadline - time.monotonic() + call.timeout + BACKSTOP_MARGIN
-        faulthandler.dump_traceback_later(max(delay, 0.1), exit=True, file=2)
+        faulthandler.dump_traceback_later(max(delay, 0.1), exit=True, file=real_stderr())
 
 
 WATCHDOG = KernelWatchdog()

@@ -237,10 +237,15 @@ class ResultsFile:
         self.tables["tasks"].append([(self.run, rank, record["role"], record["index"],
                                       record["task"], record["status"], record["start"],
                                       record["end"], record["error"])])
-        self.tables["logs"].append([(self.run, rank, record["role"], record["index"], when,
-                                     severity, text) for when, severity, text in record["log"]])
+        self.record_log(rank, record)
         if record["status"] == "error":
             self.flush()
+
+    def record_log(self, rank: int, record: dict) -> None:
+        """The lines `record["log"]` of (time, severity, text) of task `record["index"]`
+        (-1: sweep tasks on that rank) of `rank`, role `record["role"]`."""
+        self.tables["logs"].append([(self.run, rank, record["role"], record["index"], when,
+                                     severity, text) for when, severity, text in record["log"]])
 
     def record_file(self, rank: int, record: dict) -> None:
         name = f"files/run{self.run}/rank{rank}/{record['name']}"

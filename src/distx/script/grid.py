@@ -23,6 +23,13 @@ class GridError(ValueError):
     """A keyfield that cannot be expanded; the message says why."""
 
 
+KEYFIELD_SCHEMA = {"anyOf": [
+    {"type": "array", "minItems": 1, "items": {"type": ["number", "string", "boolean"]}},
+    {"type": "object", "required": ["stop"], "additionalProperties": False,
+     "properties": {key: {"type": "number"} for key in ("start", "stop", "step")}}]}
+"""What keyfield_values accepts, as a JSON Schema fragment (`distx schema`)."""
+
+
 def keyfield_values(name: str, spec: Any) -> list:
     """The values of one keyfield, from a list or a `{start, stop, step}` range."""
     if not name.strip() or not name.isprintable():

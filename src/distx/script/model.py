@@ -31,19 +31,27 @@ from distx.script.schema import (
 from distx.script.source import Source, Where
 
 COORDINATOR = "coordinator"
-SEQUENCE_LIST = Type("a list of tasks", lambda v: isinstance(v, list))
+SEQUENCE_LIST = Type("a list of tasks", lambda v: isinstance(v, list),
+                     schema={"type": "array"})
 RANKS = Type("a rank, a list of ranks, or text like \"1-\", \"1-3\", \"1,3,5-7\"",
              lambda v: isinstance(v, (str, list)) or (isinstance(v, int)
-                                                       and not isinstance(v, bool)))
-PARTITION = Type("rows or replicate", lambda v: v in ("rows", "replicate"))
-DISTRIBUTION = Type("uniform, normal or integers", lambda v: v in ("uniform", "normal", "integers"))
+                                                       and not isinstance(v, bool)),
+             schema={"type": ["string", "integer", "array"]})
+PARTITIONS = ("rows", "replicate")
+PARTITION = Type("rows or replicate", lambda v: v in PARTITIONS,
+                 schema={"enum": list(PARTITIONS)})
+DISTRIBUTIONS = ("uniform", "normal", "integers")
+DISTRIBUTION = Type("uniform, normal or integers", lambda v: v in DISTRIBUTIONS,
+                    schema={"enum": list(DISTRIBUTIONS)})
 MAX_DIMENSIONS = 32  # as HDF5 (numpy allows 64)
 SHAPE = Type("a list of whole numbers >= 1", lambda v: isinstance(v, list)
              and 0 < len(v) <= MAX_DIMENSIONS and all(
                  isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v),
-             f"1 to {MAX_DIMENSIONS} dimensions")
+             f"1 to {MAX_DIMENSIONS} dimensions",
+             schema={"type": "array", "minItems": 1, "maxItems": MAX_DIMENSIONS,
+                     "items": {"type": "integer", "minimum": 1}})
 ORDER = Type("a finite number", lambda v: isinstance(v, (int, float))
-             and not isinstance(v, bool) and math.isfinite(v))
+             and not isinstance(v, bool) and math.isfinite(v), schema={"type": "number"})
 
 TOP_LEVEL = Keys(
     required={"Name": STR},

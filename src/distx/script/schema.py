@@ -19,6 +19,8 @@ class Type:
     name: str
     accepts: Any  # callable(value) -> bool
     detail: str = ""  # a bound the name does not say, shown after the value
+    schema: dict = field(default_factory=dict, compare=False)
+    """The same rule as a JSON Schema fragment (`distx schema`; {} accepts anything)."""
 
     def check(self, value: Any) -> bool:
         return is_reference(value) or self.accepts(value)
@@ -35,24 +37,29 @@ def _seconds(value: Any) -> bool:
     return _number(value) and 0 < value <= MAX_SECONDS  # also refuses nan
 
 
-STR = Type("a string", lambda v: isinstance(v, str))
-NUMBER = Type("a number", _number)
+STR = Type("a string", lambda v: isinstance(v, str), schema={"type": "string"})
+NUMBER = Type("a number", _number, schema={"type": "number"})
 SECONDS = Type("a positive number", _seconds,
-               f"seconds, finite and at most {MAX_SECONDS:.0f} (a week)")
+               f"seconds, finite and at most {MAX_SECONDS:.0f} (a week)",
+               schema={"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS})
 COUNT = Type("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool)
-             and v >= 0)
-BOOL = Type("true or false", lambda v: isinstance(v, bool))
+             and v >= 0, schema={"type": "integer", "minimum": 0})
+BOOL = Type("true or false", lambda v: isinstance(v, bool), schema={"type": "boolean"})
 ANY = Type("any value", lambda v: True)
-DICT = Type("a mapping", lambda v: isinstance(v, dict))
+DICT = Type("a mapping", lambda v: isinstance(v, dict), schema={"type": "object"})
 STR_LIST = Type("a list of strings", lambda v: isinstance(v, list)
-                and all(isinstance(item, str) for item in v))
+                and all(isinstance(item, str) for item in v),
+                schema={"type": "array", "items": {"type": "string"}})
 FROM = Type("a role name or a rank number", lambda v: isinstance(v, (str, int))
-            and not isinstance(v, bool))
-REDUCE = Type("one of sum, min, max, mean, concat",
-              lambda v: v in ("sum", "min", "max", "mean", "concat"))
+            and not isinstance(v, bool), schema={"type": ["string", "integer"]})
+REDUCTIONS = ("sum", "min", "max", "mean", "concat")
+REDUCE = Type("one of sum, min, max, mean, concat", lambda v: v in REDUCTIONS,
+              schema={"enum": list(REDUCTIONS)})
+SEVERITIES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SEVERITY = Type("one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
-                lambda v: isinstance(v, str) and v.upper() in
-                ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+                lambda v: isinstance(v, str) and v.upper() in SEVERITIES,
+                schema={"type": "string", "pattern": "^(" + "|".join(  # any case, as checked
+                    "".join(f"[{c}{c.lower()}]" for c in word) for word in SEVERITIES) + ")$"})
 CAPTURE_TYPES = ("text", "int", "float")
 
 
@@ -67,7 +74,12 @@ def _capture_keys(value: Any) -> bool:
 
 
 KEYS = Type("a list of names, or of [group, name] pairs or [group, name, type] triples "
-            f"(type: {', '.join(CAPTURE_TYPES)})", _capture_keys)
+            f"(type: {', '.join(CAPTURE_TYPES)})", _capture_keys,
+            schema={"type": "array", "items": {"anyOf": [
+                {"type": "string"},
+                {"type": "array", "minItems": 2, "maxItems": 3,
+                 "prefixItems": [{"type": "integer"}, {"type": "string"},
+                                 {"enum": list(CAPTURE_TYPES)}]}]}})
 
 
 @dataclass(frozen=True)
