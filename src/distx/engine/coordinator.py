@@ -17,13 +17,14 @@ timer thread does the same GRACE_MARGIN later (see `_grace_expired`).
 
 from __future__ import annotations
 
-import sys
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from distx.engine.core import RankCore
+from distx.engine.output import real_stderr
 from distx.engine.protocol import Command, Control, Event, EventKind, Kind, Milestone
 from distx.engine.taskrun import Executor
 from distx.engine.watchdog import StuckRanks
@@ -158,8 +159,9 @@ class Coordinator:
         if self.core.exit_code is not None or \
                 not self.close_results(RunState.CANCELLED.value, ExitCode.STOPPED):
             return
-        print(f"distx: {self.core.info.script.name} cancelled: rank 0 was still in a kernel "
-              f"{self.core.info.grace:g} s (--grace) after the stop; aborting the run (exit "
-              f"code {ExitCode.STOPPED}); results in {self.results.path}; --resume "
-              "continues it", file=sys.stderr, flush=True)
+        line = (f"distx: {self.core.info.script.name} cancelled: rank 0 was still in a "
+                f"kernel {self.core.info.grace:g} s (--grace) after the stop; aborting the run "
+                f"(exit code {ExitCode.STOPPED}); results in {self.results.path}; --resume "
+                "continues it\n")
+        os.write(real_stderr(), line.encode(errors="replace"))  # past any output capture
         self.core.transport.abort(ExitCode.STOPPED)
