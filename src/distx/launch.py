@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distx.engine import data
+from distx.engine.command import end_commands
 from distx.engine.coordinator import Coordinator
 from distx.engine.core import RunInfo
 from distx.engine.output import real_stderr
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
 
 def run(options: RunOptions) -> int:
     """Run the script on this process's MPI world; return the exit code."""
+    prefer_shared_memory(os.environ)
     from mpi4py import MPI
 
     # a rank that crashes leaves its stack (also while a kernel's output is captured)
@@ -84,6 +86,28 @@ def run(options: RunOptions) -> int:
     if comm.Get_size() == 1:
         return _run_single_process(options)
     return _run_mpi(MPITransport(comm), options)
+
+
+SHARED_MEMORY_ONLY = {"UCX_TLS": "self,sm", "FI_PROVIDER": "shm"}
+
+
+def prefer_shared_memory(environment: MutableMapping[str, str]) -> bool:
+    """Before MPI starts: when every rank is on this host, keep MPICH off TCP.
+
+    MPICH's ch4 device starts its network module (UCX, or libfabric) even when all ranks
+    share a host, and it listens on TCP ports of 127.0.0.1 and the host's address, even
+    with one process. When the launcher says all ranks are here (hydra sets
+    MPI_LOCALNRANKS = PMI_SIZE) or there is no launcher, UCX and libfabric are limited to
+    shared memory. A UCX_TLS or FI_PROVIDER the user set is left alone. True if set.
+    """
+    size, local = environment.get("PMI_SIZE"), environment.get("MPI_LOCALNRANKS")
+    launched = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_ID")
+    alone = not any(name in environment for name in launched)
+    if not (alone or (size is not None and local == size)) or \
+            any(name in environment for name in SHARED_MEMORY_ONLY):
+        return False
+    environment.update(SHARED_MEMORY_ONLY)
+    return True
 
 
 def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
@@ -238,17 +262,23 @@ def _work(transport: Transport, info: RunInfo) -> int:
 
 
 def _finish(executor: Executor, prepared: _Prepared) -> int:
-    core, stuck = executor.core, executor.feature(Coordinator).stuck
+    core, coordinator = executor.core, executor.feature(Coordinator)
+    stuck = coordinator.stuck
     state, exit_code = run_as_coordinator(executor)
-    if not stuck.why:
-        core.transport.close()  # a rank lost in a kernel would never join
-    prepared.results.close(state, exit_code)
+    end_commands(executor)
+    # A rank lost in a kernel never joins; after a stop, waiting ends with --grace.
+    joined = not stuck.why and core.transport.close(coordinator.join_deadline())
+    coordinator.close_results(state, exit_code)
     shutil.rmtree(executor.info.temp_root, ignore_errors=True)
     hint = "; --resume continues it" if exit_code == ExitCode.STOPPED else ""
     print(f"distx: {executor.info.script.name} {state.lower()} "
           f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
           file=sys.stderr, flush=True)
     stuck.abort_if_any(exit_code)
+    if not joined:
+        print(f"distx: ranks still in a kernel or command {executor.info.grace:g} s "
+              "(--grace) after the stop: aborting the MPI job", file=sys.stderr, flush=True)
+        core.transport.abort(exit_code)
     return exit_code
 
 
@@ -266,14 +296,11 @@ def _run_single_process(options: RunOptions) -> int:
         executor.core.reach(INIT)
         executor.core.reach(PRE_RUN)
         preload_kernels(executor)
-    threads = [threading.Thread(target=_virtual_rank, args=(executor,), daemon=True,
-                                name=f"distx-rank{executor.rank}") for executor in others]
-    for thread in threads:
+    hub.threads = [threading.Thread(target=_virtual_rank, args=(executor,), daemon=True,
+                                    name=f"distx-rank{executor.rank}") for executor in others]
+    for thread in hub.threads:
         thread.start()
-    exit_code = _finish(coordinator, prepared)
-    for thread in threads:
-        thread.join()
-    return exit_code
+    return _finish(coordinator, prepared)
 
 
 def _virtual_rank(executor: Executor) -> None:

@@ -40,3 +40,20 @@ def smooth(grid, above, below, step, seconds):
     """A stencil step that takes `seconds` (step 0 only)."""
     if step == 0:
         time.sleep(seconds)
+
+
+def huge(seed, at):
+    """An integer no float64 can hold at seed `at` (10**400), else the seed."""
+    return 10**400 if seed == at else seed
+
+
+def slow(seed, fast, seconds):
+    """Quick below seed `fast`, then `seconds` long (a long kernel to stop a run in)."""
+    time.sleep(0.01 if seed < fast else seconds)
+    return float(seed)
+
+
+def nap(seconds):
+    """A kernel that takes `seconds`."""
+    time.sleep(seconds)
+    return float(seconds)

@@ -6,13 +6,25 @@ serves. After rank 0's sequence it keeps serving until every rank has reached a 
 milestone; if any rank errored it first cancels the ranks still in their sequences, so
 nothing waits for a run that already failed. Then it tells every rank to shut down with
 the run's exit code.
+
+A stop (SIGTERM, SIGINT, SIGUSR1 on any rank) is bounded by `--grace`: no new work is
+handed out, what finishes within the grace period is recorded, and when it is over rank 0
+records every rank still busy as Cancelled, puts unfinished experiments back to `created`,
+closes the file and, if a rank is still in a kernel (which cannot be interrupted), aborts
+the MPI job; the exit code is 3 either way. If rank 0 itself is lost in a kernel then, a
+timer thread does the same GRACE_MARGIN later (see `_grace_expired`).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from distx.engine.core import RankCore
+from distx.engine.output import real_stderr
 from distx.engine.protocol import Command, Control, Event, EventKind, Kind, Milestone
 from distx.engine.taskrun import Executor
 from distx.engine.watchdog import StuckRanks
@@ -22,6 +34,8 @@ from distx.vocabulary import ExitCode, RunState
 # the results file is named here for its type only; launch.py opens it.
 if TYPE_CHECKING:
     from distx.results.writer import ResultsFile
+
+GRACE_MARGIN = 2.0  # after the grace period, how long the serving thread gets to end the run
 
 
 class Coordinator:
@@ -34,6 +48,10 @@ class Coordinator:
         self.cancel_sent = False
         self.stuck = StuckRanks(self.core)  # ranks lost in a kernel past its Timeout
         self.stuck.listeners.append(self._record_stuck_task)
+        self.before_close: list[Callable[[], None]] = []  # e.g. the sweep puts rows back
+        self._closing = threading.Lock()  # the file is closed once, by whichever thread
+        self._closed = False
+        self._grace_timer: threading.Timer | None = None
         core = self.core
         core.register(Kind.EVENT, self.on_event)
         record_milestone = core.handlers[Kind.MILESTONE]
@@ -44,7 +62,9 @@ class Coordinator:
                                      milestone.when, milestone.detail)
         core.register(Kind.MILESTONE, on_milestone)
         core.after_serving.append(results.maybe_flush)
-        core.before_abort.append(lambda: results.close(RunState.ERRORED.value, ExitCode.FAILED))
+        core.before_abort.append(lambda: self.close_results(RunState.ERRORED.value,
+                                                           ExitCode.FAILED))
+        core.on_stop.append(self._start_grace_timer)
         executor.attach(self)
 
     # ----- recording ----------------------------------------------------------------------
@@ -86,9 +106,62 @@ class Coordinator:
 
     def _all_terminal(self) -> bool:
         core = self.core
+        if core.past_grace():
+            self._cancel_the_busy()
         failed = any(state == RunState.ERRORED for state, _ in core.terminal.values())
         if (failed or core.stop_requested) and not self.cancel_sent:
             self.cancel_sent = True
             core.send_control([rank for rank in range(1, core.info.plan.size)
                                if rank not in core.terminal], Control(Command.CANCEL))
         return len(core.terminal) == core.info.plan.size
+
+    def _cancel_the_busy(self) -> None:
+        """The grace period is over: every rank still in its sequence is recorded as
+        Cancelled (it is in a kernel or command; the job is aborted after the file closes)."""
+        core = self.core
+        for rank in range(core.info.plan.size):
+            if rank not in core.terminal:
+                core.deliver(rank, Kind.MILESTONE, Milestone(
+                    RunState.CANCELLED.value, time.time(),
+                    f"still busy when the --grace period of {core.info.grace:g} s ended"))
+
+    def join_deadline(self) -> float | None:
+        """How long the end of the run waits for the ranks to meet: for ever, or, after
+        a stop, until just after the grace period."""
+        deadline = self.core.stop_deadline
+        return None if deadline is None else deadline + GRACE_MARGIN / 2
+
+    # ----- closing the file, from whichever thread ends the run ------------------------------
+    def close_results(self, state: str, exit_code: int) -> bool:
+        """Close the results file unless it is closed already; True if this call did."""
+        with self._closing:
+            if self._closed:
+                return False
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            for hook in self.before_close:
+                hook()
+            self.results.close(state, exit_code)
+            self._closed = True
+            return True
+
+    def _start_grace_timer(self) -> None:
+        self._grace_timer = threading.Timer(self.core.info.grace + GRACE_MARGIN,
+                                            self._grace_expired)
+        self._grace_timer.daemon = True
+        self._grace_timer.start()
+
+    def _grace_expired(self) -> None:
+        """Timer thread, GRACE_MARGIN after the grace period: the serving thread has not
+        closed the file, so it is lost in a kernel of this rank. Record what finished
+        (experiments in flight back to `created`), close the file, end the job. Once the
+        serving thread has shut the ranks down, it ends the run itself (in bounded time)."""
+        if self.core.exit_code is not None or \
+                not self.close_results(RunState.CANCELLED.value, ExitCode.STOPPED):
+            return
+        line = (f"distx: {self.core.info.script.name} cancelled: rank 0 was still in a "
+                f"kernel {self.core.info.grace:g} s (--grace) after the stop; aborting the run "
+                f"(exit code {ExitCode.STOPPED}); results in {self.results.path}; --resume "
+                "continues it\n")
+        os.write(real_stderr(), line.encode(errors="replace"))  # past any output capture
+        self.core.transport.abort(ExitCode.STOPPED)

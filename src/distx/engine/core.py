@@ -82,6 +82,8 @@ class RankCore:
         self.sequence_done = False
         self.cancel_requested = False
         self.stop_requested = False    # rank 0: stop gracefully (a signal reached some rank)
+        self.stop_deadline: float | None = None  # rank 0: when that stop's grace period ends
+        self.on_stop: list[Callable[[], None]] = []  # rank 0: told once, when a stop begins
         self.signalled = False         # this process got SIGTERM/SIGINT/SIGUSR1
         self._stop_forwarded = False
         self.exit_code: int | None = None
@@ -110,8 +112,24 @@ class RankCore:
 
     # ----- serving --------------------------------------------------------------------
     def on_signal(self) -> None:
-        """From a signal handler: only set a flag; serving forwards it to rank 0."""
+        """From a signal handler: set a flag, which serving forwards to rank 0. Rank 0
+        starts the grace period at once: the handler runs even while this thread is in
+        a Python kernel, when nothing serves."""
         self.signalled = True
+        if self.rank == 0:
+            self.request_stop()
+
+    def request_stop(self) -> None:
+        """Rank 0: stop gracefully, within the grace period that starts now."""
+        if self.stop_deadline is None:
+            self.stop_deadline = time.monotonic() + self.info.grace
+            for hook in self.on_stop:
+                hook()
+        self.stop_requested = True
+
+    def past_grace(self) -> bool:
+        """True once a stop's grace period is over."""
+        return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
 
     def _forward_signal(self) -> None:
         """Once, after a signal: rank 0 stops; another rank asks rank 0 to."""
@@ -119,7 +137,7 @@ class RankCore:
             return
         self._stop_forwarded = True
         if self.rank == 0:
-            self.stop_requested = True
+            self.request_stop()
         else:
             self.transport.send(0, Kind.CONTROL, Control(Command.STOP))
 
@@ -279,7 +297,7 @@ class RankCore:
         if control.command == Command.CANCEL:
             self.cancel_requested = True
         elif control.command == Command.STOP:
-            self.stop_requested = True
+            self.request_stop()
         elif control.command == Command.SHUTDOWN:
             self.exit_code = control.exit_code
 

@@ -217,6 +217,10 @@ def outputs_of(result: Any, names: list[str], kernel: Kernel) -> dict[str, Any]:
     for name, value in zip(names, values):
         if isinstance(value, np.ndarray):
             named[name] = value
+        elif type(value) is int and not fits_int64(value):
+            raise TaskFailed(f"kernel {kernel.name} ({kernel.place}) returned an integer "
+                             f"too large for a 64-bit number for '{name}' ({_digits(value)}):"
+                             " return a float, or scale it down")
         elif isinstance(value, (int, float, bool, np.integer, np.floating, np.bool_)):
             named[name] = value.item() if isinstance(value, np.generic) else value
         else:
@@ -224,6 +228,15 @@ def outputs_of(result: Any, names: list[str], kernel: Kernel) -> dict[str, Any]:
                              f"{type(value).__name__} for '{name}': return a number, a tuple "
                              "of numbers or a numpy array")
     return named
+
+
+def fits_int64(value: int) -> bool:
+    """True if a Python int can be stored as a 64-bit number (results are int64/float64)."""
+    return -(1 << 63) <= value < (1 << 63)
+
+
+def _digits(value: int) -> str:
+    return f"{value.bit_length() * 0.30103:.0f} digits"
 
 
 def summarize_numba_error(text: str) -> str:

@@ -8,6 +8,7 @@ through the task catalogue.
 
 from __future__ import annotations
 
+from distx.engine.command import end_commands
 from distx.engine.coordinator import Coordinator
 from distx.engine.core import RankCore, RunInfo
 from distx.engine.halo import HaloMailbox
@@ -48,7 +49,7 @@ def run_sequence(executor: Executor) -> str:
             core.check_cancel(f"before task {spec.index} {spec.task}")
             task_type = TASKS[spec.task]
             previous_log = TaskRun(executor, spec, previous_log).execute(
-                task_type.run, task_type.shell_keys)
+                task_type.run, task_type.keys, task_type.shell_keys)
     except Cancelled as stop:
         return core.end_sequence(RunState.CANCELLED, str(stop))
     except TaskFailed as failure:
@@ -61,6 +62,7 @@ def run_as_worker(executor: Executor) -> None:
     """A rank other than 0: its sequence, then serving until the coordinator ends it."""
     run_sequence(executor)
     executor.core.serve_until_shutdown()
+    end_commands(executor)
     executor.core.transport.close()
 
 

@@ -50,6 +50,7 @@ from distx.engine.kernels import (
     DEFAULT_OUTPUTS,
     PARTITION_NAMES,
     Kernel,
+    fits_int64,
     is_compile_error,
     outputs_of,
 )
@@ -164,7 +165,6 @@ class Sweep:
         self.fatal: str | None = None
         self.remaining = len(ids)
         self.errors = 0
-        self.stop_deadline: float | None = None
         self.next_task = {rank: 0 for rank in self.holders}  # row partitions: per holder
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
@@ -177,12 +177,14 @@ class Sweep:
         core.register(Kind.SWEEP_READY, self.on_ready)
         core.register(Kind.SWEEP_RESULTS, self.on_results)
         self.coordinator.stuck.listeners.append(self.on_stuck)
+        self.coordinator.before_close.append(self._unfinished_back_to_created)
         try:
             self._run()
         finally:
             core.register(Kind.SWEEP_READY, _drop_late)
             core.register(Kind.SWEEP_RESULTS, _drop_late)
             self.coordinator.stuck.listeners.remove(self.on_stuck)
+            self.coordinator.before_close.remove(self._unfinished_back_to_created)
 
     def _run(self) -> None:
         for rank in self.holders:
@@ -203,10 +205,8 @@ class Sweep:
         if self.fatal:
             raise TaskFailed(self.fatal)
         if self.core.stop_requested:
-            if self.stop_deadline is None:
-                self.stop_deadline = time.monotonic() + self.core.info.grace
             idle = not any(self.in_flight.values())
-            if idle or time.monotonic() >= self.stop_deadline:
+            if idle or self.core.past_grace():
                 raise Cancelled(f"stopped by a signal with {self.remaining} experiment(s) "
                                 "not done; --resume continues")
         return self.remaining == 0
@@ -494,7 +494,8 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
             else:
                 with active.watch(int(task_ids[position]), keyfields):
                     result = call(keyfields)
-            if lone is not None and type(result) in (float, int):
+            if lone is not None and (type(result) is float or
+                                     (type(result) is int and fits_int64(result))):
                 values[lone][position] = result       # the common case, without checks
             else:
                 for name, value in outputs_of(result, plan.outputs, kernel).items():

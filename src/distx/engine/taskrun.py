@@ -10,7 +10,6 @@ arguments, files).
 from __future__ import annotations
 
 import contextlib
-import shlex
 import time
 import traceback
 from collections import ChainMap
@@ -31,6 +30,7 @@ from distx.errors import Cancelled, TaskFailed, UserError
 from distx.script.expand import expand
 from distx.script.model import TaskSpec
 from distx.script.roles import default_target
+from distx.script.schema import Keys, check_expanded
 from distx.vocabulary import TaskStatus
 
 Feature = TypeVar("Feature")
@@ -50,6 +50,7 @@ class Executor:
         self.expansion_values = ChainMap(core.values, info.overrides, info.script.parameters)
         self.partitions: dict[str, Partition] = {}
         self.kernels = KernelLibrary(info.kernels_folder or info.script.kernels_dir)
+        self.command_groups: set[int] = set()  # process groups of Run.CliExecute commands
         self._features: dict[type, Any] = {}
         transport = core.transport
         self.output = OutputCapture(enabled=not (isinstance(transport, LocalTransport)
@@ -112,13 +113,13 @@ class TaskRun:
         self.previous_log = previous_log
         self.lines: list[tuple[float, str, str]] = []
 
-    def execute(self, run: Callable[[TaskRun, dict], None],
+    def execute(self, run: Callable[[TaskRun, dict], None], keys: Keys,
                 shell_keys: tuple[str, ...]) -> list[str]:
         """Run the task with `run(task_run, config)`, report it to rank 0, return its log
         text for the next task."""
         start, status, error = time.time(), TaskStatus.DONE, ""
         try:
-            run(self, self._expanded_config(shell_keys))
+            run(self, self._expanded_config(keys, shell_keys))
         except (TaskFailed, UserError) as failure:
             status, error = TaskStatus.ERROR, str(failure)
             self.log(error, "ERROR")
@@ -166,12 +167,18 @@ class TaskRun:
             for line in printed:
                 self.log(line, OUTPUT, echo=True)
 
-    def _expanded_config(self, shell_keys: tuple[str, ...]) -> dict:
+    def _expanded_config(self, keys: Keys, shell_keys: tuple[str, ...]) -> dict:
+        """The Config with its references replaced, each key checked against its type
+        again (a value from a reference was not known at validation). Shell keys stay
+        as written: their references become variables (see script/shell.py)."""
         executor = self.executor
         config = {}
         for key, value in self.spec.config.items():
-            quote = shlex.quote if key in shell_keys else None
-            config[key] = expand(value, executor.expansion_values, executor.builtins, quote)
+            if key in shell_keys:
+                config[key] = value
+            else:
+                config[key] = expand(value, executor.expansion_values, executor.builtins)
+                check_expanded(key, value, config[key], keys)
         return config
 
     def log(self, text: str, severity: str = "INFO", echo: bool = False) -> None:
@@ -212,8 +219,8 @@ class TaskRun:
                              " set AnyFolder: true to read it")
         return path
 
-    def keep_file(self, path: Path, name: str) -> None:
-        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    def keep_file(self, path: Path, name: str, data: np.ndarray) -> None:
+        """Send a kept file's bytes to rank 0 for the results file."""
         self.core.emit(EventKind.FILE, {"role": self.spec.role, "index": self.spec.index,
                                         "name": name, "source": str(path), "data": data})
         self.log(f"kept file {name} ({data.size} bytes)")

@@ -19,13 +19,12 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from distx.engine.command import check_command
+from distx.engine.command import execute as execute_command
 from distx.engine.halo import HALO_ARGUMENTS, iterate_with_halos
 from distx.engine.kernels import DEFAULT_OUTPUTS, outputs_of
 from distx.engine.reduce import reduce_values
@@ -92,7 +91,7 @@ class TaskType:
     name: str
     run: Callable[[TaskRun, dict], None]
     keys: Keys
-    shell_keys: tuple[str, ...] = ()          # expanded values are shell-quoted in these
+    shell_keys: tuple[str, ...] = ()          # left as written: see command.py
     coordinator_only: bool = False
     once_per_script: str = ""                 # if set: at most one such task; the fix
     kernel_on_holders: bool = False           # its kernel runs on the holders (preload)
@@ -288,39 +287,10 @@ def delay(run: TaskRun, config: dict) -> None:
 
 @task("Run.CliExecute", Keys(required={"Parameters": STR},
                              optional={"CWD": STR, "Keep": STR_LIST, **WAIT}),
-      shell_keys=("Parameters",))
+      shell_keys=("Parameters",), check=check_command)
 def cli_execute(run: TaskRun, config: dict) -> None:
-    """Run a shell command line; every value expanded into it was shell-quoted."""
-    script_folder = run.executor.script_folder
-    folder = Path(config.get("CWD", script_folder))
-    if not folder.is_absolute():
-        folder = script_folder / folder
-    if not folder.is_dir():
-        raise TaskFailed(f"CWD {folder} is not a folder")
-    run.log(f"$ {config['Parameters']}  (in {folder})")
-    with tempfile.TemporaryFile(mode="w+b") as output:
-        process = subprocess.Popen(["/bin/sh", "-c", config["Parameters"]], cwd=folder,
-                                   stdout=output, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-        try:
-            run.core.wait_until(lambda: process.poll() is not None, run.timeout(config),
-                                f"command {config['Parameters']!r}")
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        output.seek(0)
-        lines = output.read().decode(errors="replace").splitlines()
-    for line in lines:
-        run.log(line, "OUTPUT")
-    for pattern in config.get("Keep", []):
-        for kept in sorted(folder.glob(pattern)):
-            if kept.is_file():
-                run.keep_file(kept, kept.relative_to(folder).as_posix())
-    if process.returncode != 0:
-        tail = "\n".join(lines[-5:])
-        raise TaskFailed(f"command exited with code {process.returncode}"
-                         + (f"; last output:\n{tail}" if tail else ""))
+    """Run a /bin/sh command line; values reach it as variables, never as code."""
+    execute_command(run, config)
 
 
 @task("Run.Evaluate", Keys(required={"Key": STR, "Expression": ANY}),

@@ -5,14 +5,13 @@ Parameters, `--set` overrides). Only the first `:` splits name from default, so 
 may itself contain `:` (ELCM broke on that). A string that is exactly one reference keeps
 the value's type (a number stays a number, an array stays an array; a default standing
 alone is read as a YAML scalar, so `@[n:3]` is the number 3); inside longer text the value
-is formatted, and passed through `quote` when one is given (Run.CliExecute quotes for
-the shell).
+is formatted. Run.CliExecute never splices values into its command line: see shell.py.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from distx.errors import TaskFailed
@@ -20,16 +19,20 @@ from distx.errors import TaskFailed
 REFERENCE = re.compile(r"@\[([^\]]*)\]|@\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def expand(config: Any, values: Mapping[str, Any], builtins: Mapping[str, Any],
-           quote: Callable[[str], str] | None = None) -> Any:
+def expand(config: Any, values: Mapping[str, Any], builtins: Mapping[str, Any]) -> Any:
     """Return `config` with every reference in its strings replaced (dicts and lists deep)."""
     if isinstance(config, str):
-        return _expand_text(config, values, builtins, quote)
+        return _expand_string(config, values, builtins)
     if isinstance(config, dict):
-        return {key: expand(item, values, builtins, quote) for key, item in config.items()}
+        return {key: expand(item, values, builtins) for key, item in config.items()}
     if isinstance(config, list):
-        return [expand(item, values, builtins, quote) for item in config]
+        return [expand(item, values, builtins) for item in config]
     return config
+
+
+def expand_text(text: str, values: Mapping[str, Any], builtins: Mapping[str, Any]) -> str:
+    """`text` with every reference replaced by its value formatted as text."""
+    return REFERENCE.sub(lambda match: _format(_resolve(match, values, builtins)), text)
 
 
 def referenced_names(config: Any) -> set[str]:
@@ -47,18 +50,12 @@ def referenced_names(config: Any) -> set[str]:
     return set()
 
 
-def _expand_text(text: str, values: Mapping[str, Any], builtins: Mapping[str, Any],
-                 quote: Callable[[str], str] | None) -> Any:
+def _expand_string(text: str, values: Mapping[str, Any], builtins: Mapping[str, Any]) -> Any:
     whole = REFERENCE.fullmatch(text)
-    if whole and quote is None:
+    if whole:
         value = _resolve(whole, values, builtins)
         return _typed(value) if _uses_default(whole, values) else value
-
-    def replace(match: re.Match) -> str:
-        formatted = _format(_resolve(match, values, builtins))
-        return quote(formatted) if quote else formatted
-
-    return REFERENCE.sub(replace, text)
+    return expand_text(text, values, builtins)
 
 
 def _resolve(match: re.Match, values: Mapping[str, Any], builtins: Mapping[str, Any]) -> Any:

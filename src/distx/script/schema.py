@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from distx.errors import TaskFailed
+
 
 @dataclass(frozen=True)
 class Type:
@@ -90,6 +92,16 @@ class Keys:
 
     def all(self) -> dict[str, Type]:
         return {**self.required, **self.optional}
+
+
+def check_expanded(key: str, written: Any, value: Any, keys: Keys) -> None:
+    """After expansion, just before a task runs: `value` has `key`'s type, or the task
+    fails naming the key, the type wanted and the value that came."""
+    wanted = keys.all().get(key)
+    if wanted is None or wanted.accepts(value):
+        return
+    got = f"{type(value).__name__} {value!r}"
+    raise TaskFailed(f"Config key {key} must be {wanted.name}, but {written!r} gave {got}")
 
 
 def is_reference(value: Any) -> bool:
