@@ -199,7 +199,7 @@ def test_reading_a_results_file_retries_a_read_that_meets_a_write(tmp_path):
     def broken(file):
         raise OSError("always")
 
-    with pytest.raises(UserError, match="cannot read the file while a run writes it"):
+    with pytest.raises(UserError, match="the file is damaged"):
         read_results(path, broken, tries=3)
 
 

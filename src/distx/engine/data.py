@@ -9,7 +9,6 @@ Holders keep their partitions for the whole run, so kernels reuse them without c
 from __future__ import annotations
 
 import math
-import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 
 from distx.engine.protocol import DataBlock, Kind
 from distx.engine.transport import Message, MPITransport
+from distx.host import available_memory
 from distx.script.model import REPLICATE, ROWS, DataSpec, Script
 
 
@@ -74,18 +74,6 @@ def check_data(script: Script) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
             described[name] = (_check_generation(spec, script), tuple(spec.generate["Shape"]))
     _check_memory(script, described)
     return described
-
-
-def available_memory() -> int:
-    """Bytes this host can give a process now without swapping (Linux: MemAvailable)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _check_memory(script: Script, described: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import h5py
 
 from distx.errors import UserError
+from distx.host import available_memory
 from distx.results import checkpoint, journal
-from distx.results.layout import FORMAT, READABLE_VERSIONS
+from distx.results.layout import APPEND_TABLES, FORMAT, READABLE_VERSIONS
 from distx.vocabulary import Status
 
 T = TypeVar("T")
@@ -81,6 +82,7 @@ def read_results(path: str | Path, read: Callable[[h5py.File], Any], tries: int 
                             f"'{FORMAT}')", file=str(path), fix="give a file written by "
                             "distx run")
         check_version(file, str(path))
+        check_structure(file, str(path))
         return read(file)
 
     for attempt in range(tries):
@@ -88,8 +90,9 @@ def read_results(path: str | Path, read: Callable[[h5py.File], Any], tries: int 
             return snapshot(path, checked)
         except (OSError, KeyError, RuntimeError, ValueError) as error:
             if attempt == tries - 1:
-                raise UserError(f"cannot read the file while a run writes it ({error})",
-                                file=str(path), fix="try again in a moment") from None
+                raise UserError(f"the file is damaged: HDF5 cannot read it ({error})",
+                                file=str(path), fix="restore it from a copy; `distx recover` "
+                                "rebuilds it only when its journal is intact") from None
             time.sleep(0.05)
     raise AssertionError("unreachable")
 
@@ -100,6 +103,44 @@ def check_version(file: h5py.File, path: str) -> None:
         raise UserError(f"written by another distx (results format version {version}; this "
                         f"one reads versions {', '.join(map(str, READABLE_VERSIONS))})",
                         file=path, fix="use the distx version that wrote it")
+
+
+EXPERIMENT_FIELDS = ("id", "index", "status", "attempts", "rank", "host", "start", "end")
+"""What every reader relies on in /experiments, in every readable format version."""
+
+
+def check_structure(file: h5py.File, path: str) -> None:
+    """Refuse a results file whose tables are not what distx writes, with one line.
+
+    A crafted or damaged file (a group where a table belongs, a table without its columns,
+    a table of a billion rows) must not become a traceback or an out-of-memory kill in
+    show, status, export, load or reset.
+    """
+    required = {name: dtype.names for name, dtype in APPEND_TABLES.items()}
+    required["experiments"] = EXPERIMENT_FIELDS
+    budget = available_memory() // 2
+    for name, fields in required.items():
+        if name not in file:
+            continue
+        table = file[name]
+        problem = _table_problem(table, fields, budget)
+        if problem:
+            raise UserError(f"not a results file distx can read: /{name} {problem}",
+                            file=path, fix="give a file written by distx run")
+
+
+def _table_problem(table: h5py.Dataset | h5py.Group, fields: tuple[str, ...],
+                   budget: int) -> str | None:
+    if not isinstance(table, h5py.Dataset) or table.ndim != 1 or table.dtype.names is None:
+        return "is not a one-dimensional table"
+    missing = [field for field in fields if field not in table.dtype.names]
+    if missing:
+        return f"lacks the column(s) {', '.join(missing)}"
+    size = table.shape[0] * table.dtype.itemsize
+    if size > budget:
+        return (f"has {table.shape[0]:,} rows ({size / 2**30:.1f} GiB), more than this "
+                "host can read into memory")
+    return None
 
 
 def error_texts(file: h5py.File) -> dict[bytes, str]:

@@ -30,7 +30,7 @@ from distx.results.claim import Claim
 from distx.results.experiments import ExperimentTable, experiment_rows
 from distx.results.journal import JournalWriter, Record, journal_path
 from distx.results.layout import FINGERPRINTS, FORMAT, file_shard, shard_attributes, stored_text
-from distx.results.reader import check_version, snapshot
+from distx.results.reader import check_structure, check_version, snapshot
 from distx.script.grid import Grid, from_cell
 from distx.script.shard import Shard
 from distx.vocabulary import TERMINAL, RunState, TaskStatus
@@ -316,6 +316,7 @@ def _check_resumable(file: Any, path: Path, identity: RunIdentity,
         raise UserError(f"cannot resume: not a distx results file (no format attribute "
                         f"'{FORMAT}')", file=str(path), fix=fix)
     check_version(file, str(path))
+    check_structure(file, str(path))
     changed = [key for key in FINGERPRINTS
                if file.attrs.get(f"fingerprint_{key}") != identity.fingerprints[key]]
     if changed and not force:
