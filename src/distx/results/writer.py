@@ -274,7 +274,7 @@ class ResultsFile:
                                   severity, text))
 
     def record_file(self, rank: int, record: dict) -> None:
-        name = stored_text(record["name"]).replace("/", "_") or "_"
+        name = _kept_name(stored_text(record["name"]))
         self.arrived.append(Record(
             "dataset", {"name": f"files/run{self.run}/rank{rank}/{name}",
                         "attrs": {"role": stored_text(record["role"]),
@@ -367,3 +367,9 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(type(value).__name__)
+
+
+def _kept_name(path: str) -> str:
+    """A kept file's path below /files/run<n>/rank<r>/: its folders become groups, and
+    components that would climb or vanish in HDF5 ("", ".", "..") are dropped."""
+    return "/".join(part for part in path.split("/") if part not in ("", ".", "..")) or "_"
