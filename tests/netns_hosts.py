@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PREFIX = "distxtest"
+INSTALLED_REPOSITORY = Path(__file__).resolve().parent.parent
 SUBNET = "10.213.7"  # only ever assigned inside the namespaces made here
 WRAPPER = """\
 #!/bin/sh
@@ -122,13 +123,29 @@ class Hosts:
         cases = []
         covers = "".join(f"mount -t tmpfs none {path} && " for path in self.hidden)
         for name in self.names:
-            mount = "" if name == head else f"mount --bind {self.disk(name)} /tmp && {covers}"
+            mount = "" if name == head else (f"{self._keep_installed(name)}"
+                                             f"mount --rbind {self.disk(name)} /tmp && {covers}")
             if name != head:
-                self.disk(name).mkdir(parents=True)
+                self.disk(name).mkdir(parents=True, exist_ok=True)
             cases.append(CASE.format(name=name, namespace=self.namespaces[name],
                                      mount=mount))
         self.wrapper.write_text(WRAPPER.format(cases="\n".join(cases)))
         self.wrapper.chmod(0o755)
+
+    def _keep_installed(self, name: str) -> str:
+        """Mounts that keep what is installed (the repository with its venv, Python) visible
+        on host `name` when it lies under /tmp, which the host's own disk covers: as on a
+        real cluster, software is installed on every node (a CI clone may live in /tmp)."""
+        installed = {INSTALLED_REPOSITORY, Path(sys.prefix).resolve(),
+                     Path(sys.base_prefix).resolve()}
+        mounts = []
+        for path in sorted(installed):
+            if path.is_relative_to("/tmp") and not any(
+                    path != other and path.is_relative_to(other) for other in installed):
+                inside = self.disk(name) / path.relative_to("/tmp")
+                inside.mkdir(parents=True, exist_ok=True)
+                mounts.append(f"mount --bind {path} {inside} && ")
+        return "".join(mounts)
 
     def command(self, name: str, *command: str) -> list[str]:
         """`command` run on host `name` (its network, host name and files)."""
