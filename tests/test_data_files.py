@@ -64,7 +64,7 @@ def test_array_outputs_are_reduced_and_stored_per_experiment(tmp_path, ranks):
     output = tmp_path / "out.h5"
     result = run_script(SCRIPTS / "sweep_arrays.yml", output, ranks)
     assert result.returncode == 0, result.stderr
-    assert "sweep: 2 done, 0 error, 2 total" in result.stderr
+    assert "sweep: 2 done, 0 error of 2 (100.0%)" in result.stderr
     samples = np.random.default_rng(2).uniform(0.0, 1.0, 1001)
     with h5py.File(output) as file:
         for row in experiments(file):
