@@ -49,6 +49,20 @@ def start_run(script, output, ranks, *extra) -> subprocess.Popen:
                             text=True)
 
 
+def stop_when(job: subprocess.Popen, output, ready) -> tuple[float, str]:
+    """Once `ready()` has run, stop the run as a signal would and check that --grace (3 s)
+    bounded the stop: exit code 3 within 30 s. Returns (seconds, stderr)."""
+    try:
+        ready()
+    except BaseException:
+        kill_everything(job, output)
+        raise
+    seconds, stderr = stop_and_time(job, output)
+    assert job.returncode == 3, stderr
+    assert seconds < 30, f"the stop took {seconds:.0f} s"
+    return seconds, stderr
+
+
 def stop_and_time(job: subprocess.Popen, output) -> tuple[float, str]:
     """SIGTERM to the launcher (or the single process); seconds until it exited."""
     signalled = time.monotonic()
@@ -70,19 +84,15 @@ def test_grace_bounds_a_stop_during_minute_long_sweep_kernels(tmp_path, ranks):
         pytest.skip("Open MPI's launcher ends the job itself on SIGTERM")
     output = tmp_path / "out.h5"
     job = start_run(SCRIPTS / "long_sweep.yml", output, ranks, "--grace", "3")
-    try:
+
+    def ready() -> None:
         if ranks is None:  # rank 0 runs the kernels itself: nothing is flushed meanwhile
             wait_for(output.exists, 90)
             time.sleep(6)
         else:
             wait_for(lambda: output.exists() and done_count(output) >= 1, 90)
             time.sleep(2)  # the holders are in their minute-long kernels now
-    except BaseException:
-        kill_everything(job, output)
-        raise
-    seconds, stderr = stop_and_time(job, output)
-    assert job.returncode == 3, stderr
-    assert seconds < 30, f"the stop took {seconds:.0f} s"
+    _, stderr = stop_when(job, output, ready)
     assert "--resume continues it" in stderr
     with h5py.File(output, "r") as file:
         assert text(file.attrs["state"]) == "Cancelled"
@@ -102,15 +112,11 @@ def test_grace_bounds_a_stop_while_workers_are_in_a_kernel(tmp_path, ranks):
         pytest.skip("Open MPI's launcher ends the job itself on SIGTERM")
     output = tmp_path / "out.h5"
     job = start_run(SCRIPTS / "slow_kernel.yml", output, ranks, "--grace", "3")
-    try:
+
+    def ready() -> None:
         wait_for(lambda: output.exists(), 90)
         time.sleep(3)  # every rank has started its sequence
-    except BaseException:
-        kill_everything(job, output)
-        raise
-    seconds, stderr = stop_and_time(job, output)
-    assert job.returncode == 3, stderr
-    assert seconds < 30, f"the stop took {seconds:.0f} s"
+    _, stderr = stop_when(job, output, ready)
     assert "still in a kernel or command 3 s (--grace) after the stop" in stderr
     with h5py.File(output, "r") as file:
         assert text(file.attrs["state"]) == "Cancelled"
