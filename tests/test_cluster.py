@@ -18,7 +18,7 @@ import h5py
 import netns_hosts
 import numpy as np
 import pytest
-from conftest import done_count, experiments, text, values
+from conftest import distx, done_count, experiments, text, values
 
 WHY_NOT = netns_hosts.why_not_available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
@@ -128,18 +128,17 @@ def launch(cluster, ranks: int, script: Path, *arguments: str, hosts: list[str] 
                           cwd="/", env=environment(cluster, **extra), stdin=subprocess.DEVNULL)
 
 
-def experiments_when_unlocked(output: Path, seconds: float = 10) -> np.ndarray:
-    """The experiments table, once the lock of a killed writer is gone: Linux releases a
-    dying process's files a moment after the process has left its namespaces."""
+def recovered_experiments(output: Path, seconds: float = 10) -> np.ndarray:
+    """The experiments table of a killed run, as a user gets it: `distx recover` folds the
+    journal into the file (the checkpoint alone may be older than the last results). It is
+    refused while the dying writer still holds its claim: Linux releases a dying process's
+    files a moment after the process has left its namespaces."""
     end = time.monotonic() + seconds
-    while True:
-        try:
-            with h5py.File(output, "r") as file:
-                return experiments(file)
-        except BlockingIOError:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.2)
+    while (recovered := distx("recover", output, timeout=60)).returncode != 0:
+        assert time.monotonic() < end, recovered.stderr
+        time.sleep(0.2)
+    with h5py.File(output, "r") as file:
+        return experiments(file)
 
 
 def hosts_of(output: Path) -> list[str]:
@@ -263,7 +262,7 @@ def test_host_lost_mid_sweep_ends_the_run_and_resume_completes_it(cluster, proje
     # mpiexec gives up when it loses node2's proxy (MPICH's choice: the whole job ends);
     # node1's ranks are ended with it, which may take a moment longer.
     assert cluster.settle("node1", 30), log
-    table = experiments_when_unlocked(output)
+    table = recovered_experiments(output)
     before = table[table["status"] == b"done"]
     assert 30 <= len(before) < 300
     assert (before["result"] == before["seed"] ** 2 + 1000).all()

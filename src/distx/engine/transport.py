@@ -43,6 +43,7 @@ _LONGEST_PAUSE = 1e-3
 SPIN_SECONDS = 2e-4
 IDLE_SECONDS = 1.0
 IDLE_PAUSE = 5e-2
+ABORT_OUTPUT_SECONDS = 0.5
 PROGRESS_SECONDS = 2.0
 
 
@@ -149,6 +150,12 @@ class MPITransport(Transport):
         self.comm.send((pickle.dumps(body, protocol=5), []), dest=dest, tag=kind)
 
     def abort(self, exit_code: int) -> None:
+        """End the job, after giving the launcher time to forward what this rank printed:
+        MPI_Abort tears the launcher's proxies down too, and the one line that says why
+        (a full disk, a stuck kernel) was sometimes lost with them."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(ABORT_OUTPUT_SECONDS)
         self.comm.Abort(exit_code)
 
     def _receive_raw(self, source: int, size: int) -> np.ndarray:
