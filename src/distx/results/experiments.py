@@ -14,7 +14,7 @@ import numpy as np
 from distx.results.journal import Record
 from distx.results.layout import ATTEMPTS, experiment_dtype, stored_text
 from distx.script.grid import Grid, column_type, from_cell, to_cell
-from distx.vocabulary import Status
+from distx.vocabulary import LOST, Status
 
 CREATED, RUNNING, DONE, ERROR = (status.encoded for status in Status)
 
@@ -110,6 +110,23 @@ class ExperimentTable:
                         rank: int, host: str, start: np.ndarray, end: np.ndarray,
                         ok: np.ndarray, errors: dict[int, str]) -> None:
         """One /attempts row per task of a batch (errors: text by position in the batch)."""
+        block = self._attempt_block(rows, parts, attempts, rank, host, start, end)
+        block["status"] = np.where(ok, DONE, ERROR)
+        for position, text in errors.items():
+            block["error"][position] = stored_text(text)
+        self._attempts.append(block)
+
+    def record_lost_attempts(self, rows: np.ndarray, parts: np.ndarray, attempts: np.ndarray,
+                             rank: int, host: str, start: float, end: float,
+                             cause: str) -> None:
+        """One /attempts row, status `lost`, per task in flight on a rank that died."""
+        block = self._attempt_block(rows, parts, attempts, rank, host, start, end)
+        block["status"] = LOST.encode()
+        block["error"] = stored_text(cause)
+        self._attempts.append(block)
+
+    def _attempt_block(self, rows: np.ndarray, parts: np.ndarray, attempts: np.ndarray,
+                       rank: int, host: str, start: Any, end: Any) -> np.ndarray:
         block = np.empty(len(rows), dtype=ATTEMPTS)
         block["run"] = self.run
         block["id"] = self.rows["id"][rows]
@@ -118,11 +135,8 @@ class ExperimentTable:
         block["rank"] = rank
         block["host"] = host.encode()
         block["start"], block["end"] = start, end
-        block["status"] = np.where(ok, DONE, ERROR)
         block["error"] = ""
-        for position, text in errors.items():
-            block["error"][position] = stored_text(text)
-        self._attempts.append(block)
+        return block
 
     def _set(self, rows: np.ndarray, **columns: Any) -> None:
         if not len(rows):
