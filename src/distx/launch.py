@@ -38,7 +38,13 @@ from distx.engine.protocol import Verdict
 from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
 from distx.engine.shipping import KernelSources
 from distx.engine.taskrun import Executor
-from distx.engine.transport import LocalHub, MPITransport, Transport, fault_tolerant
+from distx.engine.transport import (
+    LocalHub,
+    MPITransport,
+    Transport,
+    fault_tolerant,
+    prepare_fault_tolerance,
+)
 from distx.errors import ResultsWriteError, UserError
 from distx.script.model import Script, load_script
 from distx.script.roles import plan_roles
@@ -82,6 +88,7 @@ if TYPE_CHECKING:
 def run(options: RunOptions) -> int:
     """Run the script on this process's MPI world; return the exit code."""
     prefer_shared_memory(os.environ)
+    prepare_fault_tolerance(os.environ)
     from mpi4py import MPI
 
     # a rank that crashes leaves its stack (also while a kernel's output is captured)

@@ -34,9 +34,9 @@ def weighted(table, seed, pause, die_at, markers):
     return int(table.sum()) * seed + table.shape[0]
 
 
-def work(samples, seconds, die, markers):
-    """A role's task: sleep, and die first if `die` is this rank's turn."""
-    if die:
+def work(seconds, me, victim, markers):
+    """A role's task: sleep, after dying if this rank (`me`) is the `victim`."""
+    if int(me) == int(victim):
         _maybe_die(0, "0", markers)
     time.sleep(seconds)
     return seconds

@@ -1,0 +1,319 @@
+"""A dead worker does not end the run (issue 15): fault-tolerant MPI under Open MPI.
+
+Under Open MPI started with ULFM (`mpirun --with-ft ulfm ...`, FAULT_TOLERANT below) a
+worker rank that dies during a sweep is recorded Errored ("rank N on host H died"), its
+tasks in flight go back on the queue as `lost` attempts, a dead holder's row partition
+moves to a survivor, and the sweep completes with the table of a run without the fault.
+Ranks die by SIGKILL: from inside a kernel at a chosen seed (tests/kernels/dying.py), or
+from outside at a random moment. Under MPICH, which has no working ULFM, the same faults
+check the unchanged behaviour instead: the launcher ends the job, `--resume` finishes it.
+The full campaign of random moments is tests/campaigns/ulfm_campaign.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import SCRIPTS, distx, experiments, mpiexec, open_mpi_launcher, text
+from test_durability import rank_pids, wait_for
+
+from distx.engine.transport import fault_tolerant, prepare_fault_tolerance
+
+ULFM = ["--with-ft", "ulfm", "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
+        "--prtemca", "errmgr_detector_heartbeat_period", "1",
+        "--prtemca", "errmgr_detector_heartbeat_timeout", "2"]
+"""The launch options that make a run fault-tolerant (README, "Faults")."""
+
+ROWS = 2000003  # rows of the table in ulfm_rows.yml
+RUN_SECONDS = 120
+
+
+def ulfm_available() -> bool:
+    """Open MPI's launcher (the openmpi extra): the ULFM checks run; else (MPICH) the
+    checks of unchanged behaviour."""
+    return open_mpi_launcher()
+
+
+def command(script: Path, output: Path, ranks: int, *sets: str, resume: bool = False,
+            ulfm: bool = True) -> list[str]:
+    """The launch line; with ULFM's options when `ulfm` and the launcher has them."""
+    launcher = [*mpiexec(), *ULFM] if ulfm and ulfm_available() else mpiexec()
+    options = [option for setting in sets for option in ("--set", setting)]
+    return [*launcher, "-n", str(ranks), sys.executable, "-m", "distx", str(script),
+            "--output", str(output), "--progress", "off", *options,
+            *(["--resume"] if resume else [])]
+
+
+def run(script: Path, output: Path, ranks: int, *sets: str, resume: bool = False,
+        ulfm: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(command(script, output, ranks, *sets, resume=resume, ulfm=ulfm),
+                          capture_output=True,
+                          text=True, timeout=RUN_SECONDS, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def expected_results(script: str, seeds: int) -> np.ndarray:
+    """The result column of an uninterrupted run, from the kernels' definitions."""
+    seed = np.arange(seeds)
+    if script == "ulfm_sweep.yml":
+        return seed * seed
+    table = np.random.default_rng(4).integers(0, 1000, (ROWS, 3), dtype=np.int64)
+    return int(table.sum()) * seed + ROWS
+
+
+@dataclass
+class Outcome:
+    """What a run left in its results file, for the checks below."""
+
+    table: np.ndarray
+    attempts: np.ndarray
+    milestones: np.ndarray
+    fault_tolerant: str
+
+    @classmethod
+    def read(cls, output: Path) -> Outcome:
+        with h5py.File(output, "r") as file:
+            return cls(experiments(file), file["attempts"][()], file["milestones"][()],
+                       text(file.attrs["fault_tolerant"]))
+
+    def lost(self) -> np.ndarray:
+        return self.attempts[self.attempts["status"] == b"lost"]
+
+    def died(self) -> dict[int, str]:
+        """Rank -> cause of the Errored milestones that say a rank died."""
+        return {int(row["rank"]): text(row["detail"]) for row in self.milestones
+                if text(row["name"]) == "Errored" and text(row["detail"]).endswith(" died")}
+
+
+def check_survived(result: subprocess.CompletedProcess, output: Path, script: str,
+                   seeds: int, victims: set[int]) -> Outcome:
+    """The run completed as if nothing died, and says who did."""
+    assert result.returncode == 0, result.stderr
+    outcome = Outcome.read(output)
+    assert outcome.fault_tolerant == "yes"
+    table = outcome.table
+    assert (table["status"] == b"done").all()
+    assert table["seed"].tolist() == list(range(seeds))
+    assert table["result"].tolist() == expected_results(script, seeds).tolist()
+    done = Counter((row["id"], int(row["part"])) for row in outcome.attempts
+                   if row["status"] == b"done")
+    assert set(done.values()) == {1}, "a task recorded done twice"
+    assert set(outcome.lost()["rank"].tolist()) <= victims
+    assert set(outcome.died()) == victims
+    for rank in victims:
+        assert f"rank {rank} on host " in outcome.died()[rank]
+        assert f"lost rank {rank} " in result.stderr
+    shown = distx("show", output).stdout
+    assert all(f"rank {rank} on host " in shown for rank in victims), shown
+    return outcome
+
+
+def check_unchanged(result: subprocess.CompletedProcess, output: Path, script: str,
+                    seeds: int, *sets: str, deaths: int = 1) -> None:
+    """Without ULFM a dead rank ends the job; --resume (once per death) finishes the run."""
+    for _ in range(deaths):
+        assert result.returncode != 0
+        assert Outcome.read(output).fault_tolerant == "no"
+        assert distx("recover", output).returncode == 0
+        result = run(SCRIPTS / script, output, 3, *sets, resume=True, ulfm=False)
+    assert result.returncode == 0, result.stderr
+    table = Outcome.read(output).table
+    assert (table["status"] == b"done").all()
+    assert table["result"].tolist() == expected_results(script, seeds).tolist()
+
+
+def recovery_seconds(outcome: Outcome, killed_at: float) -> float | None:
+    """From the kill to the first task put back on the queue running on a survivor."""
+    lost = {(row["id"], int(row["part"])) for row in outcome.lost()}
+    restarts = [row["start"] for row in outcome.attempts if row["status"] == b"done"
+                and (row["id"], int(row["part"])) in lost]
+    return min(restarts) - killed_at if restarts else None
+
+
+def marker_time(markers: Path) -> float:
+    """When the first rank that killed itself did (its marker file was made just before)."""
+    return min(path.stat().st_mtime for path in markers.iterdir())
+
+
+# ----- a worker dies inside a kernel at a chosen seed -------------------------------------
+@pytest.mark.parametrize("script, seeds", [("ulfm_sweep.yml", 80), ("ulfm_rows.yml", 40)])
+def test_worker_dying_mid_sweep(tmp_path, script, seeds):
+    output, markers = tmp_path / "out.h5", tmp_path / "markers"
+    markers.mkdir()
+    sets = ("die_at=12", f"markers={markers}")
+    result = run(SCRIPTS / script, output, 4, *sets)
+    if not ulfm_available():
+        check_unchanged(result, output, script, seeds, *sets)
+        return
+    outcome = Outcome.read(output)
+    victims = set(outcome.died())
+    assert len(victims) == 1
+    outcome = check_survived(result, output, script, seeds, victims)
+    lost = outcome.lost()
+    assert len(lost) >= 1 and set(lost["error"]) == {outcome.died()[victims.pop()].encode()}
+    # lost attempts count against no Retries (the script allows none) and run once more
+    assert outcome.table["attempts"].max() == 2
+    assert recovery_seconds(outcome, marker_time(markers)) < 10
+
+
+def test_without_ulfm_a_dead_worker_ends_the_job(tmp_path):
+    """Open MPI launched without --with-ft ulfm, or MPICH: unchanged behaviour."""
+    output, markers = tmp_path / "out.h5", tmp_path / "markers"
+    markers.mkdir()
+    sets = ("die_at=12", f"markers={markers}")
+    result = run(SCRIPTS / "ulfm_sweep.yml", output, 4, *sets, ulfm=False)
+    check_unchanged(result, output, "ulfm_sweep.yml", 80, *sets)
+
+
+def test_workers_dying_one_after_another(tmp_path):
+    output, markers = tmp_path / "out.h5", tmp_path / "markers"
+    markers.mkdir()
+    sets = ("die_at=8 25", f"markers={markers}")
+    result = run(SCRIPTS / "ulfm_rows.yml", output, 4, *sets)
+    if not ulfm_available():
+        check_unchanged(result, output, "ulfm_rows.yml", 40, *sets, deaths=2)
+        return
+    victims = set(Outcome.read(output).died())
+    assert len(victims) == 2
+    check_survived(result, output, "ulfm_rows.yml", 40, victims)
+
+
+def test_every_holder_dead_ends_the_run_and_resume_finishes_it(tmp_path):
+    output, markers = tmp_path / "out.h5", tmp_path / "markers"
+    markers.mkdir()
+    sets = ("die_at=5 6", f"markers={markers}")  # 3 ranks: both holders die
+    result = run(SCRIPTS / "ulfm_sweep.yml", output, 3, *sets)
+    if not ulfm_available():
+        check_unchanged(result, output, "ulfm_sweep.yml", 80, *sets, deaths=2)
+        return
+    assert result.returncode == 1, result.stderr
+    assert "every holder died (ranks [1, 2])" in result.stderr
+    outcome = Outcome.read(output)
+    assert set(outcome.died()) == {1, 2}
+    with h5py.File(output, "r") as file:
+        assert text(file.attrs["state"]) == "Errored"
+    table = outcome.table
+    assert set(table["status"]) <= {b"done", b"created"}  # nothing left running
+    done = table[table["status"] == b"done"]
+    assert (done["result"] == done["seed"] ** 2).all()
+    resumed = run(SCRIPTS / "ulfm_sweep.yml", output, 3, *sets, resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert Outcome.read(output).table["result"].tolist() == \
+        expected_results("ulfm_sweep.yml", 80).tolist()
+
+
+def test_dead_rank_in_a_role_sequence_ends_the_run(tmp_path):
+    """Waiters fail at once naming the dead rank (the script's waits allow 600 s)."""
+    output, markers = tmp_path / "out.h5", tmp_path / "markers"
+    markers.mkdir()
+    began = time.monotonic()
+    result = run(SCRIPTS / "ulfm_roles.yml", output, 4, f"markers={markers}")
+    if not ulfm_available():
+        assert result.returncode != 0
+        return
+    assert time.monotonic() - began < 60
+    assert result.returncode == 1, result.stderr
+    with h5py.File(output, "r") as file:
+        assert text(file.attrs["state"]) == "Errored"
+        errors = {int(row["rank"]): text(row["error"]) for row in file["tasks"][()]
+                  if text(row["error"])}
+    assert "rank 2 (workers) errored without reaching milestone Worked: rank 2 on host " \
+        in errors[0]
+    assert "died" in errors[0] and "timed out" not in errors[0]
+    assert "lost rank 2 (workers): rank 2 on host " in result.stderr
+
+
+# ----- SIGKILL from outside at random moments ---------------------------------------------
+def kill_at_random_moment(tmp_path: Path, seed: int) -> tuple[float, Outcome | None]:
+    """One run of either sweep, a random worker SIGKILLed a random time after the results
+    file appears (data distribution, mid-sweep or the last batches). Returns the seconds
+    from the kill to the sweep running again on the survivors (if it had tasks in flight)
+    and the outcome, checked; None as outcome under MPICH (checked unchanged)."""
+    chooser = random.Random(seed)
+    script, seeds = chooser.choice([("ulfm_sweep.yml", 80), ("ulfm_rows.yml", 40)])
+    victim, delay = chooser.randint(1, 3), chooser.uniform(0.0, 2.0)
+    output = tmp_path / f"out-{seed}.h5"
+    job = subprocess.Popen(command(SCRIPTS / script, output, 4), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(output.exists, 60)
+        time.sleep(delay)
+        killed_at = time.time()
+        with contextlib.suppress(KeyError, ProcessLookupError):
+            os.kill(rank_pids(str(output))[victim], signal.SIGKILL)
+        stdout, stderr = job.communicate(timeout=RUN_SECONDS)
+    finally:
+        job.kill()
+    result = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+    if not ulfm_available():
+        if result.returncode != 0:  # else the kill came after the run
+            check_unchanged(result, output, script, seeds)
+        return 0.0, None
+    outcome = Outcome.read(output)
+    check_survived(result, output, script, seeds, set(outcome.died()))
+    assert set(outcome.died()) <= {victim}
+    return recovery_seconds(outcome, killed_at) or 0.0, outcome
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_at_a_random_moment(tmp_path, seed):
+    kill_at_random_moment(tmp_path, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10, 22))
+def test_kill_at_random_moments_campaign(tmp_path, seed):
+    kill_at_random_moment(tmp_path, seed)
+
+
+def test_two_workers_killed_at_once(tmp_path):
+    output = tmp_path / "out.h5"
+    job = subprocess.Popen(command(SCRIPTS / "ulfm_rows.yml", output, 4),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(rank_pids(str(output))) == 4 and output.exists(), 60)
+        time.sleep(1.0)
+        pids = rank_pids(str(output))
+        for victim in (1, 3):
+            os.kill(pids[victim], signal.SIGKILL)
+        stdout, stderr = job.communicate(timeout=RUN_SECONDS)
+    finally:
+        job.kill()
+    result = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+    if not ulfm_available():
+        check_unchanged(result, output, "ulfm_rows.yml", 40)
+        return
+    check_survived(result, output, "ulfm_rows.yml", 40, {1, 3})
+
+
+# ----- start-up ---------------------------------------------------------------------------
+def test_fault_tolerance_skips_the_finalize_fence_only_under_ulfm():
+    environment = {"OMPI_MCA_mpi_ft_enable": "1"}
+    assert prepare_fault_tolerance(environment)
+    assert environment["OMPI_MCA_async_mpi_finalize"] == "1"
+    chosen = {"OMPI_MCA_mpi_ft_enable": "1", "OMPI_MCA_async_mpi_finalize": "0"}
+    assert not prepare_fault_tolerance(chosen) and chosen["OMPI_MCA_async_mpi_finalize"] == "0"
+    plain: dict[str, str] = {}
+    assert not prepare_fault_tolerance(plain) and not plain
+
+
+def test_fault_tolerance_is_detected_from_the_launch():
+    open_mpi = "Open MPI v5.0.11, package: Open MPI"
+    assert fault_tolerant(open_mpi, {"OMPI_MCA_mpi_ft_enable": "1"})
+    assert fault_tolerant(open_mpi, {"OMPI_MCA_mpi_ft_enable": "true"})
+    assert not fault_tolerant(open_mpi, {})
+    assert not fault_tolerant(open_mpi, {"OMPI_MCA_mpi_ft_enable": "0"})
+    assert not fault_tolerant("MPICH Version: 4.3.0", {"OMPI_MCA_mpi_ft_enable": "1"})
