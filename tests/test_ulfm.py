@@ -121,11 +121,11 @@ def check_survived(result: subprocess.CompletedProcess, output: Path, script: st
 
 
 def check_unchanged(result: subprocess.CompletedProcess, output: Path, script: str,
-                    seeds: int, *sets: str, deaths: int = 1) -> None:
+                    seeds: int, *sets: str, deaths: int = 1, tolerant: str = "no") -> None:
     """Without ULFM a dead rank ends the job; --resume (once per death) finishes the run."""
     for _ in range(deaths):
         assert result.returncode != 0
-        assert Outcome.read(output).fault_tolerant == "no"
+        assert Outcome.read(output).fault_tolerant == tolerant
         assert distx("recover", output).returncode == 0
         result = run(SCRIPTS / script, output, 3, *sets, resume=True, ulfm=False)
     assert result.returncode == 0, result.stderr
@@ -235,7 +235,26 @@ def test_dead_rank_in_a_role_sequence_ends_the_run(tmp_path):
     assert "lost rank 2 (workers): rank 2 on host " in result.stderr
 
 
-# ----- SIGKILL from outside at random moments ---------------------------------------------
+# ----- SIGKILL from outside ---------------------------------------------------------------
+def run_and_kill(script: str, output: Path, victims: tuple[int, ...],
+                 delay: float) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `script` on 4 ranks and SIGKILL `victims` at once, `delay` s after rank 0 made
+    the results file (before the data is distributed); returns the run and the kill time."""
+    job = subprocess.Popen(command(SCRIPTS / script, output, 4), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: output.exists() and len(rank_pids(str(output))) == 4, 60)
+        time.sleep(delay)
+        pids, killed_at = rank_pids(str(output)), time.time()
+        for victim in victims:
+            with contextlib.suppress(KeyError, ProcessLookupError):  # the run is over
+                os.kill(pids[victim], signal.SIGKILL)
+        stdout, stderr = job.communicate(timeout=RUN_SECONDS)
+    finally:
+        job.kill()
+    return subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr), killed_at
+
+
 def kill_at_random_moment(tmp_path: Path, seed: int) -> tuple[float, Outcome | None]:
     """One run of either sweep, a random worker SIGKILLed a random time after the results
     file appears (data distribution, mid-sweep or the last batches). Returns the seconds
@@ -245,18 +264,7 @@ def kill_at_random_moment(tmp_path: Path, seed: int) -> tuple[float, Outcome | N
     script, seeds = chooser.choice([("ulfm_sweep.yml", 80), ("ulfm_rows.yml", 40)])
     victim, delay = chooser.randint(1, 3), chooser.uniform(0.0, 2.0)
     output = tmp_path / f"out-{seed}.h5"
-    job = subprocess.Popen(command(SCRIPTS / script, output, 4), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        wait_for(output.exists, 60)
-        time.sleep(delay)
-        killed_at = time.time()
-        with contextlib.suppress(KeyError, ProcessLookupError):
-            os.kill(rank_pids(str(output))[victim], signal.SIGKILL)
-        stdout, stderr = job.communicate(timeout=RUN_SECONDS)
-    finally:
-        job.kill()
-    result = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+    result, killed_at = run_and_kill(script, output, (victim,), delay)
     if not ulfm_available():
         if result.returncode != 0:  # else the kill came after the run
             check_unchanged(result, output, script, seeds)
@@ -280,23 +288,21 @@ def test_kill_at_random_moments_campaign(tmp_path, seed):
 
 def test_two_workers_killed_at_once(tmp_path):
     output = tmp_path / "out.h5"
-    job = subprocess.Popen(command(SCRIPTS / "ulfm_rows.yml", output, 4),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: len(rank_pids(str(output))) == 4 and output.exists(), 60)
-        time.sleep(1.0)
-        pids = rank_pids(str(output))
-        for victim in (1, 3):
-            os.kill(pids[victim], signal.SIGKILL)
-        stdout, stderr = job.communicate(timeout=RUN_SECONDS)
-    finally:
-        job.kill()
-    result = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+    result, _ = run_and_kill("ulfm_rows.yml", output, (1, 3), 1.0)
     if not ulfm_available():
         check_unchanged(result, output, "ulfm_rows.yml", 40)
         return
     check_survived(result, output, "ulfm_rows.yml", 40, {1, 3})
+
+
+def test_rank0_dying_ends_the_job_as_without_ulfm(tmp_path):
+    """The results file's only writer cannot be replaced: the job ends, --resume."""
+    output = tmp_path / "out.h5"
+    result, _ = run_and_kill("ulfm_sweep.yml", output, (0,), 1.0)
+    if ulfm_available():
+        assert "rank 0 died; ending the job" in result.stderr
+    check_unchanged(result, output, "ulfm_sweep.yml", 80,
+                    tolerant="yes" if ulfm_available() else "no")
 
 
 # ----- start-up ---------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from distx.engine.transport import Message, Transport
 from distx.errors import Cancelled, TaskFailed
 from distx.script.model import Script
 from distx.script.roles import RolePlan
-from distx.vocabulary import TERMINAL, ExitCode, RunState
+from distx.vocabulary import TERMINAL, RunState
 
 SERVE_SLICE = 0.05
 """Longest single wait for a message, so that cancel, signals and deadlines are seen."""
@@ -219,9 +219,6 @@ class RankCore:
         """The transport found `lost.rank` dead: it reaches Errored with the cause."""
         cause = f"rank {lost.rank} on host {self.info.hosts[lost.rank]} died"
         self.lost[lost.rank] = cause
-        if lost.rank == 0:  # the results file's only writer: the run cannot go on
-            self.echo(f"{cause}; ending the job (--resume continues the run)", "ERROR")
-            self.transport.abort(ExitCode.FAILED)
         if self.rank == 0:
             self.echo(f"{self.describe(lost.rank)} lost: {cause}", "ERROR")
         self.deliver(lost.rank, Kind.MILESTONE,

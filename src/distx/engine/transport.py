@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from distx.engine.protocol import Kind, PeerLost
+from distx.vocabulary import ExitCode
 
 CHUNK_BYTES = 1 << 30
 _FIRST_PAUSE = 1e-6
@@ -205,6 +206,10 @@ class MPITransport(Transport):
         self._last_arrival = time.monotonic()
         source, tag = status.Get_source(), status.Get_tag()
         try:
+            if tag == Kind.PAYLOAD:  # of a message dropped when its sender died (ULFM)
+                probed.Recv([np.empty(status.Get_count(self._mpi.BYTE), np.uint8),
+                             self._mpi.BYTE])
+                return None
             header, sizes = probed.recv()
             buffers = [self._receive_raw(source, size) for size in sizes]
         except self._mpi.Exception as error:
@@ -223,10 +228,21 @@ class MPITransport(Transport):
                                                 self.comm.Get_group())
         failed.Free()
         self.comm.Ack_failed()
+        if 0 in ranks and self.rank != 0:
+            self._coordinator_died()
         for rank in ranks:
             if rank not in self.dead:
                 self.dead.add(rank)
                 self._lost.append(rank)
+
+    def _coordinator_died(self) -> None:
+        """Rank 0, the results file's only writer, died: no run goes on without it (the
+        file keeps what its journal holds; --resume continues). End the job, as without
+        ULFM, wherever this rank waits (also before its rank core exists)."""
+        line = (f"[rank {self.rank}] ERROR: rank 0 died; ending the job "
+                "(--resume continues the run)\n")
+        os.write(sys.stderr.fileno(), line.encode())
+        self.abort(ExitCode.FAILED)
 
     def send_from_thread(self, dest: int, kind: Kind, body: Any) -> None:
         """A blocking send that leaves the pending list alone (the serving thread owns it);
