@@ -187,7 +187,8 @@ class Sweep:
         self.remaining = len(ids)
         self.errors = 0
         self.next_task = [0] * plan.parts                     # row partitions: per part
-        self.parts_of = {rank: [part] for part, rank in enumerate(self.holders)}
+        self.parts_of = {rank: [part] if plan.parts > 1 else []  # the partitions it runs
+                         for part, rank in enumerate(self.holders)}
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
         self.progress = Progress(len(ids), self.core.info.progress)
@@ -297,8 +298,6 @@ class Sweep:
 
     def _hand_over(self, part: int, heir: int) -> None:
         """Send a dead holder's row partition `part` to `heir`, read or made again here."""
-        if self.plan.parts == 1:
-            return  # replicated inputs: every holder has them
         script = self.core.info.script
         blocks = []
         for name in self.plan.inputs:
