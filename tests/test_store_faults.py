@@ -216,7 +216,7 @@ def test_version_1_files_still_show_export_and_resume(tmp_path):
     resumed = run_script(V1 / "sweep12.yml", copy, None, "--resume", "--force")
     assert resumed.returncode == 0, resumed.stderr
     with h5py.File(copy, "r") as file:
-        assert file.attrs["format_version"] == 2
+        assert file.attrs["format_version"] == 3
         rows = file["experiments"][()]
         assert len(rows) == 12 and set(rows["status"]) == {b"done"}
         assert (rows["result"] == rows["seed"] ** 2).all()
