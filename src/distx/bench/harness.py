@@ -194,6 +194,35 @@ class Bench:
                           "(target >= 100,000)")
         return rate4
 
+    def array_sweep(self) -> None:
+        """The same sweep returning a 50-element array per experiment instead of a number
+        (issue 17: within 1.5x), and the file's size against the arrays' raw bytes."""
+        count = 20000
+        seconds, sizes = {}, {}
+        for kernel in ("trivial", "ramp"):
+            script = self.script(f"sweep-{kernel}", f"""\
+                Version: 2
+                Name: bench-{kernel}
+                Kernels: BENCH_KERNELS
+                Experiments:
+                  Keyfields:
+                    seed: {{stop: {count}}}
+                Sequence:
+                  - Task: Run.Sweep
+                    Config: {{Kernel: benchkernels.{kernel}}}
+                """)
+            output, _ = self.run_distx(4, script)
+            seconds[kernel] = self.task_seconds(output, "Run.Sweep")
+            sizes[kernel] = output.stat().st_size
+        self.add(f"sweep {count} experiments of 50-element arrays, 4 ranks", seconds["ramp"],
+                 seconds["trivial"], "s", "the same sweep returning a number", "<= 1.5x")
+        raw = count * 50 * 8
+        self.notes.append(
+            f"array sweep file: {sizes['ramp'] / 1e6:.1f} MB, of which "
+            f"{(sizes['ramp'] - sizes['trivial']) / 1e6:.1f} MB beyond the number sweep's file "
+            f"for {raw / 1e6:.1f} MB of raw array bytes "
+            f"({(sizes['ramp'] - sizes['trivial']) / raw:.2f}x, target <= 1.3x)")
+
     def kernels_speed(self) -> None:
         count_inside = KernelLibrary(self.examples).get("montecarlo.count_inside").function
         values = np.random.default_rng(0).random(2_000_000 if self.quick else 20_000_000)
@@ -332,7 +361,8 @@ def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None)
     with tempfile.TemporaryDirectory(prefix="distx-bench-") as folder:
         bench = Bench(ranks, quick, Path(folder))
         for case in (bench.latency, bench.values, bench.distribution, bench.kernels_speed,
-                     bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling):
+                     bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling,
+                     bench.array_sweep):
             case()
         bench.coordinator_model(bench.sweep_throughput())
     table = format_table(bench.rows, bench.notes)
