@@ -161,9 +161,9 @@ def error_texts(file: h5py.File) -> dict[bytes, str]:
 
 
 def error_rows(file: h5py.File) -> np.ndarray:
-    """/errors of a file before version 3: the text of every failed attempt in /attempts,
-    and an experiment's own error text where no attempt of it holds that text (a kernel
-    lost past its Timeout reported no attempt)."""
+    """/errors; for a file before version 3, made from its text columns: the text of every
+    failed attempt in /attempts, and an experiment's own error text where no attempt of
+    it holds that text (a kernel lost past its Timeout reported no attempt)."""
     if "errors" in file:
         return file["errors"][()]
     rows: list[tuple] = []
