@@ -251,3 +251,14 @@ def test_a_conversion_killed_before_its_checkpoint_leaves_the_old_file_as_it_was
         ResultsFile.open(copy, identity, resume=True, force=True)
     assert copy.read_bytes() == before
     assert not checkpoint.leftovers(copy)
+
+
+def test_reset_of_a_version_2_file_keeps_its_version_and_its_errors(tmp_path):
+    copy = tmp_path / "sweep.h5"
+    shutil.copy(OLD[2], copy)
+    result = distx("reset", copy, "--status", "error")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(copy, "r") as file:         # not labelled 3 without being converted
+        assert file.attrs["format_version"] == 2
+        assert "error" in file["experiments"].dtype.names
+    assert (distx_package.load(copy).status == "created").sum() == 2
