@@ -9,6 +9,8 @@ experiments that fail with a two-line error.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import subprocess
@@ -181,9 +183,13 @@ def test_an_older_file_opens_with_show_status_export_and_load(version, tmp_path)
     path = OLD[version]
     with h5py.File(path, "r") as file:
         assert file.attrs["format_version"] == version
-    for command in (["show"], ["status"], ["export", "--csv", "-"]):
+    for command in (["show"], ["status"], ["export", "--csv", "-"],
+                    ["export", "--csv", "-", "--table", "errors"]):
         result = distx(command[0], path, *command[1:])
         assert result.returncode == 0, result.stderr
+    errors = list(csv.DictReader(io.StringIO(result.stdout)))   # made from the old columns
+    assert len(errors) == (0 if version == 1 else 4)
+    assert all("its second line says why" in row["error"] for row in errors)
     df = distx_package.load(path, arrays=True)
     assert (df.status == "done").sum() == (10 if version == 1 else 14)
     if version == 2:

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.results.reader import error_texts, read_results
+from distx.results.reader import error_rows, error_texts, read_results
 
 TABLES = ("experiments", "attempts", "errors", "milestones", "values", "tasks", "logs", "runs",
           "sources", "conflicts")
@@ -35,7 +35,10 @@ def export_csv(path: str | Path, table: str, destination: str) -> int:
 
 def _table(file: h5py.File, table: str) -> np.ndarray | None:
     """The rows of `table`; the experiments with the error text of each joined from
-    /errors (a column of their own before format version 3)."""
+    /errors (a column of their own before format version 3, where /errors is made from
+    the text columns)."""
+    if table == "errors" and "experiments" in file:
+        return error_rows(file)
     if table not in file:
         return None
     rows = file[table][()]
