@@ -81,3 +81,11 @@ def ramp_or_fail(seed):
     if seed == 3:
         raise ValueError("bad seed 3\nits second line says why")
     return np.arange(4.0) * seed, np.arange(seed % 3 + 1), seed * 0.5
+
+
+def slow_ramp(seed, pause):
+    """A slow array output whose length varies (1 to 3): a sweep to kill while it records."""
+    import time
+
+    time.sleep(pause)
+    return np.arange(seed % 3 + 1) * 1.0 + seed
