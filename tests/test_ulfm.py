@@ -18,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,8 +29,19 @@ import numpy as np
 import pytest
 from conftest import SCRIPTS, distx, experiments, mpiexec, open_mpi_launcher, text
 from test_durability import rank_pids, wait_for
+from test_engine import run_info, sweep_script
 
-from distx.engine.transport import fault_tolerant, prepare_fault_tolerance
+from distx.engine.coordinator import Coordinator
+from distx.engine.protocol import Kind, PeerLost
+from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
+from distx.engine.transport import (
+    LocalHub,
+    Message,
+    fault_tolerant,
+    prepare_fault_tolerance,
+)
+from distx.results.writer import ResultsFile, RunIdentity
+from distx.vocabulary import ExitCode, RunState
 
 ULFM = ["--with-ft", "ulfm", "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
         "--prtemca", "errmgr_detector_heartbeat_period", "1",
@@ -342,3 +354,69 @@ def test_fault_tolerance_is_detected_from_the_launch():
     assert not fault_tolerant(open_mpi, {})
     assert not fault_tolerant(open_mpi, {"OMPI_MCA_mpi_ft_enable": "0"})
     assert not fault_tolerant("MPICH Version: 4.3.0", {"OMPI_MCA_mpi_ft_enable": "1"})
+
+
+# ----- the engine in one process: a holder reported dead by its transport -----------------
+STALL = """
+
+def stall(x, folder):
+    \"\"\"2 x; the first time x = 3 this holder stalls (as if dead; the file says which
+    thread) until the test releases it.\"\"\"
+    import threading
+    import time
+    from pathlib import Path
+
+    if x == 3 and not (Path(folder) / "stalled").exists():  # once
+        (Path(folder) / "stalled").write_text(threading.current_thread().name)
+        while not (Path(folder) / "release").exists():
+            time.sleep(0.01)
+    return 2.0 * x
+"""
+
+
+def test_sweep_puts_a_lost_holders_tasks_back_in_process(tmp_path):
+    """The transport's PEER_LOST (put in rank 0's inbox by hand while a holder stalls in
+    a kernel) makes the sweep run that holder's tasks elsewhere, as `lost` attempts."""
+    info = run_info(tmp_path, sweep_script("stall", 8, 0, f"{{folder: '{tmp_path}'}}"), 3)
+    module = info.script.tasks()[0].config["Kernel"].split(".")[0]
+    with (tmp_path / "kernels" / f"{module}.py").open("a") as kernels:
+        kernels.write(STALL)
+    hub = LocalHub(3)
+    coordinator = start_rank(hub.transport(0), info)
+    identity = RunIdentity("engine", info.run_id, "", "script.yml", "", dict.fromkeys(
+        ("script", "kernels", "data"), ""), {"world_size": 3}, ["here"] * 3)
+    results = ResultsFile.open(tmp_path / "results.h5", identity)
+    Coordinator(coordinator, results, {})
+    others = [start_rank(hub.transport(rank), info) for rank in (1, 2)]
+    for executor in (coordinator, *others):
+        preload_kernels(executor)
+    threads = [threading.Thread(target=run_as_worker, args=(executor,), daemon=True,
+                                name=str(executor.rank)) for executor in others]
+    for thread in threads:
+        thread.start()
+    stalled = tmp_path / "stalled"
+
+    def report_the_stalled_holder_dead() -> None:
+        wait_for(lambda: stalled.exists() and stalled.read_text(), 30)
+        rank = int(stalled.read_text())
+        hub.inboxes[0].put(Message(rank, Kind.PEER_LOST, PeerLost(rank)))
+    reporter = threading.Thread(target=report_the_stalled_holder_dead, daemon=True)
+    reporter.start()
+    state, exit_code = run_as_coordinator(coordinator)
+    (tmp_path / "release").touch()  # the "dead" holder may end now
+    for thread in (reporter, *threads):
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    results.close(state, exit_code)
+    assert (state, exit_code) == (RunState.FINISHED.value, ExitCode.OK)
+    dead = int(stalled.read_text())
+    with h5py.File(tmp_path / "results.h5") as file:
+        rows, attempts = experiments(file), file["attempts"][()]
+        errored = [text(row["detail"]) for row in file["milestones"][()]
+                   if row["rank"] == dead and text(row["name"]) == "Errored"]
+    assert set(rows["status"]) == {b"done"}
+    assert rows["result"].tolist() == [2.0 * x for x in rows["x"].tolist()]
+    lost = attempts[attempts["status"] == b"lost"]
+    assert len(lost) >= 1 and set(lost["rank"].tolist()) == {dead}
+    assert set(rows["rank"][rows["x"] == 3].tolist()) != {dead}  # re-run on the survivor
+    assert errored == [f"rank {dead} on host here died"]

@@ -134,6 +134,7 @@ class MPITransport(Transport):
         self.dead: set[int] = set()           # peers known to have died (ULFM only)
         self._lost: deque[int] = deque()       # dead peers not yet reported by receive
         self._failure_classes: set[int] = set()
+        self._agreed: np.ndarray | None = None  # the flag of the closing agreement (ULFM)
         if fault_tolerant:
             comm.Set_errhandler(MPI.ERRORS_RETURN)
             self._failure_classes = {getattr(MPI, name) for name in FAILURE_CLASSES}
@@ -318,8 +319,11 @@ class MPITransport(Transport):
         if self.fault_tolerant:
             if self.rank == 0:
                 for dest in range(1, self.size):
-                    if dest not in self.dead:
-                        self._send_raw(flat, dest)
+                    try:
+                        if dest not in self.dead:
+                            self._send_raw(flat, dest)
+                    except self._mpi.Exception as error:
+                        self._peer_failed(error)
             else:
                 flat[:] = self._receive_raw(0, flat.nbytes)
             return array
@@ -359,7 +363,8 @@ class MPITransport(Transport):
         if not self.fault_tolerant:
             return self.comm.Ibarrier()
         self.comm.Ack_failed()
-        return self.comm.Iagree(np.ones(1, dtype=np.intc))
+        self._agreed = np.ones(1, dtype=np.intc)  # the flag lives while the agreement runs
+        return self.comm.Iagree(self._agreed)
 
     def _met(self, meeting: Any) -> Any:
         try:
