@@ -30,6 +30,7 @@ from distx.engine.kernels import KernelLibrary
 from distx.script.examples import examples_folder
 
 BENCH_KERNELS = Path(benchkernels.__file__).parent
+HEAT_COLUMNS = 512
 
 FUTURES_MAP = '''\
 import json, sys, time
@@ -64,6 +65,43 @@ if comm.rank == 0:
                     dtype=[("seed", "i8"), ("samples", "i8"), ("pi", "f8")])
     with h5py.File(sys.argv[4], "w") as file:
         file["experiments"] = rows
+'''
+
+HAND_WRITTEN_STENCIL = '''\
+import json, sys, time
+import numpy as np
+from mpi4py import MPI
+sys.path.insert(0, sys.argv[1])
+from heat import diffuse
+
+comm = MPI.COMM_WORLD
+rows, columns, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+# Rank 0 holds nothing, as distx's coordinator, and waits without spinning.
+holders = comm.Split(0 if comm.rank else MPI.UNDEFINED, comm.rank)
+if comm.rank == 0:
+    done = comm.Ibarrier()
+    while not done.Test():
+        time.sleep(0.001)
+    print(json.dumps({"seconds": max(comm.gather(0.0))}))
+else:
+    me, count = holders.rank, holders.size
+    start, stop = rows * me // count, rows * (me + 1) // count
+    block = np.random.default_rng(me).random((stop - start, columns))
+    up = me - 1 if me > 0 else MPI.PROC_NULL
+    down = me + 1 if me + 1 < count else MPI.PROC_NULL
+    from_up, from_down = np.empty((1, columns)), np.empty((1, columns))
+    above = from_up if up != MPI.PROC_NULL else block[:0]
+    below = from_down if down != MPI.PROC_NULL else block[:0]
+    diffuse(block.copy(), above, below, 0.2)  # load the compiled kernel
+    holders.Barrier()
+    begin = time.perf_counter()
+    for step in range(steps):
+        holders.Sendrecv(block[:1], dest=up, recvbuf=from_down, source=down)
+        holders.Sendrecv(block[-1:], dest=down, recvbuf=from_up, source=up)
+        diffuse(block, above, below, 0.2)
+    seconds = time.perf_counter() - begin
+    comm.Ibarrier().Wait()
+    comm.gather(seconds)
 '''
 
 
@@ -128,10 +166,11 @@ class Bench:
 
     @staticmethod
     def task_seconds(output: Path, task: str) -> float:
+        """How long `task` took: its slowest rank (Run.Iterate runs on every holder)."""
         with h5py.File(output, "r") as file:
             rows = file["tasks"][()]
-        row = rows[rows["task"] == task.encode()][-1]
-        return float(row["end"] - row["start"])
+        rows = rows[rows["task"] == task.encode()]
+        return float((rows["end"] - rows["start"]).max())
 
     def add(self, *row: object) -> None:
         self.rows.append(Row(*row))
@@ -276,23 +315,7 @@ class Bench:
                 f"pi sweep on {ranks} rank(s) ({workers} worker(s)): strong {strong[ranks]:.2f} s,"
                 f" efficiency {strong[1] / (strong[ranks] * workers):.0%}; weak "
                 f"{weak[ranks]:.2f} s, efficiency {weak[1] / weak[ranks]:.0%}")
-        grid = self.script("heat", f"""\
-            Version: 2
-            Name: bench-heat
-            Distributed: True
-            Kernels: EXAMPLES
-            Data:
-              grid:
-                Generate: {{Distribution: uniform, Shape: [{400 if self.quick else 2000}, 512]}}
-                Partition: rows
-            Roles:
-              coordinator: {{Sequence: []}}
-              workers:
-                Sequence:
-                  - Task: Run.Iterate
-                    Config: {{Kernel: heat.diffuse, Inputs: [grid], Steps: 100,
-                              Args: {{alpha: 0.2}}}}
-            """)
+        grid = self.heat_script(400 if self.quick else 2000, 100)
         self.run_distx(2, grid)
         stencil = {ranks: self.task_seconds(self.run_distx(ranks, grid)[0], "Run.Iterate")
                    for ranks in counts}
@@ -300,6 +323,51 @@ class Bench:
             workers = _workers(ranks)
             self.notes.append(f"heat stencil on {ranks} rank(s): {stencil[ranks]:.2f} s, "
                               f"efficiency {stencil[1] / (stencil[ranks] * workers):.0%}")
+
+    def heat_script(self, rows: int, steps: int) -> Path:
+        """The heat example's stencil on a rows x 512 grid, `steps` steps of Run.Iterate.
+
+        The holders start together (milestones `ready` and `go`, as the hand-written
+        stencil's Barrier): a holder's first step would otherwise also wait for its
+        neighbours' start-up, which is not the cost of a step."""
+        return self.script(f"heat-{rows}-{steps}", f"""\
+            Version: 2
+            Name: bench-heat
+            Distributed: True
+            Kernels: EXAMPLES
+            Data:
+              grid:
+                Generate: {{Distribution: uniform, Shape: [{rows}, {HEAT_COLUMNS}]}}
+                Partition: rows
+            Roles:
+              coordinator:
+                Sequence:
+                  - {{Task: Remote.WaitForMilestone, Config: {{Milestone: ready}}}}
+                  - {{Task: Run.AddMilestone, Config: {{Milestone: go}}}}
+              workers:
+                Sequence:
+                  - {{Task: Run.AddMilestone, Config: {{Milestone: ready}}}}
+                  - {{Task: Remote.WaitForMilestone, Config: {{Milestone: go}}}}
+                  - Task: Run.Iterate
+                    Config: {{Kernel: heat.diffuse, Inputs: [grid], Steps: {steps},
+                              Args: {{alpha: 0.2}}}}
+            """)
+
+    def iterate(self) -> None:
+        """Run.Iterate against the same stencil written by hand (Sendrecv of the halo rows,
+        the same numba kernel, grid and steps) on the same ranks: time per step."""
+        rows, steps = (400, 100) if self.quick else (2000, 300)
+        script = self.heat_script(rows, steps)
+        program = self.folder / "hand_written_stencil.py"
+        program.write_text(HAND_WRITTEN_STENCIL)
+        for ranks in (2, 3, 4):
+            distx = self.task_seconds(self.run_distx(ranks, script)[0], "Run.Iterate") / steps
+            stdout, _ = self.mpiexec(ranks, sys.executable, str(program), str(self.examples),
+                                     str(rows), str(HEAT_COLUMNS), str(steps))
+            reference = json.loads(stdout.strip().splitlines()[-1])["seconds"] / steps
+            self.add(f"Run.Iterate heat step {rows}x{HEAT_COLUMNS}, {ranks} ranks",
+                     distx * 1e3, reference * 1e3, "ms",
+                     "hand-written mpi4py Sendrecv stencil", "<= 1.2x")
 
     def coordinator_model(self, rate: float) -> None:
         cost = 1.0 / rate
@@ -332,7 +400,8 @@ def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None)
     with tempfile.TemporaryDirectory(prefix="distx-bench-") as folder:
         bench = Bench(ranks, quick, Path(folder))
         for case in (bench.latency, bench.values, bench.distribution, bench.kernels_speed,
-                     bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling):
+                     bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling,
+                     bench.iterate):
             case()
         bench.coordinator_model(bench.sweep_throughput())
     table = format_table(bench.rows, bench.notes)
