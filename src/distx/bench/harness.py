@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from distx.bench import benchkernels
+from distx.bench.peers import INSTALL_HINT, missing_peers
 from distx.engine.kernels import KernelLibrary
 from distx.script.examples import examples_folder
 
@@ -133,13 +134,17 @@ class Bench:
 
     # ----- running things ------------------------------------------------------------------
     def mpiexec(self, ranks: int, *command: str, timeout: float = 1800) -> tuple[str, float]:
-        full = [_mpiexec(), "-n", str(ranks), *command]
+        return self.execute([_mpiexec(), "-n", str(ranks), *command], timeout=timeout)
+
+    def execute(self, command: list[str], cwd: Path | None = None,
+                timeout: float = 1800) -> tuple[str, float]:
+        """Run `command` in the bench's folder (or `cwd`): its stdout and wall seconds."""
         start = time.perf_counter()
-        done = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.folder)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              cwd=cwd or self.folder)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(full)} failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
         return done.stdout, seconds
 
     def case(self, ranks: int, name: str, **arguments: object) -> dict:
@@ -369,6 +374,36 @@ class Bench:
                      distx * 1e3, reference * 1e3, "ms",
                      "hand-written mpi4py Sendrecv stencil", "<= 1.2x")
 
+    def peers(self, rate: float) -> None:
+        """libEnsemble and PyExperimenter on the sweep case's experiments (see peers.py),
+        against distx's recorded experiments per second on 4 ranks. They run fewer
+        experiments: at their rate the sweep case's count would take minutes."""
+        ranks, workers = 4, _workers(4)
+        count = 400 if self.quick else 5000
+        stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "distx.bench.peers",
+                                 "libensemble", str(count))
+        self.add_peer(rate, f"libEnsemble, {count} simulations, MPI comms, {ranks} ranks",
+                      json.loads(stdout.strip().splitlines()[-1]), count)
+        count = 100 if self.quick else 1000
+        for jobs in sorted({1, workers}):
+            folder = self.folder / f"pyexperimenter-{jobs}"  # its database: a new one
+            folder.mkdir()
+            stdout, _ = self.execute([sys.executable, "-m", "distx.bench.peers",
+                                      "pyexperimenter", str(count), str(jobs)], cwd=folder)
+            self.add_peer(rate, f"PyExperimenter, {count} experiments, SQLite, {jobs} job(s)",
+                          json.loads(stdout.strip().splitlines()[-1]), count)
+
+    def add_peer(self, rate: float, peer: str, measured: dict, count: int) -> None:
+        """A peer's row (no target: for the record) and a note with its rate and ratio."""
+        peer_rate = measured["count"] / measured["seconds"]
+        self.add("trivial experiments recorded, 4 ranks", rate, peer_rate, "tasks/s", peer,
+                 "(peer)")
+        self.notes.append(f"{peer}: {peer_rate:,.0f} experiments/s; distx records "
+                          f"{rate / peer_rate:,.0f}x as many per second")
+        if measured["count"] < count:
+            self.notes.append(f"{peer}: {count - measured['count']} of {count} experiments "
+                              "did not end done")
+
     def coordinator_model(self, rate: float) -> None:
         cost = 1.0 / rate
         self.notes.append(f"coordinator cost per recorded experiment: {cost * 1e6:.1f} us, so "
@@ -396,14 +431,24 @@ def _mpiexec() -> str:
     return str(beside) if beside.exists() else (shutil.which("mpiexec") or "mpiexec")
 
 
-def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None) -> str:
+def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None,
+              peers: bool = False) -> str:
+    """Run every case (with `peers`: also libEnsemble and PyExperimenter, if installed)
+    and return the table."""
+    missing = missing_peers() if peers else []
+    if missing:
+        print(f"distx bench: --peers needs {' and '.join(missing)}: {INSTALL_HINT}; "
+              "running the other cases", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="distx-bench-") as folder:
         bench = Bench(ranks, quick, Path(folder))
         for case in (bench.latency, bench.values, bench.distribution, bench.kernels_speed,
                      bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling,
                      bench.iterate):
             case()
-        bench.coordinator_model(bench.sweep_throughput())
+        rate = bench.sweep_throughput()
+        bench.coordinator_model(rate)
+        if peers and not missing:
+            bench.peers(rate)
     table = format_table(bench.rows, bench.notes)
     if json_path:
         Path(json_path).write_text(json.dumps(
