@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from distx.bench.benchkernels import trivial
 
@@ -55,8 +58,7 @@ def missing_peers() -> list[str]:
 
 
 def _trivial_simulation(H, persis_info, sim_specs, libE_info):
-    import numpy as np
-
+    """libEnsemble's simulation function: one experiment of the sweep case."""
     out = np.zeros(1, dtype=sim_specs["out"])
     out["result"] = trivial(H["seed"][0])
     return out, persis_info
@@ -64,7 +66,6 @@ def _trivial_simulation(H, persis_info, sim_specs, libE_info):
 
 def run_libensemble(count: int) -> dict | None:
     """On every rank of an mpiexec run; the figures on rank 0 (the manager), else None."""
-    import numpy as np
     from libensemble import Ensemble
     from libensemble.alloc_funcs.give_pregenerated_work import give_pregenerated_sim_work
     from libensemble.specs import AllocSpecs, ExitCriteria, LibeSpecs, SimSpecs
@@ -87,14 +88,13 @@ def run_libensemble(count: int) -> dict | None:
 
 
 def _trivial_experiment(keyfields: dict, result_processor, custom_fields: dict) -> None:
+    """PyExperimenter's experiment function: one experiment of the sweep case."""
     result_processor.process_results({"result": trivial(keyfields["seed"])})
 
 
 def run_pyexperimenter(count: int, jobs: int) -> dict:
     """Fill an SQLite table with COUNT experiments, then execute them in JOBS processes
     (PyExperimenter keeps its database and log in the current folder)."""
-    import sqlite3
-
     from py_experimenter.experimenter import PyExperimenter
 
     configuration = Path("pyexperimenter.yml")
