@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from distx.results.arrays import ArrayBlock, concatenate, pack
+from distx.results.checkpoint import arrays_record
 from distx.results.journal import Record
-from distx.results.layout import ATTEMPTS, experiment_dtype, stored_text
+from distx.results.layout import ATTEMPTS, ERRORS, experiment_dtype, stored_text
 from distx.script.grid import Grid, column_type, from_cell, to_cell
 from distx.vocabulary import Status
 
@@ -35,7 +37,6 @@ def experiment_rows(grid: Grid, ids: list[str], outputs: list[str],
             values += [from_cell(v) for v in np.unique(existing[name])]
         keyfields[name] = column_type(values)
     rows = np.zeros(len(known) + len(added), dtype=experiment_dtype(keyfields, outputs))
-    rows["error"] = ""
     for name in outputs:
         rows[name] = np.nan
     if existing is not None:
@@ -65,7 +66,9 @@ class ExperimentTable:
                        for position, row_id in enumerate(rows["id"])}
         self._changed = np.zeros(len(rows), dtype=bool)
         self._attempts: list[np.ndarray] = []
-        self._arrays: list[Record] = []
+        self._errors: list[np.ndarray] = []
+        self._error_of: dict[int, str] = {}     # row -> its last error text of this run
+        self._arrays: dict[str, list[tuple[np.ndarray, ArrayBlock]]] = {}
 
     # ----- transitions ---------------------------------------------------------------------
     def start(self, rows: np.ndarray, rank: int, host: str, when: float) -> None:
@@ -78,22 +81,25 @@ class ExperimentTable:
                     outputs: dict[str, np.ndarray]) -> None:
         """A batch of experiments finished, each by one task on `rank`, numeric outputs."""
         self._set(rows, status=DONE, rank=rank, host=host, attempts=attempts, start=start,
-                  end=end, error="", **{name: _floats(column)
+                  end=end, **{name: _floats(column)
                                         for name, column in outputs.items()})
 
     def record(self, row: int, status: Status, rank: int, host: str, attempts: int,
-               start: float, end: float, error: str, outputs: dict[str, Any]) -> None:
+               start: float, end: float, outputs: dict[str, Any]) -> None:
         """One experiment finished as done or error (numeric outputs; arrays go through
-        set_output_array)."""
+        set_output_array, the error text of its failed attempt through record_attempts)."""
         self._set(np.array([row]), status=status.encoded, rank=rank, host=host,
-                  attempts=attempts, start=start, end=end, error=stored_text(error),
+                  attempts=attempts, start=start, end=end,
                   **{name: _floats(np.array([value], dtype=object))
                      for name, value in outputs.items()})
 
+    def record_arrays(self, output: str, rows: np.ndarray, block: ArrayBlock) -> None:
+        """The arrays of output `output` of experiments `rows`, as one block."""
+        if len(rows):
+            self._arrays.setdefault(output, []).append((rows, block))
+
     def set_output_array(self, row: int, output: str, array: np.ndarray) -> None:
-        experiment_id = self.rows["id"][row].decode()
-        self._arrays.append(Record("dataset", {"name": f"experiment_arrays/{output}/"
-                                               f"{experiment_id}"}, {"data": array}))
+        self.record_arrays(output, np.array([row], dtype=np.int64), pack([array]))
 
     def back_to_created(self, rows: np.ndarray) -> None:
         """The running ones among `rows` did not finish (a stop, a fatal error)."""
@@ -119,10 +125,16 @@ class ExperimentTable:
         block["host"] = host.encode()
         block["start"], block["end"] = start, end
         block["status"] = np.where(ok, DONE, ERROR)
-        block["error"] = ""
-        for position, text in errors.items():
-            block["error"][position] = stored_text(text)
         self._attempts.append(block)
+        if errors:
+            failed = np.array(sorted(errors), dtype=np.int64)
+            texts = np.zeros(len(failed), dtype=ERRORS)
+            for name in ("run", "id", "part", "attempt"):
+                texts[name] = block[name][failed]
+            texts["error"] = [stored_text(errors[position]) for position in failed.tolist()]
+            self._errors.append(texts)
+            for position, text in zip(failed.tolist(), texts["error"]):
+                self._error_of[int(rows[position])] = text
 
     def _set(self, rows: np.ndarray, **columns: Any) -> None:
         if not len(rows):
@@ -143,18 +155,20 @@ class ExperimentTable:
         return status_counts(self.rows)
 
     def first_error(self) -> tuple[str, str] | None:
-        """(id, first line of the error) of the first experiment in error."""
+        """(id, first line of the error in this run) of the first experiment in error."""
         failed = np.flatnonzero(self.rows["status"] == ERROR)
         if not len(failed):
             return None
-        row = self.rows[failed[0]]
-        return row["id"].decode(), (row["error"].splitlines() or [""])[0]
+        text = self._error_of.get(int(failed[0]), "")
+        return self.rows["id"][failed[0]].decode(), (text.splitlines() or [""])[0]
 
     # ----- for the writer ------------------------------------------------------------------
     def take_changes(self) -> list[Record]:
         """Journal records of everything changed since the last call."""
-        records = self._arrays
-        self._arrays = []
+        records = [arrays_record(output, np.concatenate([rows for rows, _ in blocks]),
+                                 concatenate([block for _, block in blocks]))
+                   for output, blocks in self._arrays.items()]
+        self._arrays = {}
         positions = np.flatnonzero(self._changed)
         if len(positions):
             self._changed[positions] = False
@@ -166,6 +180,10 @@ class ExperimentTable:
             block = np.concatenate(self._attempts)
             self._attempts = []
             records.append(Record("append", {"table": "attempts"}, {"rows": block}))
+        if self._errors:
+            records.append(Record("append", {"table": "errors"},
+                                  {"rows": np.concatenate(self._errors)}))
+            self._errors = []
         return records
 
 
