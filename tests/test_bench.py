@@ -12,6 +12,8 @@ import sys
 
 from conftest import mpiexec
 
+from distx.bench.harness import Bench
+
 CASES = ["milestone latency", "GetValue scalar", "GetValue 8 MiB", "Partition rows",
          "kernel: sum of squares", "kernel: Monte Carlo pi", "end-to-end pi sweep",
          "CPU-bound sweep on 8 ranks", "start-up", "sweep 20000 recorded experiments",
@@ -54,3 +56,13 @@ def test_libensemble_runs_the_sweep_experiments_as_a_peer(tmp_path):
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["count"] == 40 and figures["seconds"] > 0
+
+
+def test_a_failing_peer_is_noted_and_the_bench_goes_on(tmp_path):
+    """PyExperimenter's jobs can die on SQLite's lock; that once ended a full bench run
+    after all its cases, with no table."""
+    bench = Bench(8, True, tmp_path)
+    bench.peer(1000.0, "a peer", [sys.executable, "-c", "raise SystemExit('database is locked')"],
+               10)
+    assert bench.rows == []
+    assert bench.notes == ["a peer: failed: database is locked"]

@@ -32,6 +32,7 @@ from distx.script.examples import examples_folder
 
 BENCH_KERNELS = Path(benchkernels.__file__).parent
 HEAT_COLUMNS = 512
+PEER = [sys.executable, "-m", "distx.bench.peers"]
 
 FUTURES_MAP = '''\
 import json, sys, time
@@ -410,21 +411,28 @@ class Bench:
         experiments: at their rate the sweep case's count would take minutes."""
         ranks, workers = 4, _workers(4)
         count = 400 if self.quick else 5000
-        stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "distx.bench.peers",
-                                 "libensemble", str(count))
-        self.add_peer(rate, f"libEnsemble, {count} simulations, MPI comms, {ranks} ranks",
-                      json.loads(stdout.strip().splitlines()[-1]), count)
+        self.peer(rate, f"libEnsemble, {count} simulations, MPI comms, {ranks} ranks",
+                  [_mpiexec(), "-n", str(ranks), *PEER, "libensemble", str(count)], count)
         count = 100 if self.quick else 1000
         for jobs in sorted({1, workers}):
             folder = self.folder / f"pyexperimenter-{jobs}"  # its database: a new one
             folder.mkdir()
-            stdout, _ = self.execute([sys.executable, "-m", "distx.bench.peers",
-                                      "pyexperimenter", str(count), str(jobs)], cwd=folder)
-            self.add_peer(rate, f"PyExperimenter, {count} experiments, SQLite, {jobs} job(s)",
-                          json.loads(stdout.strip().splitlines()[-1]), count)
+            self.peer(rate, f"PyExperimenter, {count} experiments, SQLite, {jobs} job(s)",
+                      [*PEER, "pyexperimenter", str(count), str(jobs)], count, folder)
 
-    def add_peer(self, rate: float, peer: str, measured: dict, count: int) -> None:
-        """A peer's row (no target: for the record) and a note with its rate and ratio."""
+    def peer(self, rate: float, peer: str, command: list[str], count: int,
+             cwd: Path | None = None) -> None:
+        """Run a peer: its row (no target: for the record) and a note with its rate and
+        distx's ratio. A peer that fails is noted with the end of its error, not fatal:
+        PyExperimenter's jobs can fail on SQLite's lock ("database is locked")."""
+        try:
+            stdout, _ = self.execute(command, cwd=cwd)
+        except RuntimeError as failure:
+            stderr = str(failure).splitlines()[1:]  # after "COMMAND failed:"
+            last = [line.strip() for line in stderr if line.strip()][-3:]
+            self.notes.append(f"{peer}: failed: {' '.join(last)}")
+            return
+        measured = json.loads(stdout.strip().splitlines()[-1])
         peer_rate = measured["count"] / measured["seconds"]
         self.add("trivial experiments recorded, 4 ranks", rate, peer_rate, "tasks/s", peer,
                  "(peer)")
