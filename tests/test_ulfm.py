@@ -358,14 +358,14 @@ def test_fault_tolerance_is_detected_from_the_launch():
 
 # ----- the engine in one process: a holder reported dead by its transport -----------------
 STALL = """
+import threading
+import time
+from pathlib import Path
+
 
 def stall(x, folder):
     \"\"\"2 x; the first time x = 3 this holder stalls (as if dead; the file says which
     thread) until the test releases it.\"\"\"
-    import threading
-    import time
-    from pathlib import Path
-
     if x == 3 and not (Path(folder) / "stalled").exists():  # once
         (Path(folder) / "stalled").write_text(threading.current_thread().name)
         while not (Path(folder) / "release").exists():
@@ -377,10 +377,8 @@ def stall(x, folder):
 def test_sweep_puts_a_lost_holders_tasks_back_in_process(tmp_path):
     """The transport's PEER_LOST (put in rank 0's inbox by hand while a holder stalls in
     a kernel) makes the sweep run that holder's tasks elsewhere, as `lost` attempts."""
-    info = run_info(tmp_path, sweep_script("stall", 8, 0, f"{{folder: '{tmp_path}'}}"), 3)
-    module = info.script.tasks()[0].config["Kernel"].split(".")[0]
-    with (tmp_path / "kernels" / f"{module}.py").open("a") as kernels:
-        kernels.write(STALL)
+    info = run_info(tmp_path, sweep_script("stall", 8, 0, f"{{folder: '{tmp_path}'}}"), 3,
+                    kernels=STALL)
     hub = LocalHub(3)
     coordinator = start_rank(hub.transport(0), info)
     identity = RunIdentity("engine", info.run_id, "", "script.yml", "", dict.fromkeys(
