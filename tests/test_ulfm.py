@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import SCRIPTS, distx, experiments, mpiexec, open_mpi_launcher, text
-from test_durability import rank_pids, wait_for
+from test_durability import kill_everything, rank_pids, wait_for
 from test_engine import run_info, sweep_script
 
 from distx.engine.coordinator import Coordinator
@@ -270,7 +270,7 @@ def run_and_kill(script: str, output: Path, victims: tuple[int, ...],
                 os.kill(pids[victim], signal.SIGKILL)
         stdout, stderr = job.communicate(timeout=RUN_SECONDS)
     finally:
-        job.kill()
+        kill_everything(job, output)  # nothing left behind if the run hung
     return subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr), killed_at
 
 
