@@ -313,9 +313,8 @@ def test_worker_killed_while_rank0_sends_its_partition(tmp_path, delay):
     MPI's TCP transport here (transport.ULFM_SETTINGS); now the run goes on."""
     output = tmp_path / "out.h5"
     result, _ = run_and_kill("ulfm_rows.yml", output, (2,), delay)
-    if not ulfm_available():
-        if result.returncode != 0:  # else the kill came after the run
-            check_unchanged(result, output, "ulfm_rows.yml", 40)
+    if not ulfm_available():  # the launcher ends the job (perhaps before any experiment)
+        assert result.returncode != 0
         return
     check_survived(result, output, "ulfm_rows.yml", 40, {2})
 
