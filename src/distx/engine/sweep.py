@@ -68,6 +68,9 @@ from distx.vocabulary import Status
 if TYPE_CHECKING:
     from distx.results.experiments import ExperimentTable
 
+COORDINATOR_CPU = "coordinator CPU"
+"""In the sweep's last log line: rank 0's process CPU time during the sweep (the bench reads
+it)."""
 SWEEP_TASKS = -1
 """The task index in /logs of what sweep kernels printed on a holder (not a task of its own)."""
 BATCH_SECONDS = 0.05
@@ -90,6 +93,7 @@ class _Pending:
 # ======== the scheduler side (rank 0) ========================================================
 def run_sweep(run: TaskRun, config: dict) -> None:
     """The Run.Sweep task on rank 0."""
+    cpu_before = time.process_time()
     coordinator = run.executor.feature(Coordinator)
     script = run.executor.info.script
     if script.experiments is None:
@@ -100,11 +104,10 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     grid = script.experiments.grid()
     shard = coordinator.results.shard
     indices = np.arange(len(grid)) if shard is None else shard.indices(len(grid))
-    ids = grid.ids(indices)
+    ids = grid.id_column(indices)
     outputs = config.get("Outputs", list(DEFAULT_OUTPUTS))
     table = coordinator.results.experiments(grid, ids, outputs, indices)
-    table_rows = np.array([table.row_of[experiment_id] for experiment_id in ids],
-                          dtype=np.int64)
+    table_rows = table.rows_of(ids)
     todo = np.flatnonzero(table.status_of(table_rows) != Status.DONE.encoded)
     plan = SweepPlan(next(_numbers), config["Kernel"], inputs, config.get("Args", {}), outputs,
                      len(holders) if rows_inputs else 1, indices[todo], config.get("Timeout"))
@@ -112,8 +115,8 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     if rows_inputs:
         global_rows = coordinator.data_shapes[rows_inputs[0]][0]
         weights = [stop - start for start, stop in row_blocks(global_rows, len(holders))]
-    sweep = Sweep(coordinator, plan, table, [ids[i] for i in todo.tolist()], table_rows[todo],
-                  script.experiments.retries, config.get("Reduce", "sum"), weights)
+    sweep = Sweep(coordinator, plan, table, table_rows[todo], script.experiments.retries,
+                  config.get("Reduce", "sum"), weights)
     skipped = len(indices) - len(todo)
     run.log(f"sweep of {len(todo)} experiments x {plan.parts} partition(s) on ranks "
             f"{list(holders)}" + (f" ({skipped} already done)" if skipped else "")
@@ -123,13 +126,15 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     finally:
         sweep.progress.finish(sweep.remaining, sweep.errors)
         coordinator.results.checkpoint()   # a plain HDF5 reader sees the whole table
-    _report(run, coordinator, table)
+    _report(run, coordinator, table, time.process_time() - cpu_before, len(todo))
 
 
-def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable) -> None:
+def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable, cpu: float,
+            count: int) -> None:
     counts = table.counts()
     done, failed = counts.get(Status.DONE.value, 0), counts.get(Status.ERROR.value, 0)
-    run.log(f"sweep finished: {done} done, {failed} error")
+    run.log(f"sweep finished: {done} done, {failed} error; {COORDINATOR_CPU} {cpu:.3f} s, "
+            f"{cpu / max(1, count) * 1e6:.2f} us per experiment run")
     if failed:
         coordinator.failed_experiments += failed
         first_id, first_error = table.first_error()
@@ -141,37 +146,39 @@ class Sweep:
     """One sweep on rank 0: hands out batches, takes results, retries, records."""
 
     def __init__(self, coordinator: Coordinator, plan: SweepPlan, table: ExperimentTable,
-                 ids: list[str], rows: np.ndarray, retries: int, reduce: str,
+                 rows: np.ndarray, retries: int, reduce: str,
                  weights: list[int] | None) -> None:
         self.coordinator = coordinator
         self.core = coordinator.core
         self.results = coordinator.results
         self.plan = plan
         self.table = table
-        self.ids = ids
         self.rows = rows  # table row of each experiment to run
+        self.count = len(rows)
         self.earlier_attempts = table.attempts_of(self.rows)
         self.retries = retries
         self.reduce = reduce
         self.weights = weights
         self.holders = self.core.info.plan.holders
+        self.part_of = {rank: part for part, rank in enumerate(self.holders)}
         self.hosts = self.core.info.hosts
         self.ready: dict[int, str | None] = {}
         self.in_flight = {rank: 0 for rank in self.holders}
         self.seconds_per_task = {rank: 0.0 for rank in self.holders}
-        self.attempts = np.zeros(len(ids) * plan.parts, dtype=np.int32)
+        self.attempts = np.zeros(self.count * plan.parts, dtype=np.int32)
         self.failed_on: dict[int, set[int]] = {}
         self.pending: dict[int, _Pending] = {}
         self.fatal: str | None = None
-        self.remaining = len(ids)
+        self.remaining = self.count
         self.errors = 0
         self.next_task = {rank: 0 for rank in self.holders}  # row partitions: per holder
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
-        self.progress = Progress(len(ids), self.core.info.progress)
+        self.starved: set[int] = set()   # holders with room for a batch that found no work
+        self.progress = Progress(self.count, self.core.info.progress)
 
     def run(self) -> None:
-        if not self.ids:
+        if not self.count:
             return
         core = self.core
         core.register(Kind.SWEEP_READY, self.on_ready)
@@ -236,7 +243,9 @@ class Sweep:
         while self.in_flight[rank] < IN_FLIGHT and not self.core.stop_requested:
             batch = self._take(rank, self._batch_size(rank))
             if not len(batch):
+                self.starved.add(rank)
                 return
+            self.starved.discard(rank)
             self.in_flight[rank] += 1
             self.attempts[batch] += 1
             self._mark_running(self.rows[batch // self.plan.parts], rank)
@@ -247,7 +256,7 @@ class Sweep:
         per_task = self.seconds_per_task[rank]
         if per_task <= 0:
             return 1
-        experiments = len(self.ids)
+        experiments = self.count
         waiting = (experiments - self.next_task[rank] if self.plan.parts > 1
                    else experiments - self.next_shared) + len(self.retry)
         fair_share = max(1, math.ceil(waiting / (IN_FLIGHT * len(self.holders))))
@@ -259,13 +268,13 @@ class Sweep:
         wanted = size - len(retried)
         if self.plan.parts > 1:
             first = self.next_task[rank]
-            count = min(wanted, len(self.ids) - first)
+            count = min(wanted, self.count - first)
             self.next_task[rank] += count
-            part = self.holders.index(rank)
-            fresh = np.arange(first, first + count, dtype=np.int64) * self.plan.parts + part
+            fresh = (np.arange(first, first + count, dtype=np.int64) * self.plan.parts
+                     + self.part_of[rank])
         else:
             first = self.next_shared
-            count = min(wanted, len(self.ids) - first)
+            count = min(wanted, self.count - first)
             self.next_shared += count
             fresh = np.arange(first, first + count, dtype=np.int64)
         return np.concatenate([np.array(retried, dtype=np.int64), fresh])
@@ -279,7 +288,7 @@ class Sweep:
                 suitable = rank not in self.failed_on[task_id] or \
                     len(self.failed_on[task_id]) >= len(self.holders)
             else:
-                suitable = task_id % self.plan.parts == self.holders.index(rank)
+                suitable = task_id % self.plan.parts == self.part_of[rank]
             if not suitable or len(taken) >= size:
                 self.retry.append(task_id)
             else:
@@ -291,6 +300,7 @@ class Sweep:
         if batch.number != self.plan.number:
             return
         self.in_flight[source] -= 1
+        queued = len(self.retry)
         per_task = batch.seconds / max(1, len(batch.task_ids))
         previous = self.seconds_per_task[source]
         self.seconds_per_task[source] = per_task if previous <= 0 else 0.5 * (previous + per_task)
@@ -305,8 +315,10 @@ class Sweep:
             self._one_result(source, batch, position)
         self.progress.update(self.remaining, self.errors)
         if not self.fatal:
-            for rank in self.holders:
-                self._feed(rank)
+            self._feed(source)
+            if len(self.retry) > queued:   # new retries: holders without work may take them
+                for rank in list(self.starved):
+                    self._feed(rank)
 
     def _one_result(self, source: int, batch: BatchResult, position: int) -> None:
         task_id = int(batch.task_ids[position])

@@ -19,35 +19,37 @@ from distx.vocabulary import Status
 CREATED, RUNNING, DONE, ERROR = (status.encoded for status in Status)
 
 
-def experiment_rows(grid: Grid, ids: list[str], outputs: list[str],
+def experiment_rows(grid: Grid, ids: np.ndarray | list[str], outputs: list[str],
                     existing: np.ndarray | None,
                     indices: np.ndarray | None = None) -> np.ndarray:
     """The table for this grid: the rows of the file as they are (same ids, positions,
     history), then the experiments of the grid that the file lacks. `ids` are those of
     the grid's experiments at `indices` (all of the grid by default; a shard's slice)."""
-    known = set() if existing is None else {row_id.decode() for row_id in existing["id"]}
-    added = np.array([position for position, row_id in enumerate(ids) if row_id not in known],
-                     dtype=np.int64)
+    ids = np.asarray(ids, dtype="S16")
+    known = 0 if existing is None else len(existing)
+    added = np.arange(len(ids)) if existing is None else \
+        np.flatnonzero(~np.isin(ids, existing["id"]))
     keyfields = {}
     for name, values in grid.columns.items():
         values = list(values)
         if existing is not None and name in existing.dtype.names:
             values += [from_cell(v) for v in np.unique(existing[name])]
         keyfields[name] = column_type(values)
-    rows = np.zeros(len(known) + len(added), dtype=experiment_dtype(keyfields, outputs))
+    rows = np.zeros(known + len(added), dtype=experiment_dtype(keyfields, outputs))
     rows["error"] = ""
     for name in outputs:
         rows[name] = np.nan
     if existing is not None:
         for name in rows.dtype.names:
             if name in existing.dtype.names:
-                rows[name][:len(existing)] = existing[name]
-    new = rows[len(known):]
-    new["id"] = [ids[i] for i in added.tolist()]
-    new["index"] = np.arange(len(known), len(rows))
+                rows[name][:known] = existing[name]
+    new = rows[known:]
+    new["id"] = ids[added]
+    new["index"] = np.arange(known, len(rows))
     for name, values in grid.keyfield_columns(
             added if indices is None else indices[added]).items():
-        new[name] = [to_cell(value) for value in values]
+        new[name] = [to_cell(value) for value in values] if new.dtype[name].kind == "S" \
+            else values
     new["status"] = CREATED
     new["rank"] = -1
     new["start"] = np.nan
@@ -61,8 +63,6 @@ class ExperimentTable:
     def __init__(self, rows: np.ndarray, run: int) -> None:
         self.rows = rows
         self.run = run
-        self.row_of = {row_id.decode(): position
-                       for position, row_id in enumerate(rows["id"])}
         self._changed = np.zeros(len(rows), dtype=bool)
         self._attempts: list[np.ndarray] = []
         self._arrays: list[Record] = []
@@ -133,6 +133,14 @@ class ExperimentTable:
         self._changed[rows] = True
 
     # ----- questions -----------------------------------------------------------------------
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The table row of each of `ids` (16-byte ids, every one in the table)."""
+        table_ids = self.rows["id"]
+        if np.array_equal(table_ids, ids):   # a new table: the grid's order
+            return np.arange(len(ids))
+        order = np.argsort(table_ids)
+        return order[np.searchsorted(table_ids, ids, sorter=order)]
+
     def status_of(self, rows: np.ndarray) -> np.ndarray:
         return self.rows["status"][rows]
 

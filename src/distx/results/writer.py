@@ -37,6 +37,10 @@ from distx.vocabulary import TERMINAL, RunState, TaskStatus
 
 SYNC_SECONDS = 0.5
 CHECKPOINT_SHARE = 0.05   # at most this share of the run's time goes into checkpoints
+CHECKPOINT_BYTES_PER_SECOND = 100e6
+"""What a checkpoint is assumed to copy, write and fsync per second before one of that size
+was measured: a large table is not checkpointed every SYNC_SECONDS just because the last
+checkpoint, of a small file, was cheap."""
 
 
 @dataclass
@@ -75,6 +79,8 @@ class ResultsFile:
         self._array_count = 0
         self._last_sync = self._last_checkpoint = time.monotonic()
         self._checkpoint_cost = 0.0
+        self._file_bytes = 0                 # the file at the path, at the last checkpoint
+        self._pending_bytes = 0              # array bytes of the records since then
 
     # ----- opening -----------------------------------------------------------------------
     @classmethod
@@ -153,11 +159,15 @@ class ResultsFile:
     def maybe_flush(self) -> None:
         """Called often by the coordinator: sync and checkpoint when due."""
         now = time.monotonic()
-        if now - self._last_checkpoint >= max(SYNC_SECONDS,
-                                              self._checkpoint_cost / CHECKPOINT_SHARE):
+        if now - self._last_checkpoint >= max(
+                SYNC_SECONDS, self._expected_checkpoint_cost() / CHECKPOINT_SHARE):
             self.checkpoint()
         elif now - self._last_sync >= SYNC_SECONDS:
             self.flush()
+
+    def _expected_checkpoint_cost(self) -> float:
+        return max(self._checkpoint_cost, (self._file_bytes + self._pending_bytes)
+                   / CHECKPOINT_BYTES_PER_SECOND)
 
     def checkpoint(self) -> None:
         """Everything so far into the file at the path (the end of a sweep: a plain HDF5
@@ -181,6 +191,8 @@ class ResultsFile:
             record.seq = self.seq
         if self.journal is not None:
             self.journal.append(self.arrived)
+        self._pending_bytes += sum(array.nbytes for record in self.arrived
+                                   for array in record.arrays.values())
         self.journaled.extend(self.arrived)
         self.arrived = []
 
@@ -200,6 +212,8 @@ class ResultsFile:
             self.journal.truncate()
         self._last_checkpoint = time.monotonic()
         self._checkpoint_cost = self._last_checkpoint - began
+        self._file_bytes = self.path.stat().st_size
+        self._pending_bytes = 0
 
     def close(self, state: str, exit_code: int) -> None:
         """The run's end, in a last checkpoint; the journal and the claim go."""
