@@ -14,9 +14,15 @@ row-partitioned input it is one task per partition, each run where its partition
 reduced here into the experiment's result. Holders pull work as they free up: each keeps
 two batches in flight so none idles, and the batch size adapts to measured task duration
 (about BATCH_SECONDS of work per batch), so trivial kernels travel thousands to a message
-while long ones still balance. A failed task is retried (on another holder when the task
-can move) up to Retries times; then its experiment is recorded as `error` and the sweep
-goes on. A kernel that cannot compile stops the sweep at once.
+while long ones still balance. With many holders a batch holds more work: the scheduler
+measures what one result message costs it and makes batches long enough that answering
+all holders takes at most COORDINATOR_SHARE of its time (4,096 holders at 60 us a
+message: half-second batches). Nothing it does per message depends on the number of
+holders: a result feeds the holder that sent it.
+
+A failed task is retried (on another holder when the task can move) up to Retries times;
+then its experiment is recorded as `error` and the sweep goes on. A kernel that cannot
+compile stops the sweep at once.
 
 A task id encodes (experiment position, partition): `task = position * parts + part`, so a
 batch message is a list of integers and the holder derives everything else from the
@@ -74,6 +80,7 @@ it)."""
 SWEEP_TASKS = -1
 """The task index in /logs of what sweep kernels printed on a holder (not a task of its own)."""
 BATCH_SECONDS = 0.05
+COORDINATOR_SHARE = 0.5
 MAX_BATCH = 4096
 IN_FLIGHT = 2
 _numbers = itertools.count(1)
@@ -175,6 +182,7 @@ class Sweep:
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
         self.starved: set[int] = set()   # holders with room for a batch that found no work
+        self.message_seconds = 0.0       # what taking one result message costs rank 0
         self.progress = Progress(self.count, self.core.info.progress)
 
     def run(self) -> None:
@@ -256,11 +264,13 @@ class Sweep:
         per_task = self.seconds_per_task[rank]
         if per_task <= 0:
             return 1
+        batch_seconds = max(BATCH_SECONDS,
+                            len(self.holders) * self.message_seconds / COORDINATOR_SHARE)
         experiments = self.count
         waiting = (experiments - self.next_task[rank] if self.plan.parts > 1
                    else experiments - self.next_shared) + len(self.retry)
         fair_share = max(1, math.ceil(waiting / (IN_FLIGHT * len(self.holders))))
-        return max(1, min(MAX_BATCH, int(BATCH_SECONDS / per_task), fair_share))
+        return max(1, min(MAX_BATCH, int(batch_seconds / per_task), fair_share))
 
     def _take(self, rank: int, size: int) -> np.ndarray:
         """Up to `size` task ids for `rank`: retries first, then new tasks in order."""
@@ -299,6 +309,7 @@ class Sweep:
     def on_results(self, source: int, batch: BatchResult) -> None:
         if batch.number != self.plan.number:
             return
+        began = time.perf_counter()
         self.in_flight[source] -= 1
         queued = len(self.retry)
         per_task = batch.seconds / max(1, len(batch.task_ids))
@@ -319,6 +330,9 @@ class Sweep:
             if len(self.retry) > queued:   # new retries: holders without work may take them
                 for rank in list(self.starved):
                     self._feed(rank)
+        spent = time.perf_counter() - began
+        self.message_seconds = spent if not self.message_seconds else \
+            0.9 * self.message_seconds + 0.1 * spent
 
     def _one_result(self, source: int, batch: BatchResult, position: int) -> None:
         task_id = int(batch.task_ids[position])
@@ -439,7 +453,7 @@ class _ActiveSweep:
     plan: SweepPlan
     kernel: Kernel
     grid: Grid
-    call: Callable[[dict], Any]
+    call: Callable[[tuple], Any]   # the kernel, given the keyfield values in grid order
     watch: Callable[[int, dict], AbstractContextManager] | None  # (task id, keyfields)
 
 
@@ -500,12 +514,11 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
     for position, combo in enumerate(zip(*columns.values())):
         start[position] = time.time()
         try:
-            keyfields = dict(zip(names, combo))
             if active.watch is None:
-                result = call(keyfields)
+                result = call(combo)
             else:
-                with active.watch(int(task_ids[position]), keyfields):
-                    result = call(keyfields)
+                with active.watch(int(task_ids[position]), dict(zip(names, combo))):
+                    result = call(combo)
             if lone is not None and (type(result) is float or
                                      (type(result) is int and fits_int64(result))):
                 values[lone][position] = result       # the common case, without checks

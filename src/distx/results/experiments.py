@@ -64,7 +64,8 @@ class ExperimentTable:
         self.rows = rows
         self.run = run
         self._changed = np.zeros(len(rows), dtype=bool)
-        self._attempts: list[np.ndarray] = []
+        self._attempts = np.empty(0, dtype=ATTEMPTS)   # the first _attempt_count are new
+        self._attempt_count = 0
         self._arrays: list[Record] = []
 
     # ----- transitions ---------------------------------------------------------------------
@@ -110,7 +111,7 @@ class ExperimentTable:
                         rank: int, host: str, start: np.ndarray, end: np.ndarray,
                         ok: np.ndarray, errors: dict[int, str]) -> None:
         """One /attempts row per task of a batch (errors: text by position in the batch)."""
-        block = np.empty(len(rows), dtype=ATTEMPTS)
+        block = self._new_attempts(len(rows))
         block["run"] = self.run
         block["id"] = self.rows["id"][rows]
         block["part"] = parts
@@ -122,7 +123,18 @@ class ExperimentTable:
         block["error"] = ""
         for position, text in errors.items():
             block["error"][position] = stored_text(text)
-        self._attempts.append(block)
+
+    def _new_attempts(self, count: int) -> np.ndarray:
+        """Room for `count` more attempt rows, at the end of one growing block (a batch
+        each as arrays of their own cost a structured concatenation per batch)."""
+        end = self._attempt_count + count
+        if end > len(self._attempts):
+            grown = np.empty(max(end, 2 * len(self._attempts), 1024), dtype=ATTEMPTS)
+            grown[:self._attempt_count] = self._attempts[:self._attempt_count]
+            self._attempts = grown
+        block = self._attempts[self._attempt_count:end]
+        self._attempt_count = end
+        return block
 
     def _set(self, rows: np.ndarray, **columns: Any) -> None:
         if not len(rows):
@@ -170,9 +182,9 @@ class ExperimentTable:
             changed = self.rows[low:high].copy() if len(positions) == high - low \
                 else self.rows[positions]   # a sweep changes rows in order: often a slice
             records.append(Record("rows", {}, {"positions": positions, "rows": changed}))
-        if self._attempts:
-            block = np.concatenate(self._attempts)
-            self._attempts = []
+        if self._attempt_count:
+            block = self._attempts[:self._attempt_count].copy()
+            self._attempt_count = 0
             records.append(Record("append", {"table": "attempts"}, {"rows": block}))
         return records
 
