@@ -2,7 +2,8 @@
 
 Rank 0 keeps the table in memory. The sweep changes it only through the named transitions
 below (start, record a batch, record one, put back to created, reset); each marks the rows
-it changed, and the writer collects those changes (`take_changes`) into journal records.
+it changed, and the writer collects those changes into journal records (`take_changes`)
+and, at a checkpoint, the rows changed since the last one as they are then (`unsaved_rows`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class ExperimentTable:
     def __init__(self, rows: np.ndarray, run: int) -> None:
         self.rows = rows
         self.run = run
-        self._changed = np.zeros(len(rows), dtype=bool)
+        self._changed = np.zeros(len(rows), dtype=bool)   # since the last take_changes
+        self._unsaved = np.zeros(len(rows), dtype=bool)   # since the last unsaved_rows
         self._attempts = np.empty(0, dtype=ATTEMPTS)   # the first _attempt_count are new
         self._attempt_count = 0
         self._arrays: list[Record] = []
@@ -143,6 +145,7 @@ class ExperimentTable:
             self.rows[name][rows] = value.encode() if isinstance(value, str) and \
                 self.rows.dtype[name].kind == "S" else value
         self._changed[rows] = True
+        self._unsaved[rows] = True
 
     # ----- questions -----------------------------------------------------------------------
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
@@ -172,21 +175,36 @@ class ExperimentTable:
 
     # ----- for the writer ------------------------------------------------------------------
     def take_changes(self) -> list[Record]:
-        """Journal records of everything changed since the last call."""
+        """Journal records of everything changed since the last call. The "rows" record
+        may be a view of the table: encode it before the table changes again."""
         records = self._arrays
         self._arrays = []
-        positions = np.flatnonzero(self._changed)
-        if len(positions):
-            self._changed[positions] = False
-            low, high = int(positions[0]), int(positions[-1]) + 1
-            changed = self.rows[low:high].copy() if len(positions) == high - low \
-                else self.rows[positions]   # a sweep changes rows in order: often a slice
-            records.append(Record("rows", {}, {"positions": positions, "rows": changed}))
-        if self._attempt_count:
-            block = self._attempts[:self._attempt_count].copy()
+        rows = _rows_record(self.rows, self._changed)
+        if rows is not None:
+            records.append(rows)
+        if self._attempt_count:   # handed over whole; the next attempts get a new block
+            records.append(Record("append", {"table": "attempts"},
+                                  {"rows": self._attempts[:self._attempt_count]}))
+            self._attempts = np.empty(len(self._attempts), dtype=ATTEMPTS)
             self._attempt_count = 0
-            records.append(Record("append", {"table": "attempts"}, {"rows": block}))
         return records
+
+    def unsaved_rows(self) -> Record | None:
+        """For a checkpoint: the rows changed since the last call, as they are now (the
+        journal has every change to them; the checkpoint needs only the last)."""
+        return _rows_record(self.rows, self._unsaved)
+
+
+def _rows_record(table: np.ndarray, marked: np.ndarray) -> Record | None:
+    """A "rows" record of the `marked` rows of `table` (a view when they are one slice,
+    as a sweep's mostly are), clearing the marks."""
+    positions = np.flatnonzero(marked)
+    if not len(positions):
+        return None
+    marked[positions] = False
+    low, high = int(positions[0]), int(positions[-1]) + 1
+    rows = table[low:high] if len(positions) == high - low else table[positions]
+    return Record("rows", {}, {"positions": positions, "rows": rows})
 
 
 def status_counts(rows: np.ndarray) -> dict[str, int]:

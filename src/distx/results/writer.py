@@ -72,6 +72,7 @@ class ResultsFile:
         self.seq = seq                       # the last sequence number given to a record
         self.arrived: list[Record] = []      # not yet in the journal
         self.journaled: list[Record] = []    # in the journal, not yet in a checkpoint
+        # (but for experiment rows: a checkpoint takes those from the table as they are then)
         self.table: ExperimentTable | None = None
         self.journal: JournalWriter | None = None
         self.on_failure: Callable[[int], None] | None = None  # ends the job (launch sets it)
@@ -193,7 +194,7 @@ class ResultsFile:
             self.journal.append(self.arrived)
         self._pending_bytes += sum(array.nbytes for record in self.arrived
                                    for array in record.arrays.values())
-        self.journaled.extend(self.arrived)
+        self.journaled.extend(record for record in self.arrived if record.op != "rows")
         self.arrived = []
 
     def _checkpoint(self, unjournaled: list[Record], compact: bool = False) -> None:
@@ -204,8 +205,9 @@ class ResultsFile:
             self._sync()
         else:
             self._to_journal()
-        checkpoint.replace(self.path, self.journaled + unjournaled, self.seq, self.file_id,
-                           fresh=self.fresh, compact=compact)
+        rows = self.table.unsaved_rows() if self.table is not None else None
+        checkpoint.replace(self.path, self.journaled + ([rows] if rows else []) + unjournaled,
+                           self.seq, self.file_id, fresh=self.fresh, compact=compact)
         self.fresh = False
         self.journaled = []
         if self.journal is not None:
