@@ -15,7 +15,8 @@ from distx.engine.sweep import Sweep
 
 CASES = ["milestone latency", "GetValue scalar", "GetValue 8 MiB", "Partition rows",
          "kernel: sum of squares", "kernel: Monte Carlo pi", "end-to-end pi sweep",
-         "CPU-bound sweep on 8 ranks", "start-up", "sweep 20000 recorded experiments"]
+         "CPU-bound sweep on 8 ranks", "start-up", "sweep 20000 recorded experiments",
+         "sweep 20000 experiments of 50-element arrays"]
 
 
 def test_quick_bench_reports_every_case(tmp_path):
@@ -29,6 +30,7 @@ def test_quick_bench_reports_every_case(tmp_path):
     for row in figures["rows"]:
         assert row["distx"] > 0 and row["reference"] > 0 and row["ratio"] > 0, row
     assert any("coordinator cost per recorded experiment" in note for note in figures["notes"])
+    assert any("array sweep file" in note for note in figures["notes"])
     assert "ratio" in result.stdout and "target" in result.stdout
 
 

@@ -147,9 +147,10 @@ def test_sweep_records_error_when_retries_are_used_up(tmp_path):
     state, exit_code, _, output = run_world(tmp_path, sweep_script("flaky", 4, 0, args), 3)
     assert (state, exit_code) == (RunState.FINISHED.value, ExitCode.FAILED)
     with h5py.File(output) as file:
-        rows = experiments(file)
+        rows, errors = experiments(file), file["errors"][()]
     assert set(rows["status"]) == {b"error"} and set(rows["attempts"]) == {1}
-    assert all("first try" in text(error) for error in rows["error"])
+    assert sorted(errors["id"].tolist()) == sorted(rows["id"].tolist())   # joined by id
+    assert all("first try" in text(error) for error in errors["error"])
 
 
 TWO_ROLES = """

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from conftest import SCRIPTS, distx, experiments, milestones, run_script, text
 
+from distx.results.reader import error_texts, read_results
+
 
 def table_of(output) -> np.ndarray:
     with h5py.File(output, "r") as file:
@@ -61,8 +63,9 @@ def test_sweep_kernel_past_its_timeout_then_resume(tmp_path):
     assert run_state(output) == ("Errored", 1)
     table = table_of(output)
     stuck = table[table["seed"] == 20][0]
-    assert stuck["status"] == b"error" and "ran past its Timeout of 2 s" in text(stuck["error"])
-    assert "{'seed': 20}" in text(stuck["error"])
+    error = read_results(output, error_texts)[stuck["id"]]      # /errors, joined by id
+    assert stuck["status"] == b"error" and "ran past its Timeout of 2 s" in error
+    assert "{'seed': 20}" in error
     done = table[table["status"] == b"done"]
     assert len(done) >= 19 and (done["result"] == done["seed"] ** 2).all()
     assert set(table["status"]) <= {b"done", b"error", b"created"}  # nothing left running

@@ -21,6 +21,8 @@ from conftest import (
 )
 from test_durability import kill_everything, wait_for
 
+from distx.results.reader import error_texts, read_results
+
 
 def test_kernel_returning_an_int_too_large_for_float64_fails_only_its_task(tmp_path):
     """10**400 from a kernel on a worker used to abort the job, leaving the file Running."""
@@ -34,7 +36,8 @@ def test_kernel_returning_an_int_too_large_for_float64_fails_only_its_task(tmp_p
         tasks = file["tasks"][()]
     failed = rows[rows["status"] == b"error"]
     assert list(failed["seed"]) == [7]
-    assert "integer too large for a 64-bit number" in text(failed["error"][0])
+    assert "integer too large for a 64-bit number" in \
+        read_results(output, error_texts)[failed["id"][0]]
     done = rows[rows["status"] == b"done"]
     assert len(done) == 29 and (done["result"] == done["seed"]).all()
     errors = {int(row["rank"]): text(row["error"]) for row in tasks if row["status"] == b"error"}

@@ -22,7 +22,7 @@ from distx.results.claim import Claim
 from distx.results.experiments import ExperimentTable, experiment_rows
 from distx.results.journal import Record
 from distx.results.layout import EXPERIMENT_COLUMNS, FORMAT, FORMAT_VERSION, stored_text
-from distx.results.reader import read_results
+from distx.results.reader import error_texts, experiment_arrays, read_results
 from distx.results.writer import ResultsFile, RunIdentity
 from distx.script.grid import Grid
 from distx.vocabulary import Status
@@ -120,14 +120,19 @@ def test_transitions_change_only_their_rows_and_report_them(tmp_path):
     table.record_done(np.array([0, 1]), 1, "h1", np.array([1, 1]), np.array([5.0, 5.0]),
                       np.array([6.0, 6.0]), {"result": np.array([10**400, 4], dtype=object)})
     assert np.isnan(table.rows["result"][0]) and table.rows["result"][1] == 4
-    table.record(2, Status.ERROR, 1, "h1", 3, 5.0, 7.0, "boom\0\udcff", {})
+    table.record_attempts(np.array([2]), np.array([0]), np.array([3]), 1, "h1",
+                          np.array([5.0]), np.array([7.0]), np.zeros(1, dtype=bool),
+                          {0: "boom\0\udcff"})
+    table.record(2, Status.ERROR, 1, "h1", 3, 5.0, 7.0, {})
     assert table.first_error() == (keyfields.ids()[2], "boom\\x00\\udcff")
     table.back_to_created(np.arange(6))                # only 3 was still running
     assert table.status_of(np.arange(6)).tolist() == [DONE, DONE, b"error", CREATED,
                                                       CREATED, CREATED]
     changes = table.take_changes()
-    assert [record.op for record in changes] == ["rows"]
+    assert [(record.op, record.fields.get("table")) for record in changes] == [
+        ("rows", None), ("append", "attempts"), ("append", "errors")]
     assert changes[0].arrays["positions"].tolist() == [0, 1, 2, 3]
+    assert changes[2].arrays["rows"]["error"].tolist() == ["boom\\x00\\udcff"]
     assert table.take_changes() == []
     assert table.reset({"error"}) == {"error": 1}
     assert table.counts() == {"created": 4, "done": 2}
@@ -318,9 +323,9 @@ def test_odd_records_from_any_rank_are_all_stored(tmp_path):
                             "data": b"\0\xff"})
     keyfields = grid(2)
     table = results.experiments(keyfields, keyfields.ids(), ["result"])
-    table.record(0, Status.ERROR, 1, "h\0", 1, 0.0, 1.0, "\0\udcff", {"result": 10**400})
+    table.record(0, Status.ERROR, 1, "h\0", 1, 0.0, 1.0, {"result": 10**400})
     table.record_attempts(np.array([0]), np.array([0]), np.array([1]), 1, "h", np.zeros(1),
-                          np.ones(1), np.zeros(1, dtype=bool), {0: "err\0"})
+                          np.ones(1), np.zeros(1, dtype=bool), {0: "\0\udcff"})
     results.close("Finished", 0)
     with h5py.File(path, "r") as file:
         values = file["values"][()]
@@ -330,7 +335,7 @@ def test_odd_records_from_any_rank_are_all_stored(tmp_path):
         assert json.loads(values[6]["value"]) == 10**400
         assert len(file["tasks"]) == len(ODD_TEXT) and len(file["logs"]) == len(ODD_TEXT)
         assert file["tasks"][0]["error"] == b"a\\x00b"
-        assert file["experiments"][0]["error"] == b"\\x00\\udcff"
+        assert file["errors"][0]["error"] == b"\\x00\\udcff"   # the experiment's error
         assert len(file["files/run0/rank1"]) == 1
 
 
@@ -359,3 +364,97 @@ def test_a_kill_during_close_loses_nothing_the_journal_holds_the_end(tmp_path, m
     with h5py.File(path, "r") as file:
         assert file.attrs["state"] == "Finished" and file["runs"][0]["state"] == b"Finished"
         assert (file["experiments"]["status"] == DONE).all() and len(file["attempts"]) == 6
+
+
+# ----- array outputs and error texts through the store (format version 3) ----------------------
+def arrays_on_disk(path: Path, output: str) -> list:
+    """An output's arrays per experiments row, read with plain h5py as README shows."""
+    with h5py.File(path, "r", locking=False) as file:
+        stored, status = file[f"experiment_arrays/{output}"], file["experiments"]["status"]
+        if isinstance(stored, h5py.Dataset):
+            return [stored[row] if status[row] == DONE else None for row in range(len(status))]
+        values, starts, shapes = stored["values"][()], stored["start"][()], stored["shape"][()]
+        found = []
+        for start, shape in zip(starts, shapes):
+            dimensions = tuple(int(n) for n in shape if n >= 0)
+            found.append(None if start < 0 else
+                         values[start:start + int(np.prod(dimensions))].reshape(dimensions))
+        return found
+
+
+def record_arrays(table: ExperimentTable, rows: np.ndarray, arrays: list) -> None:
+    from distx.results.arrays import pack
+
+    finish(table, rows)
+    table.record_arrays("result", rows, pack(arrays))
+
+
+def test_arrays_of_one_shape_are_one_dataset_with_a_row_per_experiment(tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path, count=6)
+    record_arrays(table, np.array([4, 1]), [np.arange(3.0) + 4, np.arange(3.0) + 1])
+    results.checkpoint()
+    with h5py.File(path, "r", locking=False) as file:
+        stored = file["experiment_arrays/result"]
+        assert stored.shape == (6, 3) and stored.dtype == np.float64
+        assert stored[4].tolist() == [4.0, 5.0, 6.0] and np.isnan(stored[0]).all()
+    results.close("Finished", 0)
+
+
+def test_arrays_survive_a_crash_through_the_journal_and_change_layout_without_loss(tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path, count=8)
+    record_arrays(table, np.array([0, 1]), [np.arange(2), np.arange(2) * 10])   # int, (2,)
+    results.checkpoint()
+    record_arrays(table, np.array([2]), [np.array([0.5, 1.5])])     # wider dtype: float
+    record_arrays(table, np.array([3, 4]), [np.arange(5.0), np.ones((2, 2))])   # ragged
+    results.flush()                  # in the journal only: the run is killed here
+    expected = [[0, 1], [0, 10], [0.5, 1.5], list(range(5)), [[1, 1], [1, 1]]]
+    snapshot = read_results(path, experiment_arrays)["result"]  # checkpoint + journal
+    assert [array.tolist() for array in snapshot[:5]] == expected
+    results.claim.release()          # what the kernel does when the process dies
+    assert admin.recover(path) > 0
+    found = arrays_on_disk(path, "result")
+    assert [array.tolist() for array in found[:5]] == expected
+    assert found[5:] == [None] * 3
+
+
+def test_a_resume_extends_the_arrays_and_keeps_their_layout(tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path, count=3)
+    record_arrays(table, np.array([0, 2]), [np.zeros(4), np.ones(4)])
+    results.close("Finished", 0)
+    results, table = start_sweep(path, count=5, resume=True, run_id="run-b")
+    record_arrays(table, np.array([4]), [np.full(4, 2.0)])
+    results.close("Finished", 0)
+    with h5py.File(path, "r") as file:
+        assert file["experiment_arrays/result"].shape == (5, 4)
+    assert [None if a is None else a.tolist() for a in arrays_on_disk(path, "result")] == [
+        [0.0] * 4, None, [1.0] * 4, None, [2.0] * 4]
+
+
+def test_error_texts_go_to_their_own_table_joined_by_id(tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path, count=3)
+    long_text = "Traceback (most recent call last):\n  ünïcode line\n" + "x" * 10_000
+    table.record_attempts(np.array([1, 1]), np.zeros(2), np.array([1, 2]), 1, "h1",
+                          np.zeros(2), np.ones(2), np.zeros(2, dtype=bool),
+                          {0: "first try", 1: long_text})
+    table.record(1, Status.ERROR, 1, "h1", 2, 0.0, 1.0, {})
+    results.close("Finished", 1)
+    with h5py.File(path, "r") as file:
+        assert "error" not in file["experiments"].dtype.names
+        assert "error" not in file["attempts"].dtype.names
+        errors = file["errors"][()]
+    assert [(int(row["attempt"]), row["error"].decode()) for row in errors] == [
+        (1, "first try"), (2, long_text)]
+    assert read_results(path, error_texts) == {errors["id"][0]: long_text}
+
+
+def test_text_arrays_keep_every_byte_when_stored_nul_terminated(tmp_path):
+    path = tmp_path / "t.h5"
+    with h5py.File(path, "w") as file:
+        checkpoint.apply(file, [Record("dataset", {"name": "words"},
+                                       {"data": np.array([b"longest", b"a"])})])
+    with h5py.File(path, "r") as file:
+        assert file["words"][()].tolist() == [b"longest", b"a"]

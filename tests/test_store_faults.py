@@ -20,6 +20,8 @@ import pytest
 from conftest import TESTS, distx, mpiexec, run_script, text
 from test_durability import kill_everything, wait_for
 
+from distx.results.reader import experiment_arrays, read_results
+
 KERNELS = TESTS / "kernels"
 V1 = TESTS / "data" / "v1"
 
@@ -216,7 +218,7 @@ def test_version_1_files_still_show_export_and_resume(tmp_path):
     resumed = run_script(V1 / "sweep12.yml", copy, None, "--resume", "--force")
     assert resumed.returncode == 0, resumed.stderr
     with h5py.File(copy, "r") as file:
-        assert file.attrs["format_version"] == 2
+        assert file.attrs["format_version"] == 3
         rows = file["experiments"][()]
         assert len(rows) == 12 and set(rows["status"]) == {b"done"}
         assert (rows["result"] == rows["seed"] ** 2).all()
@@ -242,3 +244,46 @@ def test_random_kills_of_a_large_sweep_a_rebuild_and_a_reset_all_recover(tmp_pat
     print(figures.report())
     assert not figures.failures
     assert figures.recovered == figures.kills + figures.rebuild_kills + figures.reset_kills
+
+
+def test_a_killed_array_sweep_loses_no_recorded_array_and_resumes(tmp_path):
+    script = tmp_path / "arrays.yml"
+    script.write_text(f"""\
+Version: 2
+Name: arrays
+Kernels: {KERNELS}
+Experiments:
+  Keyfields:
+    seed: {{stop: 300}}
+Sequence:
+  - Task: Run.Sweep
+    Config: {{Kernel: probe.slow_ramp, Args: {{pause: 0.01}}}}
+""")
+    output = tmp_path / "out.h5"
+    command = [*mpiexec(), "-n", "3", sys.executable, "-m", "distx", str(script), "-o",
+               str(output)]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = output.with_name(output.name + ".journal")
+    try:
+        wait_for(lambda: journal.exists() and journal.stat().st_size > 20_000, 120)
+        kill_everything(job, output)            # SIGKILL mid-sweep: no close, no checkpoint
+        job.wait(timeout=60)
+    finally:
+        kill_everything(job, output)
+
+    def recorded() -> list[tuple[int, list[float]]]:
+        def read(file):
+            rows, arrays = file["experiments"][()], experiment_arrays(file)["result"]
+            return [(int(row["seed"]), array.tolist()) for row, array in zip(rows, arrays)
+                    if row["status"] == b"done"]
+        return read_results(output, read)
+
+    before = recorded()                          # the last checkpoint plus the journal
+    assert 0 < len(before) < 300                 # killed mid-sweep
+    assert all(array == [seed + n for n in range(seed % 3 + 1)] for seed, array in before)
+    assert distx("recover", output).returncode == 0
+    assert recorded() == before                  # everything recorded survived the kill
+    resumed = run_script(script, output, 3, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    after = dict(recorded())
+    assert len(after) == 300 and all(after[seed] == array for seed, array in before)

@@ -73,3 +73,19 @@ def own_block(big):
 def square(seed):
     """The cheapest experiment: a sweep of it measures the recording, not the kernel."""
     return seed * seed
+
+
+def ramp_or_fail(seed):
+    """Of the version-2 fixture: an array of one shape, a ragged array and a number; seed 3
+    fails with a two-line error."""
+    if seed == 3:
+        raise ValueError("bad seed 3\nits second line says why")
+    return np.arange(4.0) * seed, np.arange(seed % 3 + 1), seed * 0.5
+
+
+def slow_ramp(seed, pause):
+    """A slow array output whose length varies (1 to 3): a sweep to kill while it records."""
+    import time
+
+    time.sleep(pause)
+    return np.arange(seed % 3 + 1) * 1.0 + seed

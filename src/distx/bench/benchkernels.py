@@ -6,6 +6,7 @@ installed wheel), so the benchmark measures exactly what the examples run.
 """
 
 import numba
+import numpy as np
 
 
 def trivial(seed):
@@ -18,3 +19,8 @@ def sum_squares(values):
     for value in values:
         total += value * value
     return total
+
+
+def ramp(seed):
+    """A 50-element array per experiment: the array-output sweep (against `trivial`)."""
+    return np.arange(50.0) + seed

@@ -230,6 +230,31 @@ class Bench:
                     f"({count / simulated.batches:.1f} experiments each)")
             print(f"  coordinator simulation, {described}: done", file=sys.stderr, flush=True)
 
+    def array_sweep(self) -> None:
+        """The same sweep returning a 50-element array per experiment instead of a number
+        (issue 17: within 1.5x), and the file's size against the arrays' raw bytes."""
+        count = 20000
+        seconds = {}
+        for kernel in ("trivial", "ramp"):
+            script = self.script(f"sweep-{kernel}", f"""\
+                Version: 2
+                Name: bench-{kernel}
+                Kernels: BENCH_KERNELS
+                Experiments:
+                  Keyfields:
+                    seed: {{stop: {count}}}
+                Sequence:
+                  - Task: Run.Sweep
+                    Config: {{Kernel: benchkernels.{kernel}}}
+                """)
+            output, _ = self.run_distx(4, script)
+            seconds[kernel] = self.task_seconds(output, "Run.Sweep")
+        self.add(f"sweep {count} experiments of 50-element arrays, 4 ranks", seconds["ramp"],
+                 seconds["trivial"], "s", "the same sweep returning a number", "<= 1.5x")
+        size, raw = output.stat().st_size, _raw_bytes(output)
+        self.notes.append(f"array sweep file: {size / 1e6:.1f} MB for {raw / 1e6:.1f} MB of "
+                          f"raw bytes in its datasets ({size / raw:.2f}x, target <= 1.3x)")
+
     def kernels_speed(self) -> None:
         count_inside = KernelLibrary(self.examples).get("montecarlo.count_inside").function
         values = np.random.default_rng(0).random(2_000_000 if self.quick else 20_000_000)
@@ -346,6 +371,15 @@ class Bench:
                                                       (1e-1, "100 ms"), (1.0, "1 s"))))
 
 
+def _raw_bytes(path: Path) -> int:
+    """The bytes of every dataset's elements (a variable-length one: its references)."""
+    sizes: list[int] = []
+    with h5py.File(path, "r") as file:
+        file.visititems(lambda _, item: sizes.append(item.size * item.dtype.itemsize)
+                        if isinstance(item, h5py.Dataset) else None)
+    return sum(sizes)
+
+
 def _workers(ranks: int) -> int:
     return max(1, ranks - 1)
 
@@ -368,7 +402,8 @@ def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None)
     with tempfile.TemporaryDirectory(prefix="distx-bench-") as folder:
         bench = Bench(ranks, quick, Path(folder))
         for case in (bench.latency, bench.values, bench.distribution, bench.kernels_speed,
-                     bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling):
+                     bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling,
+                     bench.array_sweep):
             case()
         bench.coordinator_model(bench.sweep_throughput())
         bench.coordinator_simulation()

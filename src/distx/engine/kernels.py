@@ -24,6 +24,7 @@ import numpy as np
 
 from distx.engine.data import Partition
 from distx.errors import TaskFailed, UserError
+from distx.results.arrays import KINDS as ARRAY_KINDS
 from distx.script.schema import suggestion
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
@@ -220,6 +221,10 @@ def outputs_of(result: Any, names: list[str], kernel: Kernel) -> dict[str, Any]:
                          f"value(s) but Outputs names {len(names)}: {', '.join(names)}")
     named = {}
     for name, value in zip(names, values):
+        if isinstance(value, np.ndarray) and value.dtype.kind not in ARRAY_KINDS:
+            raise TaskFailed(f"kernel {kernel.name} ({kernel.place}) returned an array of "
+                             f"{value.dtype} for '{name}': return an array of numbers "
+                             "(bool, integer or float)")
         if isinstance(value, np.ndarray):
             named[name] = value
         elif type(value) is int and not fits_int64(value):

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from distx.results.arrays import ArrayBlock
+
 
 class Kind(enum.IntEnum):
     """Message kinds; the value is the MPI tag (MPI guarantees tags up to 32767 only)."""
@@ -149,6 +151,6 @@ class BatchResult:
     start: np.ndarray                            # float64, Unix seconds
     end: np.ndarray
     values: dict[str, np.ndarray]                # float64 per output; NaN if not a number
-    arrays: dict[tuple[int, str], np.ndarray]    # (position in batch, output) -> array
+    arrays: dict[str, tuple[np.ndarray, ArrayBlock]]  # output -> (positions, their arrays)
     errors: dict[int, tuple[str, bool]]          # position -> (text, cannot compile?)
     seconds: float

@@ -66,6 +66,8 @@ from distx.engine.reduce import reduce_values
 from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.watchdog import watch_kernel
 from distx.errors import Cancelled, TaskFailed, UserError
+from distx.results.arrays import KINDS as ARRAY_KINDS
+from distx.results.arrays import pack
 from distx.script.grid import Grid
 from distx.script.model import ROWS
 from distx.vocabulary import Status
@@ -245,7 +247,9 @@ class Sweep:
             entry = self._entry(position, source, start)
             entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
             entry.failed = True
-            self._record(position, entry, source, time.time(), Status.ERROR, record["error"])
+            now = time.time()
+            self._record_stuck_attempt(source, task_id, start, now, record["error"])
+            self._record(position, entry, source, now, Status.ERROR)
         self.fatal = record["error"]
         self._unfinished_back_to_created()
 
@@ -319,14 +323,17 @@ class Sweep:
         previous = self.seconds_per_task[source]
         self.seconds_per_task[source] = per_task if previous <= 0 else 0.5 * (previous + per_task)
         self._record_attempts(source, batch)
-        # Recorded all at once: experiments that one first, successful attempt finished with
-        # numbers. Partitions, array outputs, failures and retries go through _Pending.
+        # Recorded all at once: experiments that one first, successful attempt finished
+        # (numbers and arrays). Partitions, failures and retries go through _Pending.
         simple = batch.ok & (self.attempts[batch.task_ids] == 1) & (self.plan.parts == 1)
-        for position in {position for position, _ in batch.arrays}:
-            simple[position] = False
         self._record_done(source, batch, simple)
-        for position in np.flatnonzero(~simple).tolist():
-            self._one_result(source, batch, position)
+        others = np.flatnonzero(~simple)
+        arrays = {} if not len(others) else {
+            (position, name): array for name, (positions, block) in batch.arrays.items()
+            for position, array in zip(positions.tolist(), block.arrays())
+            if not simple[position]}
+        for position in others.tolist():
+            self._one_result(source, batch, position, arrays)
         self.progress.update(self.remaining, self.errors)
         if not self.fatal:
             self._feed(source)
@@ -337,11 +344,12 @@ class Sweep:
         self.message_seconds = spent if not self.message_seconds else \
             0.9 * self.message_seconds + 0.1 * spent
 
-    def _one_result(self, source: int, batch: BatchResult, position: int) -> None:
+    def _one_result(self, source: int, batch: BatchResult, position: int,
+                    arrays: dict[tuple[int, str], np.ndarray]) -> None:
         task_id = int(batch.task_ids[position])
         start, end = float(batch.start[position]), float(batch.end[position])
         if batch.ok[position]:
-            outputs = {name: batch.arrays.get((position, name), column[position])
+            outputs = {name: arrays.get((position, name), column[position])
                        for name, column in batch.values.items()}
             self._task_done(task_id, source, outputs, start, end)
             return
@@ -366,7 +374,7 @@ class Sweep:
         entry.outputs[part] = outputs
         entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
         if len(entry.outputs) == self.plan.parts:
-            self._record(position, entry, source, end, Status.DONE, "")
+            self._record(position, entry, source, end, Status.DONE)
 
     def _task_failed(self, task_id: int, source: int, error: str, start: float,
                      end: float) -> None:
@@ -380,7 +388,7 @@ class Sweep:
             return
         entry.failed = True
         entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
-        self._record(position, entry, source, end, Status.ERROR, error)
+        self._record(position, entry, source, end, Status.ERROR)
 
     def _combine(self, entry: _Pending) -> dict[str, Any]:
         if self.plan.parts == 1:
@@ -402,7 +410,8 @@ class Sweep:
         self.table.back_to_created(self.rows)
 
     def _record_attempts(self, source: int, batch: BatchResult) -> None:
-        """One /attempts row per task, written as a block."""
+        """One /attempts row per task, written as a block (and /errors rows of failed
+        ones)."""
         positions, parts = np.divmod(batch.task_ids, self.plan.parts)
         self.table.record_attempts(
             self.rows[positions], parts,
@@ -410,8 +419,19 @@ class Sweep:
             self.hosts[source], batch.start, batch.end, batch.ok,
             {position: text for position, (text, _) in batch.errors.items()})
 
+    def _record_stuck_attempt(self, source: int, task_id: int, start: float, end: float,
+                              error: str) -> None:
+        """The attempt a holder is lost in: it never reports, so it is recorded here."""
+        position, part = divmod(task_id, self.plan.parts)
+        self.table.record_attempts(
+            self.rows[[position]], np.array([part]),
+            np.array([self.earlier_attempts[position] + self.attempts[task_id]]), source,
+            self.hosts[source], np.array([start]), np.array([end]),
+            np.zeros(1, dtype=bool), {0: error})
+
     def _record_done(self, source: int, batch: BatchResult, chosen: np.ndarray) -> None:
-        """Experiments finished by one successful task with numeric outputs, all at once."""
+        """Experiments finished by one successful task, all at once: numbers, and each
+        array output as one block."""
         task_ids = batch.task_ids[chosen]
         if not len(task_ids):
             return
@@ -421,10 +441,15 @@ class Sweep:
             self.earlier_attempts[positions] + self.attempts[task_ids],
             batch.start[chosen], batch.end[chosen],
             {name: column[chosen] for name, column in batch.values.items()})
+        for name, (in_batch, block) in batch.arrays.items():
+            recorded = chosen[in_batch]
+            self.table.record_arrays(
+                name, self.rows[batch.task_ids[in_batch[recorded]] // self.plan.parts],
+                block if recorded.all() else block.take(recorded))
         self.remaining -= len(task_ids)
 
     def _record(self, position: int, entry: _Pending, source: int, end: float,
-                status: Status, error: str) -> None:
+                status: Status) -> None:
         """One experiment finished (done or error) through _Pending."""
         row = int(self.rows[position])
         if self.plan.parts == 1 or len(entry.ranks) == 1:
@@ -440,7 +465,7 @@ class Sweep:
                     numbers[name] = value
         self.table.record(row, status, rank, host,
                           self.earlier_attempts[position] + entry.attempts, entry.start, end,
-                          error, numbers)
+                          numbers)
         del self.pending[position]
         self.remaining -= 1
         self.errors += status == Status.ERROR
@@ -508,7 +533,8 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
     ok = np.ones(count, dtype=bool)
     start, end = np.empty(count), np.empty(count)
     values = {name: np.full(count, np.nan) for name in plan.outputs}
-    arrays: dict[tuple[int, str], np.ndarray] = {}
+    arrays: dict[str, tuple[list[int], list[np.ndarray]]] = {
+        name: ([], []) for name in plan.outputs}     # positions and arrays of each output
     errors: dict[int, tuple[str, bool]] = {}
     lone = plan.outputs[0] if len(plan.outputs) == 1 else None
     columns = active.grid.keyfield_columns(plan.todo[task_ids // plan.parts])
@@ -524,16 +550,23 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
                     result = call(combo)
             if lone is not None and (type(result) is float or
                                      (type(result) is int and fits_int64(result))):
-                values[lone][position] = result       # the common case, without checks
+                values[lone][position] = result       # the common cases, without checks
+            elif lone is not None and type(result) is np.ndarray and result.ndim and \
+                    result.dtype.kind in ARRAY_KINDS:
+                arrays[lone][0].append(position)
+                arrays[lone][1].append(result)
             else:
                 for name, value in outputs_of(result, plan.outputs, kernel).items():
-                    if isinstance(value, np.ndarray):
-                        arrays[(position, name)] = value
+                    if isinstance(value, np.ndarray) and value.ndim:
+                        arrays[name][0].append(position)
+                        arrays[name][1].append(value)
                     else:
                         values[name][position] = value
         except TaskFailed as failure:
             ok[position] = False
             errors[position] = (str(failure), is_compile_error(failure))
         end[position] = time.time()
-    return BatchResult(plan.number, task_ids, ok, start, end, values, arrays, errors,
+    stacked = {name: (np.array(positions, dtype=np.int64), pack(found))
+               for name, (positions, found) in arrays.items() if found}
+    return BatchResult(plan.number, task_ids, ok, start, end, values, stacked, errors,
                        time.perf_counter() - began)

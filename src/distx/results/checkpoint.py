@@ -25,8 +25,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from distx.results.arrays import ArrayBlock, Layout, fill_value, pack, ragged_array
 from distx.results.journal import Record
-from distx.results.layout import APPEND_TABLES, FORMAT, FORMAT_VERSION, TEXT, stored_text
+from distx.results.layout import (
+    APPEND_TABLES,
+    FORMAT,
+    FORMAT_VERSION,
+    TEXT,
+    stored_text,
+    stored_type,
+)
+from distx.vocabulary import Status
+
+REPLACING = ("experiments", "table", "delete")
+"""Operations that replace (or remove) an object whole: a compacting checkpoint does not
+copy what they replace."""
 
 
 def replace(path: Path, records: list[Record], seq: int, file_id: str, *, fresh: bool = False,
@@ -46,15 +59,20 @@ def replace(path: Path, records: list[Record], seq: int, file_id: str, *, fresh:
                 for name, dtype in APPEND_TABLES.items():
                     _create_table(file, name, dtype)
         elif compact:
-            _copy_objects(path, temporary, skip={"experiments"} if any(
-                record.op == "experiments" for record in records) else set())
+            _copy_objects(path, temporary, skip={
+                record.fields.get("name", "experiments") for record in records
+                if record.op in REPLACING})
         else:
             shutil.copyfile(path, temporary)
         with h5py.File(temporary, "r+") as file:
             apply(file, records)
             if edit is not None:
                 edit(file)
-            file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+            # A file of an older version keeps it until upgrade.py's records say otherwise;
+            # any checkpoint makes a version-1 file (written in place) a version-2 one.
+            version = FORMAT_VERSION if fresh else max(2, int(file.attrs.get(
+                "format_version", 1)))
+            file.attrs.update({"format": FORMAT, "format_version": version,
                                "file_id": file_id, "journal_seq": seq})
         _fsync(temporary)
         os.replace(temporary, path)
@@ -138,9 +156,29 @@ def _apply_append(file: h5py.File, record: Record) -> None:
     dataset[start:] = rows
 
 
-def _create_table(file: h5py.File, name: str, dtype: np.dtype) -> h5py.Dataset:
-    return file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
-                               chunks=(1024,))
+def _create_table(file: h5py.File, name: str, dtype: np.dtype,
+                  rows: np.ndarray | None = None) -> h5py.Dataset:
+    """An appendable table (with `rows`, if given)."""
+    count = 0 if rows is None else len(rows)
+    table = file.create_dataset(name, shape=(count,), maxshape=(None,),
+                                dtype=stored_type(dtype), chunks=(1024,))
+    if count:
+        table[...] = rows
+    return table
+
+
+def _apply_table(file: h5py.File, record: Record) -> None:
+    """A table replaced whole (a file of an older version brought to this one)."""
+    name = record.fields["name"]
+    if name in file:
+        del file[name]
+    rows = record.arrays["rows"]
+    _create_table(file, name, _h5_dtype(rows.dtype), _as(rows, _h5_dtype(rows.dtype)))
+
+
+def _apply_delete(file: h5py.File, record: Record) -> None:
+    if record.fields["name"] in file:
+        del file[record.fields["name"]]
 
 
 def _apply_experiments(file: h5py.File, record: Record) -> None:
@@ -153,12 +191,141 @@ def _apply_experiments(file: h5py.File, record: Record) -> None:
             start = len(existing)
             existing.resize((len(rows),))
             existing[start:] = _as(rows[start:], existing.dtype)
+            _fit_arrays(file, len(rows))
             return
         del file["experiments"]
-    dataset = file.create_dataset("experiments", data=_as(rows, _h5_dtype(rows.dtype)),
-                                  maxshape=(None,), chunks=True)
+    dtype = _h5_dtype(rows.dtype)
+    dataset = file.create_dataset("experiments", shape=rows.shape, maxshape=(None,),
+                                  dtype=stored_type(dtype), chunks=True)
+    if len(rows):
+        dataset[...] = _as(rows, dtype)
     dataset.attrs["keyfields"] = record.fields["keyfields"]
     dataset.attrs["outputs"] = record.fields["outputs"]
+    _fit_arrays(file, len(rows))
+
+
+# ----- array outputs (layouts: arrays.py) ------------------------------------------------------
+ARRAYS = "experiment_arrays"
+
+
+def _fit_arrays(file: h5py.File, length: int) -> None:
+    """Array outputs as long as the experiments table (new experiments of a resume)."""
+    for item in file.get(ARRAYS, {}).values():
+        for dataset in (item,) if isinstance(item, h5py.Dataset) else (item["start"],
+                                                                       item["shape"]):
+            if dataset.shape[0] < length:
+                dataset.resize(length, axis=0)
+
+
+def arrays_record(output: str, rows: np.ndarray, block: ArrayBlock) -> Record:
+    """The record of the arrays of output `output` at experiment rows `rows`."""
+    return Record("arrays", {"output": output}, {
+        "rows": rows, "values": block.values,
+        **({"shapes": block.shapes} if block.ragged else {})})
+
+
+def _apply_arrays(file: h5py.File, record: Record) -> None:
+    """A block of one output's arrays at experiment rows `rows`. When the block does not fit
+    the stored layout (another shape, a wider dtype), the arrays stored so far are
+    rewritten first in the layout that holds both."""
+    name = f"{ARRAYS}/{record.fields['output']}"
+    block = ArrayBlock(record.arrays["values"], record.arrays.get("shapes"))
+    stored = file.get(name)
+    if stored is None:
+        stored = _create_arrays(file, name, Layout.of(block))
+    elif not stored_layout(stored).holds(Layout.of(block)):
+        kept = _rows_with_arrays(file, stored)
+        old = _read_block(stored, kept)
+        layout = stored_layout(stored).joined(Layout.of(block))
+        del file[name]
+        stored = _create_arrays(file, name, layout)
+        _write_arrays(stored, kept, old)
+    _write_arrays(stored, record.arrays["rows"], block)
+
+
+def _rows_with_arrays(file: h5py.File, stored: h5py.Dataset | h5py.Group) -> np.ndarray:
+    """The rows whose arrays a layout holds: for one shape, those of done experiments
+    (arrays are recorded with the row that makes them done, and before it)."""
+    if isinstance(stored, h5py.Group):
+        return np.flatnonzero(stored["start"][()] >= 0)
+    return np.flatnonzero(file["experiments"].fields("status")[()] == Status.DONE.encoded)
+
+
+def stored_layout(stored: h5py.Dataset | h5py.Group) -> Layout:
+    """The layout of an array output in a version-3 file."""
+    if isinstance(stored, h5py.Dataset):
+        return Layout(stored.shape[1:], stored.dtype)
+    return Layout(None, stored["values"].dtype)
+
+
+def _create_arrays(file: h5py.File, name: str, layout: Layout) -> h5py.Dataset | h5py.Group:
+    rows = len(file["experiments"])
+    if layout.shape is not None:
+        row_bytes = max(1, int(np.prod(layout.shape)) * layout.dtype.itemsize)
+        return file.create_dataset(
+            name, shape=(rows, *layout.shape), maxshape=(None, *layout.shape),
+            dtype=layout.dtype, fillvalue=fill_value(layout.dtype),
+            chunks=(max(1, min(rows or 1, (1 << 18) // row_bytes)), *layout.shape))
+    group = file.create_group(name)
+    group.create_dataset("values", shape=(0,), maxshape=(None,), dtype=layout.dtype,
+                         chunks=(1 << 15,))
+    group.create_dataset("start", shape=(rows,), maxshape=(None,), dtype="i8",
+                         fillvalue=-1, chunks=(1 << 12,))
+    group.create_dataset("shape", shape=(rows, 1), maxshape=(None, None), dtype="i8",
+                         fillvalue=-1, chunks=(1 << 12, 1))
+    return group
+
+
+def _read_block(stored: h5py.Dataset | h5py.Group, rows: np.ndarray) -> ArrayBlock:
+    if isinstance(stored, h5py.Dataset):
+        return ArrayBlock(stored[()][rows])
+    values, starts, shapes = stored["values"][()], stored["start"][()], stored["shape"][()]
+    return pack([ragged_array(values, starts[row], shapes[row]) for row in rows.tolist()])
+
+
+def _write_arrays(target: h5py.Dataset | h5py.Group, rows: np.ndarray,
+                  block: ArrayBlock) -> None:
+    """Write `block` at `rows` (the last of a row given twice wins), slice by slice."""
+    order = np.argsort(rows, kind="stable")
+    rows = rows[order]
+    last = np.append(rows[1:] != rows[:-1], True)
+    chosen = order[last]
+    rows = rows[last]
+    if not len(rows):
+        return
+    needed = int(rows[-1]) + 1
+    if isinstance(target, h5py.Dataset):
+        if target.shape[0] < needed:
+            target.resize(needed, axis=0)
+        values = block.values[chosen]
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for low, high in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+            target[int(rows[low]):int(rows[high - 1]) + 1] = values[low:high]
+        return
+    _write_ragged(target, rows, [block.arrays()[i] for i in chosen.tolist()], needed)
+
+
+def _write_ragged(group: h5py.Group, rows: np.ndarray, arrays: list[np.ndarray],
+                  needed: int) -> None:
+    """Arrays appended to `values`, where and what shape each is set in its row."""
+    values = group["values"]
+    flat = np.concatenate([array.ravel() for array in arrays]) if arrays else np.zeros(0)
+    sizes = np.array([array.size for array in arrays], dtype=np.int64)
+    first = values.shape[0]
+    values.resize((first + len(flat),))
+    values[first:] = flat
+    ndim = max([array.ndim for array in arrays] + [group["shape"].shape[1]])
+    for dataset in (group["start"], group["shape"]):
+        if dataset.shape[0] < needed:
+            dataset.resize(needed, axis=0)
+    if group["shape"].shape[1] < ndim:
+        group["shape"].resize(ndim, axis=1)
+    shapes = np.full((len(arrays), ndim), -1, dtype=np.int64)
+    for position, array in enumerate(arrays):
+        shapes[position, :array.ndim] = array.shape
+    starts = first + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    group["start"][rows] = starts
+    group["shape"][rows] = shapes
 
 
 def _apply_dataset(file: h5py.File, record: Record) -> None:
@@ -168,7 +335,11 @@ def _apply_dataset(file: h5py.File, record: Record) -> None:
     if "text" in record.fields:
         dataset = file.create_dataset(name, data=stored_text(record.fields["text"]), dtype=TEXT)
     else:
-        dataset = file.create_dataset(name, data=record.arrays["data"])
+        data = record.arrays["data"]
+        dataset = file.create_dataset(name, shape=data.shape, dtype=stored_type(
+            _h5_dtype(data.dtype) if data.dtype.names else data.dtype))
+        if data.size:
+            dataset[...] = data
     dataset.attrs.update(record.fields.get("attrs", {}))
 
 
@@ -187,7 +358,8 @@ def _apply_run_end(file: h5py.File, record: Record) -> None:
 
 APPLY: dict[str, Callable[[h5py.File, Record], None]] = {
     "append": _apply_append, "experiments": _apply_experiments, "dataset": _apply_dataset,
-    "attrs": _apply_attrs, "run_end": _apply_run_end}
+    "attrs": _apply_attrs, "run_end": _apply_run_end, "arrays": _apply_arrays,
+    "table": _apply_table, "delete": _apply_delete}
 
 
 def _h5_dtype(dtype: np.dtype) -> np.dtype:

@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from distx.results.arrays import ArrayBlock, concatenate, pack
+from distx.results.checkpoint import arrays_record
 from distx.results.journal import Record
-from distx.results.layout import ATTEMPTS, experiment_dtype, stored_text
+from distx.results.layout import ATTEMPTS, ERRORS, experiment_dtype, stored_text
 from distx.script.grid import Grid, column_type, from_cell, to_cell
 from distx.vocabulary import Status
 
@@ -37,7 +39,6 @@ def experiment_rows(grid: Grid, ids: np.ndarray | list[str], outputs: list[str],
             values += [from_cell(v) for v in np.unique(existing[name])]
         keyfields[name] = column_type(values)
     rows = np.zeros(known + len(added), dtype=experiment_dtype(keyfields, outputs))
-    rows["error"] = ""
     for name in outputs:
         rows[name] = np.nan
     if existing is not None:
@@ -68,7 +69,9 @@ class ExperimentTable:
         self._unsaved = np.zeros(len(rows), dtype=bool)   # since the last unsaved_rows
         self._attempts = np.empty(0, dtype=ATTEMPTS)   # the first _attempt_count are new
         self._attempt_count = 0
-        self._arrays: list[Record] = []
+        self._errors: list[np.ndarray] = []
+        self._error_of: dict[int, str] = {}     # row -> its last error text of this run
+        self._arrays: dict[str, list[tuple[np.ndarray, ArrayBlock]]] = {}
 
     # ----- transitions ---------------------------------------------------------------------
     def start(self, rows: np.ndarray, rank: int, host: str, when: float) -> None:
@@ -81,22 +84,25 @@ class ExperimentTable:
                     outputs: dict[str, np.ndarray]) -> None:
         """A batch of experiments finished, each by one task on `rank`, numeric outputs."""
         self._set(rows, status=DONE, rank=rank, host=host, attempts=attempts, start=start,
-                  end=end, error="", **{name: _floats(column)
+                  end=end, **{name: _floats(column)
                                         for name, column in outputs.items()})
 
     def record(self, row: int, status: Status, rank: int, host: str, attempts: int,
-               start: float, end: float, error: str, outputs: dict[str, Any]) -> None:
+               start: float, end: float, outputs: dict[str, Any]) -> None:
         """One experiment finished as done or error (numeric outputs; arrays go through
-        set_output_array)."""
+        set_output_array, the error text of its failed attempt through record_attempts)."""
         self._set(np.array([row]), status=status.encoded, rank=rank, host=host,
-                  attempts=attempts, start=start, end=end, error=stored_text(error),
+                  attempts=attempts, start=start, end=end,
                   **{name: _floats(np.array([value], dtype=object))
                      for name, value in outputs.items()})
 
+    def record_arrays(self, output: str, rows: np.ndarray, block: ArrayBlock) -> None:
+        """The arrays of output `output` of experiments `rows`, as one block."""
+        if len(rows):
+            self._arrays.setdefault(output, []).append((rows, block))
+
     def set_output_array(self, row: int, output: str, array: np.ndarray) -> None:
-        experiment_id = self.rows["id"][row].decode()
-        self._arrays.append(Record("dataset", {"name": f"experiment_arrays/{output}/"
-                                               f"{experiment_id}"}, {"data": array}))
+        self.record_arrays(output, np.array([row], dtype=np.int64), pack([array]))
 
     def back_to_created(self, rows: np.ndarray) -> None:
         """The running ones among `rows` did not finish (a stop, a fatal error)."""
@@ -122,9 +128,15 @@ class ExperimentTable:
         block["host"] = host.encode()
         block["start"], block["end"] = start, end
         block["status"] = np.where(ok, DONE, ERROR)
-        block["error"] = ""
-        for position, text in errors.items():
-            block["error"][position] = stored_text(text)
+        if errors:
+            failed = np.array(sorted(errors), dtype=np.int64)
+            texts = np.zeros(len(failed), dtype=ERRORS)
+            for name in ("run", "id", "part", "attempt"):
+                texts[name] = block[name][failed]
+            texts["error"] = [stored_text(errors[position]) for position in failed.tolist()]
+            self._errors.append(texts)
+            for position, text in zip(failed.tolist(), texts["error"]):
+                self._error_of[int(rows[position])] = text
 
     def _new_attempts(self, count: int) -> np.ndarray:
         """Room for `count` more attempt rows, at the end of one growing block (a batch
@@ -166,19 +178,21 @@ class ExperimentTable:
         return status_counts(self.rows)
 
     def first_error(self) -> tuple[str, str] | None:
-        """(id, first line of the error) of the first experiment in error."""
+        """(id, first line of the error in this run) of the first experiment in error."""
         failed = np.flatnonzero(self.rows["status"] == ERROR)
         if not len(failed):
             return None
-        row = self.rows[failed[0]]
-        return row["id"].decode(), (row["error"].splitlines() or [""])[0]
+        text = self._error_of.get(int(failed[0]), "")
+        return self.rows["id"][failed[0]].decode(), (text.splitlines() or [""])[0]
 
     # ----- for the writer ------------------------------------------------------------------
     def take_changes(self) -> list[Record]:
         """Journal records of everything changed since the last call. The "rows" record
         may be a view of the table: encode it before the table changes again."""
-        records = self._arrays
-        self._arrays = []
+        records = [arrays_record(output, np.concatenate([rows for rows, _ in blocks]),
+                                 concatenate([block for _, block in blocks]))
+                   for output, blocks in self._arrays.items()]
+        self._arrays = {}
         rows = _rows_record(self.rows, self._changed)
         if rows is not None:
             records.append(rows)
@@ -187,6 +201,10 @@ class ExperimentTable:
                                   {"rows": self._attempts[:self._attempt_count]}))
             self._attempts = np.empty(len(self._attempts), dtype=ATTEMPTS)
             self._attempt_count = 0
+        if self._errors:
+            records.append(Record("append", {"table": "errors"},
+                                  {"rows": np.concatenate(self._errors)}))
+            self._errors = []
         return records
 
     def unsaved_rows(self) -> Record | None:

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from distx.errors import UserError
-from distx.results.reader import error_texts, read_results
+from distx.results.reader import error_rows, error_texts, experiment_arrays, read_results
 from distx.results.show import expand_paths
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def _frame(file: h5py.File, table: str, arrays: bool) -> pd.DataFrame:
     import pandas as pd
 
     if table == "errors":
-        rows = _errors(file)
+        rows = error_rows(file)
     elif table in file:
         rows = file[table][()]
     else:                        # a file of a run that has not started its sweep yet
@@ -94,26 +94,9 @@ def _column(values: np.ndarray) -> np.ndarray | list:
     return values
 
 
-def _errors(file: h5py.File) -> np.ndarray:
-    """/errors, or for a file written before it, its rows made from the experiments table
-    (run -1: the run is not recorded there)."""
-    if "errors" in file:
-        return file["errors"][()]
-    if "experiments" not in file:
-        return np.zeros(0, dtype=[("run", "i4"), ("id", "S16"), ("error", object)])
-    texts = error_texts(file)
-    rows = np.zeros(len(texts), dtype=[("run", "i4"), ("id", "S16"), ("error", object)])
-    rows["run"] = -1
-    rows["id"] = list(texts)
-    rows["error"] = list(texts.values())
-    return rows
-
-
 def _experiment_arrays(file: h5py.File, frame: pd.DataFrame) -> None:
-    """Each array output's cells as the arrays stored under /experiment_arrays/<output>."""
-    stored = file.get("experiment_arrays", {})
-    for output in stored:
-        group = stored[output]
+    """Each array output's cells as its arrays (arrays.py), where an experiment has one."""
+    for output, arrays in experiment_arrays(file).items():
         before = frame[output].tolist() if output in frame else [None] * len(frame)
-        frame[output] = [group[row_id][()] if row_id in group else value
-                         for row_id, value in zip(frame["id"], before)]
+        frame[output] = [value if array is None else array
+                         for array, value in zip(arrays, before)]

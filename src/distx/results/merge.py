@@ -34,24 +34,25 @@ import numpy as np
 
 from distx.errors import UserError
 from distx.results import admin, checkpoint, journal
+from distx.results.arrays import pack
 from distx.results.claim import Claim
 from distx.results.journal import Record
 from distx.results.layout import (
     APPEND_TABLES,
-    EXPERIMENT_HEAD,
-    EXPERIMENT_TAIL,
     FINGERPRINTS,
     RUNS,
     SOURCES,
     TEXT,
+    experiment_dtype,
     file_shard,
     stored_text,
 )
-from distx.results.reader import read_results
+from distx.results.reader import error_rows, experiment_arrays, read_results
+from distx.results.upgrade import converted
 from distx.script.grid import column_type, from_cell
 from distx.vocabulary import RunState, Status
 
-RUN_TABLES = ("milestones", "values", "tasks", "logs", "attempts")
+RUN_TABLES = ("milestones", "values", "tasks", "logs", "attempts", "errors")
 """Tables whose rows belong to a run (besides /runs itself)."""
 RUN_GROUPS = ("value_arrays", "files")
 """Groups whose datasets live under run<n>/ of the run that wrote them."""
@@ -76,6 +77,7 @@ class Source:
     keyfields: list[str]
     outputs: list[str]
     conflicts: np.ndarray | None
+    arrays: dict[str, list[np.ndarray | None]]   # array outputs per experiments row
     datasets: dict[str, tuple[np.ndarray, dict]] = field(default_factory=dict)
 
 
@@ -157,12 +159,14 @@ def _read(file: h5py.File, path: Path) -> Source:
         else None,
         hosts=file["provenance/hosts"][()] if "provenance/hosts" in file else None,
         runs=runs, origins=_origins(file, path, runs),
-        tables={name: file[name][()] for name in RUN_TABLES if name in file},
+        tables={**{name: file[name][()] for name in RUN_TABLES if name in file},
+                "errors": error_rows(file)},   # files before version 3: from old columns
         experiments=None if experiments is None else experiments[()],
         keyfields=[] if experiments is None else _names(experiments.attrs.get("keyfields")),
         outputs=[] if experiments is None else _names(experiments.attrs.get("outputs")),
-        conflicts=file["conflicts"][()] if "conflicts" in file else None)
-    for group in (*RUN_GROUPS, "experiment_arrays"):
+        conflicts=file["conflicts"][()] if "conflicts" in file else None,
+        arrays=experiment_arrays(file))
+    for group in RUN_GROUPS:
         if group in file:
             file[group].visititems(lambda name, item, group=group: source.datasets.update(
                 {f"{group}/{name}": (item[()], dict(item.attrs))})
@@ -215,12 +219,12 @@ def _merged_records(sources: list[Source]) -> tuple[list[Record], MergeReport]:
         records.append(Record("dataset", {"name": "provenance/hosts"},
                               {"data": first.hosts}))
     if runs:
-        table = _converted(np.array(runs), RUNS)
+        table = converted(np.array(runs), RUNS)
         table["run"] = np.arange(len(runs))
         records.append(Record("append", {"table": "runs"}, {"rows": table}))
     records.append(Record("dataset", {"name": "sources"}, {"data": _sources_table(origins)}))
     for name in RUN_TABLES:
-        rows = [_converted(_moved_rows(source.tables[name], mapping, name), APPEND_TABLES[name])
+        rows = [converted(_moved_rows(source.tables[name], mapping, name), APPEND_TABLES[name])
                 for source, mapping in zip(sources, new_run) if name in source.tables]
         rows = [block for block in rows if len(block)]
         if rows:
@@ -302,16 +306,26 @@ def _experiment_records(sources: list[Source]) -> tuple[list[Record], MergeRepor
     report.experiments = len(rows)
     report.done = int((rows["status"] == Status.DONE.encoded).sum())
     records = [Record("experiments", {"keyfields": keyfields, "outputs": outputs},
-                      {"rows": rows})]
-    for number, source in enumerate(tables):
-        for name, (data, _) in source.datasets.items():
-            if name.startswith("experiment_arrays/") and \
-                    winner.get(name.rpartition("/")[2], (-1,))[0] == number:
-                records.append(Record("dataset", {"name": name}, {"data": data}))
+                      {"rows": rows}), *_array_records(tables, list(winner.values()))]
     conflicts = _conflicts(tables, losers, dtype, outputs)
     if conflicts is not None:
         records.append(Record("dataset", {"name": "conflicts"}, {"data": conflicts}))
     return records, report
+
+
+def _array_records(tables: list[Source], chosen: list[tuple[int, int]]) -> list[Record]:
+    """The array outputs of the merged rows (row i: the source row `chosen[i]`)."""
+    records = []
+    for output in _ordered_union(source.arrays for source in tables):
+        found = [(row, tables[number].arrays[output][position])
+                 for row, (number, position) in enumerate(chosen)
+                 if output in tables[number].arrays]
+        found = [(row, array) for row, array in found if array is not None]
+        if found:
+            block = pack([array for _, array in found])
+            records.append(checkpoint.arrays_record(
+                output, np.array([row for row, _ in found], dtype=np.int64), block))
+    return records
 
 
 def _choose_rows(tables: list[Source], report: MergeReport) -> tuple[dict, list]:
@@ -365,15 +379,13 @@ def _table_dtype(tables: list[Source], keyfields: list[str], outputs: list[str])
                   if name in source.experiments.dtype.names
                   for value in np.unique(source.experiments[name])]
         types[name] = column_type(values)
-    return np.dtype(EXPERIMENT_HEAD + list(types.items()) + EXPERIMENT_TAIL
-                    + [(name, "f8") for name in outputs])
+    return experiment_dtype(types, outputs)
 
 
 def _rows(tables: list[Source], chosen: list[tuple[int, int]], dtype: np.dtype,
           outputs: list[str]) -> np.ndarray:
     """The rows at (source, position) `chosen`, in that order, as `dtype`."""
     rows = np.zeros(len(chosen), dtype=dtype)
-    rows["error"] = ""
     for name in outputs:
         rows[name] = np.nan          # an output a file has no column for
     pairs = np.array(chosen, dtype=np.int64).reshape(-1, 2)
@@ -390,7 +402,7 @@ def _conflicts(tables: list[Source], losers: list[tuple[int, int]], dtype: np.dt
                outputs: list[str]) -> np.ndarray | None:
     """Earlier conflicts of merged files, then the done rows that lost here."""
     with_file = np.dtype([*[(name, dtype[name]) for name in dtype.names], ("file", TEXT)])
-    blocks = [_converted(source.conflicts, with_file) for source in tables
+    blocks = [converted(source.conflicts, with_file) for source in tables
               if source.conflicts is not None]
     lost = _rows(tables, losers, dtype, outputs)
     block = np.zeros(len(lost), dtype=with_file)
@@ -402,15 +414,6 @@ def _conflicts(tables: list[Source], losers: list[tuple[int, int]], dtype: np.dt
     unique = [row for position, row in enumerate(everything)
               if not any(_same_result(row, earlier) for earlier in everything[:position])]
     return np.array(unique, dtype=with_file) if unique else None
-
-
-def _converted(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Rows as `dtype`, field by field (files of other versions, other keyfield widths)."""
-    converted = np.zeros(len(rows), dtype=dtype)
-    for name in dtype.names:
-        if name in rows.dtype.names:
-            converted[name] = rows[name]
-    return converted
 
 
 def _names(value: Any) -> list[str]:

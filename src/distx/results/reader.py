@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import h5py
+import numpy as np
 
 from distx.errors import UserError
 from distx.host import available_memory
 from distx.results import checkpoint, journal
-from distx.results.layout import APPEND_TABLES, FORMAT, READABLE_VERSIONS
+from distx.results.arrays import ragged_array
+from distx.results.layout import APPEND_TABLES, ERRORS, FORMAT, READABLE_VERSIONS, stored_text
 from distx.vocabulary import Status
 
 T = TypeVar("T")
@@ -97,8 +99,12 @@ def read_results(path: str | Path, read: Callable[[h5py.File], Any], tries: int 
     raise AssertionError("unreachable")
 
 
+def format_version(file: h5py.File) -> int:
+    return int(file.attrs.get("format_version", 1))
+
+
 def check_version(file: h5py.File, path: str) -> None:
-    version = int(file.attrs.get("format_version", 1))
+    version = format_version(file)
     if version not in READABLE_VERSIONS:
         raise UserError(f"written by another distx (results format version {version}; this "
                         f"one reads versions {', '.join(map(str, READABLE_VERSIONS))})",
@@ -144,17 +150,71 @@ def _table_problem(table: h5py.Dataset | h5py.Group, fields: tuple[str, ...],
 
 
 def error_texts(file: h5py.File) -> dict[bytes, str]:
-    """The error of every experiment in error, by id: from /errors (the last row of an id
-    wins), or in files before /errors from the experiments table's own `error` column."""
+    """The error of every experiment in error, by id: the last /errors row of its id."""
     experiments = file["experiments"]
     failed = experiments.fields(["id", "status"])[()]
     failed = set(failed["id"][failed["status"] == Status.ERROR.encoded].tolist())
+    rows = error_rows(file)
+    return {row_id: _decoded(text) for row_id, text in zip(rows["id"].tolist(),
+                                                             rows["error"].tolist())
+            if row_id in failed}
+
+
+def error_rows(file: h5py.File) -> np.ndarray:
+    """/errors; for a file before version 3, made from its text columns: the text of every
+    failed attempt in /attempts, and an experiment's own error text where no attempt of
+    it holds that text (a kernel lost past its Timeout reported no attempt)."""
     if "errors" in file:
-        rows = zip(file["errors"]["id"].tolist(), file["errors"]["error"].tolist())
-    else:
-        rows = zip(experiments["id"].tolist(), experiments["error"].tolist())
-    return {row_id: _decoded(text) for row_id, text in rows if row_id in failed}
+        return file["errors"][()]
+    rows: list[tuple] = []
+    last: dict[bytes, str] = {}
+    attempts = file.get("attempts")
+    if attempts is not None and "error" in attempts.dtype.names:
+        failed = attempts[()]
+        failed = failed[failed["status"] == Status.ERROR.encoded]
+        for row in failed:
+            text = _decoded(row["error"])
+            rows.append((row["run"], row["id"], row["part"], row["attempt"], text))
+            last[bytes(row["id"])] = text
+    experiments = file.get("experiments")
+    if experiments is not None and "error" in experiments.dtype.names:
+        latest = file["runs"].shape[0] - 1 if "runs" in file else 0
+        table = experiments[()]
+        for row in table[table["status"] == Status.ERROR.encoded]:
+            text = _decoded(row["error"])
+            if text and last.get(bytes(row["id"])) != text:
+                rows.append((latest, row["id"], 0, row["attempts"], text))
+    errors = np.zeros(len(rows), dtype=ERRORS)
+    for position, row in enumerate(rows):
+        errors[position] = (*row[:4], stored_text(row[4]))
+    return errors
 
 
 def _decoded(text: bytes | str) -> str:
     return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def experiment_arrays(file: h5py.File) -> dict[str, list[np.ndarray | None]]:
+    """Every array output as a list over the rows of /experiments (None: no array): one
+    dataset (or ragged group) per output in version 3, one dataset per output and
+    experiment id, under /experiment_arrays/<output>/<id>, before."""
+    stored = file.get(checkpoint.ARRAYS)
+    if stored is None or "experiments" not in file:
+        return {}
+    rows = file["experiments"].fields(["id", "status"])[()]
+    if format_version(file) < 3:
+        ids = [row_id.decode() for row_id in rows["id"].tolist()]
+        return {output: [group[row_id][()] if row_id in group else None for row_id in ids]
+                for output, group in stored.items()}
+    found = {}
+    for output, item in stored.items():
+        if isinstance(item, h5py.Dataset):       # one shape: a row per experiment
+            data, done = item[()], rows["status"] == Status.DONE.encoded
+            found[output] = [data[row] if row < len(data) and done[row] else None
+                             for row in range(len(rows))]
+        else:                                    # ragged: values, start, shape
+            values, starts, shapes = item["values"][()], item["start"][()], item["shape"][()]
+            found[output] = [ragged_array(values, starts[row], shapes[row])
+                             if row < len(starts) and starts[row] >= 0 else None
+                             for row in range(len(rows))]
+    return found

@@ -23,7 +23,7 @@ import numpy as np
 
 from distx.errors import UserError
 from distx.results.experiments import status_counts
-from distx.results.reader import read_results
+from distx.results.reader import error_texts, read_results
 from distx.vocabulary import TERMINAL, RunState, Status
 
 MAX_GROUPS = 2
@@ -55,6 +55,7 @@ class Snapshot:
     values: np.ndarray
     attempts: np.ndarray | None    # columns run and rank, read only while a run writes
     experiments: np.ndarray | None
+    errors: dict[bytes, str]       # the error text of each experiment in error, by id
     keyfields: list[str]
     outputs: list[str]
     files: list[tuple[str, int]]
@@ -105,6 +106,7 @@ def _snapshot(path: str, file: h5py.File) -> Snapshot:
         if "attempts" in file and _text(file.attrs["state"]) == RunState.RUNNING.value
         else None,
         experiments=experiments[()] if experiments is not None else None,
+        errors=error_texts(file) if experiments is not None else {},
         keyfields=[_text(name) for name in experiments.attrs.get("keyfields", [])]
         if experiments is not None else [],
         outputs=[_text(name) for name in experiments.attrs.get("outputs", [])]
@@ -248,6 +250,11 @@ def _union(snapshots: list[Snapshot]) -> _Table | None:
     _, first = np.unique(columns["id"], return_index=True)
     first.sort()
     columns = {name: column[first] for name, column in columns.items()}
+    errors: dict[bytes, str] = {}
+    for table in reversed(tables):         # of the first file that has the experiment
+        errors.update(table.errors)
+    columns["error"] = np.array([errors.get(row_id, "") for row_id in columns["id"].tolist()],
+                                dtype=object)
     keyfields = [name for name in tables[0].keyfields if name in columns]
     outputs = [name for name in tables[0].outputs if name in columns]
     return _Table(columns, keyfields, outputs)

@@ -17,7 +17,7 @@ from typing import IO
 
 import h5py
 
-from distx.results.reader import read_results
+from distx.results.reader import error_rows, read_results
 from distx.results.timeline import RunEvents, distribution_spans, read_run, text
 
 SEQUENCE, SWEEP = 0, 1
@@ -75,6 +75,8 @@ def _attempts(file: h5py.File, events: RunEvents) -> Iterator[dict]:
     if "attempts" not in file:
         return
     table = file["attempts"]
+    errors = {(int(row["run"]), row["id"], int(row["part"]), int(row["attempt"])): row["error"]
+              for row in error_rows(file)}
     named: set[int] = set()
     for first in range(0, table.shape[0], SLICE):
         rows = table[first:first + SLICE]
@@ -90,4 +92,9 @@ def _attempts(file: h5py.File, events: RunEvents) -> Iterator[dict]:
                    "dur": round(float(row["end"] - row["start"]) * 1e6, 1),
                    "args": {"id": text(row["id"]), "part": int(row["part"]),
                             "attempt": int(row["attempt"]), "status": status,
-                            **({"error": text(row["error"])} if text(row["error"]) else {})}}
+                            **_error(errors.get((events.run, row["id"], int(row["part"]),
+                                                 int(row["attempt"]))))}}
+
+
+def _error(cause: bytes | str | None) -> dict[str, str]:
+    return {"error": text(cause)} if cause else {}

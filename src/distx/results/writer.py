@@ -29,8 +29,16 @@ from distx.results import admin, checkpoint
 from distx.results.claim import Claim
 from distx.results.experiments import ExperimentTable, experiment_rows
 from distx.results.journal import JournalWriter, Record, journal_path
-from distx.results.layout import FINGERPRINTS, FORMAT, file_shard, shard_attributes, stored_text
-from distx.results.reader import check_structure, check_version, snapshot
+from distx.results.layout import (
+    FINGERPRINTS,
+    FORMAT,
+    FORMAT_VERSION,
+    file_shard,
+    shard_attributes,
+    stored_text,
+)
+from distx.results.reader import check_structure, check_version, format_version, snapshot
+from distx.results.upgrade import upgrade_records
 from distx.script.grid import Grid, from_cell
 from distx.script.shard import Shard
 from distx.vocabulary import TERMINAL, RunState, TaskStatus
@@ -78,6 +86,7 @@ class ResultsFile:
         self.on_failure: Callable[[int], None] | None = None  # ends the job (launch sets it)
         self.failed = False
         self._array_count = 0
+        self.upgrade: list[Record] = []      # an older file's records to this format version
         self._last_sync = self._last_checkpoint = time.monotonic()
         self._checkpoint_cost = 0.0
         self._file_bytes = 0                 # the file at the path, at the last checkpoint
@@ -129,7 +138,10 @@ class ResultsFile:
         admin.recover(path, claimed=True)
         runs, file_id, seq, shard = snapshot(path, lambda file: _check_resumable(
             file, path, identity, force))
-        return cls(path, claim, file_id, seq, runs, fresh=False, shard=shard)
+        results = cls(path, claim, file_id, seq, runs, fresh=False, shard=shard)
+        results.upgrade = snapshot(path, lambda file: upgrade_records(file)
+                                   if format_version(file) < FORMAT_VERSION else [])
+        return results
 
     def _start(self, identity: RunIdentity) -> None:
         self.shard = self.shard or identity.shard
@@ -152,7 +164,9 @@ class ResultsFile:
                  Record("dataset", {"name": "provenance/hosts"},
                         {"data": np.array([h.encode() for h in identity.hosts])}),
                  Record("append", {"table": "runs"}, {"rows": run_row})]
-        self._guarded(lambda: self._checkpoint(start))
+        self._guarded(lambda: self._checkpoint(self.upgrade + start,
+                                               compact=bool(self.upgrade)))
+        self.upgrade = []
         self.journal = self._guarded(lambda: JournalWriter(journal_path(self.path),
                                                            self.file_id))
 
