@@ -268,3 +268,16 @@ def test_reset_of_a_version_2_file_keeps_its_version_and_its_errors(tmp_path):
         assert file.attrs["format_version"] == 2
         assert "error" in file["experiments"].dtype.names
     assert (distx_package.load(copy).status == "created").sum() == 2
+
+
+def test_an_array_output_of_text_is_refused_naming_the_kernel():
+    from types import SimpleNamespace
+
+    from distx.engine.kernels import outputs_of
+    from distx.errors import TaskFailed
+
+    kernel = SimpleNamespace(name="m.f", place="m.py:3")
+    assert outputs_of(np.arange(3), ["x"], kernel)["x"].tolist() == [0, 1, 2]
+    with pytest.raises(TaskFailed, match=r"kernel m.f \(m.py:3\) returned an array of <U1 "
+                                         r"for 'x': return an array of numbers"):
+        outputs_of(np.array(["a"]), ["x"], kernel)

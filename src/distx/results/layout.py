@@ -103,7 +103,8 @@ def experiment_dtype(keyfields: dict[str, str], outputs: list[str]) -> np.dtype:
 def stored_type(dtype: np.dtype) -> h5py.Datatype | np.dtype:
     """The HDF5 type a table or array of `dtype` is stored as: fixed-width text
     NUL-terminated (h5py would pad it with NULs, which h5dump prints as runs of \\000),
-    everything else as h5py stores it."""
+    everything else as h5py stores it. A table's text columns are fixed_text, with room
+    for the NUL; an array of text gets that byte here."""
     if dtype.kind != "S" and not (dtype.names and any(dtype[name].kind == "S"
                                                       for name in dtype.names)):
         return dtype
