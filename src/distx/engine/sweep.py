@@ -186,6 +186,7 @@ class Sweep:
         self.next_task = {rank: 0 for rank in self.holders}  # row partitions: per holder
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
+        self.retries_queued = 0           # failed tasks put into `retry`, ever
         self.starved: set[int] = set()   # holders with room for a batch that found no work
         self.message_seconds = 0.0       # what taking one result message costs rank 0
         self.progress = Progress(self.count, self.core.info.progress)
@@ -318,7 +319,7 @@ class Sweep:
             return
         began = time.perf_counter()
         self.in_flight[source] -= 1
-        queued = len(self.retry)
+        queued = self.retries_queued
         per_task = batch.seconds / max(1, len(batch.task_ids))
         previous = self.seconds_per_task[source]
         self.seconds_per_task[source] = per_task if previous <= 0 else 0.5 * (previous + per_task)
@@ -337,7 +338,7 @@ class Sweep:
         self.progress.update(self.remaining, self.errors)
         if not self.fatal:
             self._feed(source)
-            if len(self.retry) > queued:   # new retries: holders without work may take them
+            if self.retries_queued > queued:   # holders without work may take new retries
                 for rank in list(self.starved):
                     self._feed(rank)
         spent = time.perf_counter() - began
@@ -385,6 +386,7 @@ class Sweep:
         self.failed_on.setdefault(task_id, set()).add(source)
         if self.attempts[task_id] <= self.retries:
             self.retry.append(task_id)
+            self.retries_queued += 1
             return
         entry.failed = True
         entry.attempts = max(entry.attempts, int(self.attempts[task_id]))

@@ -3,11 +3,13 @@
 Every change becomes a journal record as it arrives; the journal is fsynced at most
 SYNC_SECONDS apart and at every failure, terminal milestone and end of sweep, so a crash
 re-runs at most the results of the last SYNC_SECONDS. At checkpoints the records
-are applied to a new copy of the file that replaces the old one whole (checkpoint.py):
-every SYNC_SECONDS while that is cheap, less often as the file grows so that checkpoints
-take at most CHECKPOINT_SHARE of the time, and at the end of each sweep and at close. The
-file at the results path is never open for writing, so any reader (h5py included) can
-open it at any time; it is at most one checkpoint interval behind the journal.
+are applied to a new copy of the file that replaces the old one whole (checkpoint.py),
+with the experiment rows as the table holds them then: every SYNC_SECONDS while that is
+cheap, less often as the file grows so that checkpoints take at most CHECKPOINT_SHARE of
+the time, when a sweep creates its table, at the end of a sweep that rank 0's sequence
+continues after, and at close. The file at the results path is never open for writing, so
+any reader (h5py included) can open it at any time; it is at most one checkpoint interval
+behind the journal.
 """
 
 from __future__ import annotations
