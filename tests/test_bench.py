@@ -7,22 +7,37 @@ README.md has the table from a full run and how to reproduce it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from conftest import distx
+from conftest import mpiexec
 
+from distx.bench.harness import Bench
 from distx.bench.simulation import simulate
 from distx.engine.sweep import Sweep
 
 CASES = ["milestone latency", "GetValue scalar", "GetValue 8 MiB", "Partition rows",
          "kernel: sum of squares", "kernel: Monte Carlo pi", "end-to-end pi sweep",
          "CPU-bound sweep on 8 ranks", "start-up", "sweep 20000 recorded experiments",
-         "sweep 20000 experiments of 50-element arrays"]
+         "sweep 20000 experiments of 50-element arrays",
+         "Run.Iterate heat step 400x512, 2 ranks", "Run.Iterate heat step 400x512, 3 ranks",
+         "Run.Iterate heat step 400x512, 4 ranks"]
+
+WITHOUT_PEERS = ("import sys; sys.modules.update(libensemble=None, py_experimenter=None); "
+                 "from distx.cli import main; sys.exit(main())")
+"""`distx` in a Python where the peers cannot be imported (as without the bench extra)."""
 
 
 def test_quick_bench_reports_every_case(tmp_path):
+    """With --peers but no peers installed: one line says how to get them, the rest runs."""
     report = tmp_path / "bench.json"
-    result = distx("bench", "--quick", "--json", report, timeout=900)
+    result = subprocess.run([sys.executable, "-c", WITHOUT_PEERS, "bench", "--quick",
+                             "--peers", "--json", str(report)], capture_output=True,
+                            text=True, timeout=900, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
+    hints = [line for line in result.stderr.splitlines() if "pip install" in line]
+    assert hints == ["distx bench: --peers needs libEnsemble and PyExperimenter: "
+                     "pip install 'distx[bench]'; running the other cases"]
     figures = json.loads(report.read_text())
     names = [row["case"] for row in figures["rows"]]
     for case in CASES:
@@ -52,3 +67,24 @@ def test_a_result_message_feeds_only_its_holder(tmp_path, monkeypatch):
     holders = 64
     simulated = simulate(holders, 5000, folder=tmp_path)
     assert len(fed) <= holders + 2 * simulated.batches
+
+
+def test_libensemble_runs_the_sweep_experiments_as_a_peer(tmp_path):
+    """The libEnsemble side of `--peers` (the bench extra; libEnsemble is in the test
+    extra too): every experiment's result recorded in the manager's history."""
+    result = subprocess.run([*mpiexec(), "-n", "3", sys.executable, "-m", "distx.bench.peers",
+                             "libensemble", "40"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["count"] == 40 and figures["seconds"] > 0
+
+
+def test_a_failing_peer_is_noted_and_the_bench_goes_on(tmp_path):
+    """PyExperimenter's jobs can die on SQLite's lock; that once ended a full bench run
+    after all its cases, with no table."""
+    bench = Bench(8, True, tmp_path)
+    bench.peer(1000.0, "a peer", [sys.executable, "-c", "raise SystemExit('database is locked')"],
+               10)
+    assert bench.rows == []
+    assert bench.notes == ["a peer: failed: database is locked"]

@@ -12,19 +12,21 @@ import uuid
 from pathlib import Path
 
 import h5py
+import numba
 import numpy as np
 import pytest
 from conftest import experiments, milestones, text
 
 from distx.engine.coordinator import Coordinator
 from distx.engine.core import RankCore, RunInfo
+from distx.engine.data import Partition
 from distx.engine.protocol import Kind
 from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
 from distx.engine.sweep import IN_FLIGHT
 from distx.engine.transport import LocalHub, LocalTransport
 from distx.errors import TaskFailed
 from distx.results.writer import ResultsFile, RunIdentity
-from distx.script.model import parse_script
+from distx.script.model import ROWS, parse_script
 from distx.script.roles import plan_roles
 from distx.script.source import Source
 from distx.vocabulary import ExitCode, RunState
@@ -60,12 +62,12 @@ class RecordingTransport(LocalTransport):
         super().send(dest, kind, body)
 
 
-def run_info(tmp_path: Path, text: str, size: int) -> RunInfo:
-    """The script `text` for `size` ranks; `kernels.` in it names a fresh copy of KERNELS
+def run_info(tmp_path: Path, text: str, size: int, kernels: str = KERNELS) -> RunInfo:
+    """The script `text` for `size` ranks; `kernels.` in it names a fresh copy of `kernels`
     (a kernel module name is taken once per process)."""
     module = f"engine_{uuid.uuid4().hex}"
     (tmp_path / "kernels").mkdir(exist_ok=True)
-    (tmp_path / "kernels" / f"{module}.py").write_text(KERNELS)
+    (tmp_path / "kernels" / f"{module}.py").write_text(kernels)
     text = text.replace("Kernel: kernels.", f"Kernel: {module}.")
     script = parse_script(Source(str(tmp_path / "script.yml"), text))
     return RunInfo(script, plan_roles(script, size), uuid.uuid4().hex[:8], 30.0, {},
@@ -151,6 +153,41 @@ def test_sweep_records_error_when_retries_are_used_up(tmp_path):
     assert set(rows["status"]) == {b"error"} and set(rows["attempts"]) == {1}
     assert sorted(errors["id"].tolist()) == sorted(rows["id"].tolist())   # joined by id
     assert all("first try" in text(error) for error in errors["error"])
+
+
+STENCIL = """
+import numba
+
+
+@numba.njit
+def smooth(grid, above, below, alpha):
+    grid[:] *= alpha
+"""
+
+ITERATE = """
+Name: engine
+Distributed: True
+Data:
+  grid: {Generate: {Distribution: uniform, Shape: [8, 4]}, Partition: rows}
+Roles:
+  coordinator: {Sequence: []}
+  workers:
+    Sequence:
+      - Task: Run.Iterate
+        Config: {Kernel: kernels.smooth, Inputs: [grid], Steps: 2, Args: {alpha: 0.5}}
+"""
+
+
+def test_a_holder_loads_its_iterate_kernel_before_the_run(tmp_path):
+    """Numba compiles (or loads from its cache) a kernel on its first call with new types;
+    in Run.Iterate's first step that made one holder twice as slow as one process."""
+    info = run_info(tmp_path, ITERATE, 2, kernels=STENCIL)
+    holder = start_rank(LocalHub(2).transport(1), info)
+    block = np.zeros((8, 4))
+    holder.partitions = {"grid": Partition("grid", block, 0, block.shape, ROWS)}
+    preload_kernels(holder)
+    kernel = holder.kernels.get(info.script.roles["workers"].sequence[0].kernel)
+    assert kernel.function.signatures == [(numba.typeof(block),) * 3 + (numba.float64,)]
 
 
 TWO_ROLES = """

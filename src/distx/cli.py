@@ -206,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--ranks", type=int, default=8, help="most ranks a case uses")
     bench.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.add_argument("--peers", action="store_true",
+                       help="also run libEnsemble and PyExperimenter (pip install "
+                       "'distx[bench]')")
     bench.set_defaults(handler=_bench)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the script format "
@@ -344,7 +347,7 @@ def _timeline(arguments: argparse.Namespace) -> int:
 def _bench(arguments: argparse.Namespace) -> int:
     from distx.bench.harness import run_bench
 
-    print(run_bench(arguments.ranks, arguments.quick, arguments.json))
+    print(run_bench(arguments.ranks, arguments.quick, arguments.json, arguments.peers))
     return ExitCode.OK
 
 

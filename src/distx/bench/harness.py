@@ -26,11 +26,14 @@ import h5py
 import numpy as np
 
 from distx.bench import benchkernels
+from distx.bench.peers import INSTALL_HINT, missing_peers
 from distx.bench.simulation import simulate, sweep_cpu_seconds
 from distx.engine.kernels import KernelLibrary
 from distx.script.examples import examples_folder
 
 BENCH_KERNELS = Path(benchkernels.__file__).parent
+HEAT_COLUMNS = 512
+PEER = [sys.executable, "-m", "distx.bench.peers"]
 
 FUTURES_MAP = '''\
 import json, sys, time
@@ -67,6 +70,43 @@ if comm.rank == 0:
         file["experiments"] = rows
 '''
 
+HAND_WRITTEN_STENCIL = '''\
+import json, sys, time
+import numpy as np
+from mpi4py import MPI
+sys.path.insert(0, sys.argv[1])
+from heat import diffuse
+
+comm = MPI.COMM_WORLD
+rows, columns, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+# Rank 0 holds nothing, as distx's coordinator, and waits without spinning.
+holders = comm.Split(0 if comm.rank else MPI.UNDEFINED, comm.rank)
+if comm.rank == 0:
+    done = comm.Ibarrier()
+    while not done.Test():
+        time.sleep(0.001)
+    print(json.dumps({"seconds": max(comm.gather(0.0))}))
+else:
+    me, count = holders.rank, holders.size
+    start, stop = rows * me // count, rows * (me + 1) // count
+    block = np.random.default_rng(me).random((stop - start, columns))
+    up = me - 1 if me > 0 else MPI.PROC_NULL
+    down = me + 1 if me + 1 < count else MPI.PROC_NULL
+    from_up, from_down = np.empty((1, columns)), np.empty((1, columns))
+    above = from_up if up != MPI.PROC_NULL else block[:0]
+    below = from_down if down != MPI.PROC_NULL else block[:0]
+    diffuse(block.copy(), above, below, 0.2)  # load the compiled kernel
+    holders.Barrier()
+    begin = time.perf_counter()
+    for step in range(steps):
+        holders.Sendrecv(block[:1], dest=up, recvbuf=from_down, source=down)
+        holders.Sendrecv(block[-1:], dest=down, recvbuf=from_up, source=up)
+        diffuse(block, above, below, 0.2)
+    seconds = time.perf_counter() - begin
+    comm.Ibarrier().Wait()
+    comm.gather(seconds)
+'''
+
 
 @dataclass
 class Row:
@@ -96,13 +136,17 @@ class Bench:
 
     # ----- running things ------------------------------------------------------------------
     def mpiexec(self, ranks: int, *command: str, timeout: float = 1800) -> tuple[str, float]:
-        full = [_mpiexec(), "-n", str(ranks), *command]
+        return self.execute([_mpiexec(), "-n", str(ranks), *command], timeout=timeout)
+
+    def execute(self, command: list[str], cwd: Path | None = None,
+                timeout: float = 1800) -> tuple[str, float]:
+        """Run `command` in the bench's folder (or `cwd`): its stdout and wall seconds."""
         start = time.perf_counter()
-        done = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.folder)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              cwd=cwd or self.folder)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(full)} failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
         return done.stdout, seconds
 
     def case(self, ranks: int, name: str, **arguments: object) -> dict:
@@ -129,10 +173,11 @@ class Bench:
 
     @staticmethod
     def task_seconds(output: Path, task: str) -> float:
+        """How long `task` took: its slowest rank (Run.Iterate runs on every holder)."""
         with h5py.File(output, "r") as file:
             rows = file["tasks"][()]
-        row = rows[rows["task"] == task.encode()][-1]
-        return float(row["end"] - row["start"])
+        rows = rows[rows["task"] == task.encode()]
+        return float((rows["end"] - rows["start"]).max())
 
     def add(self, *row: object) -> None:
         self.rows.append(Row(*row))
@@ -182,16 +227,16 @@ class Bench:
         return (count / self.task_seconds(output, "Run.Sweep"),
                 sweep_cpu_seconds(output) / count)
 
-    def sweep_throughput(self) -> float:
-        """The recorded sweep against MPIPoolExecutor.map; returns rank 0's CPU seconds per
-        experiment on 4 ranks."""
+    def sweep_throughput(self) -> tuple[float, float]:
+        """The recorded sweep against MPIPoolExecutor.map; returns, on 4 ranks, recorded
+        experiments per second and rank 0's CPU seconds per experiment."""
         count = 20000 if self.quick else 200000
         futures = self.folder / "futures_map.py"
         futures.write_text(FUTURES_MAP)
-        cpu4 = 0.0
+        rate4 = cpu4 = 0.0
         for ranks in (4,) if self.quick else (4, 8):
             rate, cpu = self.recorded_sweep(ranks, count)
-            cpu4 = cpu4 or cpu
+            rate4, cpu4 = rate4 or rate, cpu4 or cpu
             for chunksize in (1, 64, 256):
                 reference_count = min(count, 5000) if chunksize == 1 else count
                 stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "mpi4py.futures",
@@ -204,7 +249,7 @@ class Bench:
             self.notes.append(f"sweep on {ranks} ranks: {rate:,.0f} recorded experiments/s; "
                               f"rank 0 CPU per recorded experiment {cpu * 1e6:.2f} us "
                               "(target <= 2 us)")
-        return cpu4
+        return rate4, cpu4
 
     def many_ranks(self) -> None:
         """The same sweep on 64 ranks of this machine (oversubscribed: holders share the
@@ -337,23 +382,7 @@ class Bench:
                 f"pi sweep on {ranks} rank(s) ({workers} worker(s)): strong {strong[ranks]:.2f} s,"
                 f" efficiency {strong[1] / (strong[ranks] * workers):.0%}; weak "
                 f"{weak[ranks]:.2f} s, efficiency {weak[1] / weak[ranks]:.0%}")
-        grid = self.script("heat", f"""\
-            Version: 2
-            Name: bench-heat
-            Distributed: True
-            Kernels: EXAMPLES
-            Data:
-              grid:
-                Generate: {{Distribution: uniform, Shape: [{400 if self.quick else 2000}, 512]}}
-                Partition: rows
-            Roles:
-              coordinator: {{Sequence: []}}
-              workers:
-                Sequence:
-                  - Task: Run.Iterate
-                    Config: {{Kernel: heat.diffuse, Inputs: [grid], Steps: 100,
-                              Args: {{alpha: 0.2}}}}
-            """)
+        grid = self.heat_script(400 if self.quick else 2000, 100)
         self.run_distx(2, grid)
         stencil = {ranks: self.task_seconds(self.run_distx(ranks, grid)[0], "Run.Iterate")
                    for ranks in counts}
@@ -361,6 +390,93 @@ class Bench:
             workers = _workers(ranks)
             self.notes.append(f"heat stencil on {ranks} rank(s): {stencil[ranks]:.2f} s, "
                               f"efficiency {stencil[1] / (stencil[ranks] * workers):.0%}")
+
+    def heat_script(self, rows: int, steps: int) -> Path:
+        """The heat example's stencil on a rows x 512 grid, `steps` steps of Run.Iterate.
+
+        The holders start together (milestones `ready` and `go`, as the hand-written
+        stencil's Barrier): a holder's first step would otherwise also wait for its
+        neighbours' start-up, which is not the cost of a step."""
+        return self.script(f"heat-{rows}-{steps}", f"""\
+            Version: 2
+            Name: bench-heat
+            Distributed: True
+            Kernels: EXAMPLES
+            Data:
+              grid:
+                Generate: {{Distribution: uniform, Shape: [{rows}, {HEAT_COLUMNS}]}}
+                Partition: rows
+            Roles:
+              coordinator:
+                Sequence:
+                  - {{Task: Remote.WaitForMilestone, Config: {{Milestone: ready}}}}
+                  - {{Task: Run.AddMilestone, Config: {{Milestone: go}}}}
+              workers:
+                Sequence:
+                  - {{Task: Run.AddMilestone, Config: {{Milestone: ready}}}}
+                  - {{Task: Remote.WaitForMilestone, Config: {{Milestone: go}}}}
+                  - Task: Run.Iterate
+                    Config: {{Kernel: heat.diffuse, Inputs: [grid], Steps: {steps},
+                              Args: {{alpha: 0.2}}}}
+            """)
+
+    def iterate(self) -> None:
+        """Run.Iterate against the same stencil written by hand (Sendrecv of the halo rows,
+        the same numba kernel, grid and steps) on the same ranks: time per step, the best
+        of `repeats` runs of each (a few seconds each; the machine's noise is larger)."""
+        rows, steps, repeats = (400, 100, 1) if self.quick else (2000, 300, 3)
+        script = self.heat_script(rows, steps)
+        program = self.folder / "hand_written_stencil.py"
+        program.write_text(HAND_WRITTEN_STENCIL)
+
+        def hand_written(ranks: int) -> float:
+            stdout, _ = self.mpiexec(ranks, sys.executable, str(program), str(self.examples),
+                                     str(rows), str(HEAT_COLUMNS), str(steps))
+            return json.loads(stdout.strip().splitlines()[-1])["seconds"]
+        for ranks in (2, 3, 4):
+            distx = min(self.task_seconds(self.run_distx(ranks, script)[0], "Run.Iterate")
+                        for _ in range(repeats))
+            reference = min(hand_written(ranks) for _ in range(repeats))
+            self.add(f"Run.Iterate heat step {rows}x{HEAT_COLUMNS}, {ranks} ranks",
+                     distx / steps * 1e3, reference / steps * 1e3, "ms",
+                     "hand-written mpi4py Sendrecv stencil", "<= 1.2x")
+
+    def peers(self, rate: float) -> None:
+        """libEnsemble and PyExperimenter on the sweep case's experiments (see peers.py),
+        against distx's recorded experiments per second on 4 ranks. They run fewer
+        experiments: at their rate the sweep case's count would take minutes."""
+        ranks, workers = 4, _workers(4)
+        count = 400 if self.quick else 5000
+        self.peer(rate, f"libEnsemble, {count} simulations, MPI comms, {ranks} ranks",
+                  [_mpiexec(), "-n", str(ranks), *PEER, "libensemble", str(count)], count)
+        count = 100 if self.quick else 1000
+        for jobs in sorted({1, workers}):
+            folder = self.folder / f"pyexperimenter-{jobs}"  # its database: a new one
+            folder.mkdir()
+            self.peer(rate, f"PyExperimenter, {count} experiments, SQLite, {jobs} job(s)",
+                      [*PEER, "pyexperimenter", str(count), str(jobs)], count, folder)
+
+    def peer(self, rate: float, peer: str, command: list[str], count: int,
+             cwd: Path | None = None) -> None:
+        """Run a peer: its row (no target: for the record) and a note with its rate and
+        distx's ratio. A peer that fails is noted with the end of its error, not fatal:
+        PyExperimenter's jobs can fail on SQLite's lock ("database is locked")."""
+        try:
+            stdout, _ = self.execute(command, cwd=cwd)
+        except RuntimeError as failure:
+            stderr = str(failure).splitlines()[1:]  # after "COMMAND failed:"
+            last = [line.strip() for line in stderr if line.strip()][-3:]
+            self.notes.append(f"{peer}: failed: {' '.join(last)}")
+            return
+        measured = json.loads(stdout.strip().splitlines()[-1])
+        peer_rate = measured["count"] / measured["seconds"]
+        self.add("trivial experiments recorded, 4 ranks", rate, peer_rate, "tasks/s", peer,
+                 "(peer)")
+        self.notes.append(f"{peer}: {peer_rate:,.0f} experiments/s; distx records "
+                          f"{rate / peer_rate:,.0f}x as many per second")
+        if measured["count"] < count:
+            self.notes.append(f"{peer}: {count - measured['count']} of {count} experiments "
+                              "did not end done")
 
     def coordinator_model(self, cost: float) -> None:
         """What rank 0's CPU per recorded experiment (4 ranks) means for many workers."""
@@ -398,17 +514,27 @@ def _mpiexec() -> str:
     return str(beside) if beside.exists() else (shutil.which("mpiexec") or "mpiexec")
 
 
-def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None) -> str:
+def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None,
+              peers: bool = False) -> str:
+    """Run every case (with `peers`: also libEnsemble and PyExperimenter, if installed)
+    and return the table."""
+    missing = missing_peers() if peers else []
+    if missing:
+        print(f"distx bench: --peers needs {' and '.join(missing)}: {INSTALL_HINT}; "
+              "running the other cases", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="distx-bench-") as folder:
         bench = Bench(ranks, quick, Path(folder))
         for case in (bench.latency, bench.values, bench.distribution, bench.kernels_speed,
                      bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling,
-                     bench.array_sweep):
+                     bench.iterate, bench.array_sweep):
             case()
-        bench.coordinator_model(bench.sweep_throughput())
+        rate, cost = bench.sweep_throughput()
+        bench.coordinator_model(cost)
         bench.coordinator_simulation()
         if not quick:
             bench.many_ranks()
+        if peers and not missing:
+            bench.peers(rate)
     table = format_table(bench.rows, bench.notes)
     if json_path:
         Path(json_path).write_text(json.dumps(

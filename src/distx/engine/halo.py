@@ -8,16 +8,24 @@ block plus `above` and `below` (the neighbours' rows; zero rows at the global ed
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
+
 import numpy as np
 
+from distx.engine.core import RankCore
 from distx.engine.kernels import PARTITION_NAMES
 from distx.engine.protocol import HaloRows, Kind
 from distx.engine.taskrun import Executor, TaskRun
+from distx.engine.transport import MPITransport
 from distx.errors import TaskFailed
 from distx.script.model import ROWS
 
 HALO_ARGUMENTS = ("above", "below", "step")
 """What Run.Iterate passes its kernel besides Inputs and Args."""
+HALO_SPIN = 5e-3
+"""Seconds a holder polls for its neighbours' halo rows before it may sleep."""
 
 
 class HaloMailbox:
@@ -63,10 +71,31 @@ def iterate_with_halos(run: TaskRun, config: dict) -> None:
                                 HaloRows(name, step, "above", block[-halo:].copy()))
         needed = [(name, step, side) for side, rank in (("above", up), ("below", down))
                   if rank is not None]
-        core.wait_until(lambda needed=needed: all(key in mailbox.rows for key in needed),
-                        run.timeout(config), f"halo rows of step {step}")
+        _wait_for_rows(core, lambda needed=needed: all(key in mailbox.rows for key in needed),
+                       run.timeout(config), f"halo rows of step {step}")
         above = mailbox.rows.pop((name, step, "above")) if up is not None else nothing
         below = mailbox.rows.pop((name, step, "below")) if down is not None else nothing
         with run.kernel_call(config, config["Kernel"]):
             kernel.call({**base, "above": above, "below": below, "step": step})
     run.log(f"{config['Steps']} steps of {config['Kernel']} done")
+
+
+def _wait_for_rows(core: RankCore, arrived: Callable[[], bool], timeout: float,
+                   what: str) -> None:
+    """Poll for the neighbours' rows without sleeping for up to HALO_SPIN seconds, then
+    wait as ranks usually do (sleeping between polls after 200 us).
+
+    The rows come within about a step. A holder that slept got its core back late on a
+    busy machine: on 2 shared cores, the heat stencil on 4 ranks took 1.8-4.7 ms per step
+    (median 2.9) without the spin and 1.1-2.8 ms (median 1.7) with it, in 5 runs each
+    (MPI's Sendrecv, in the hand-written stencil, polls until it is done). Ranks
+    that are threads of one process share the interpreter, so there a spin would only
+    slow the holder computing; they wait as usual.
+    """
+    if isinstance(core.transport, MPITransport):
+        spin_until = time.monotonic() + HALO_SPIN
+        while not arrived() and time.monotonic() < spin_until:
+            core.check_cancel(f"while waiting for {what}")
+            if not core.serve_once(0):
+                os.sched_yield()
+    core.wait_until(arrived, timeout, what)

@@ -11,7 +11,7 @@ is formatted. Run.CliExecute never splices values into its command line: see she
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from distx.errors import TaskFailed
@@ -37,17 +37,26 @@ def expand_text(text: str, values: Mapping[str, Any], builtins: Mapping[str, Any
 
 def referenced_names(config: Any) -> set[str]:
     """Names used as `@[Name]` without a default anywhere in `config` (for validation)."""
+    return {match.group(1).strip() for text in _strings(config)
+            for match in REFERENCE.finditer(text)
+            if match.group(1) is not None and ":" not in match.group(1)}
+
+
+def has_references(config: Any) -> bool:
+    """Whether any string in `config` holds a reference (with or without a default)."""
+    return any(REFERENCE.search(text) for text in _strings(config))
+
+
+def _strings(config: Any) -> Iterator[str]:
+    """Every string in `config`, dicts and lists deep."""
     if isinstance(config, str):
-        found = set()
-        for match in REFERENCE.finditer(config):
-            if match.group(1) is not None and ":" not in match.group(1):
-                found.add(match.group(1).strip())
-        return found
-    if isinstance(config, dict):
-        return set().union(*(referenced_names(item) for item in config.values()))
-    if isinstance(config, list):
-        return set().union(*(referenced_names(item) for item in config))
-    return set()
+        yield config
+    elif isinstance(config, dict):
+        for item in config.values():
+            yield from _strings(item)
+    elif isinstance(config, list):
+        for item in config:
+            yield from _strings(item)
 
 
 def _expand_string(text: str, values: Mapping[str, Any], builtins: Mapping[str, Any]) -> Any:
