@@ -5,6 +5,10 @@ makes the data and creates the results file before any rank starts its role, and
 the verdict, so bad input stops every rank with exit code 2 and no file written. With one
 process the coordinator plays every role itself: each other role runs as a virtual rank
 in a thread of the same process, talking through in-process queues.
+
+Whether the run survives a dead worker is decided here, at start-up: under Open MPI
+started with ULFM (`mpirun --with-ft ulfm`) the transport reports dead peers instead of
+the launcher ending the job (transport.fault_tolerant); the results file says which.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ from distx.engine.protocol import Verdict
 from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
 from distx.engine.shipping import KernelSources
 from distx.engine.taskrun import Executor
-from distx.engine.transport import LocalHub, MPITransport, Transport
+from distx.engine.transport import (
+    LocalHub,
+    MPITransport,
+    Transport,
+    fault_tolerant,
+    prepare_fault_tolerance,
+)
 from distx.errors import ResultsWriteError, UserError
 from distx.script.model import Script, load_script
 from distx.script.roles import plan_roles
@@ -78,6 +88,7 @@ if TYPE_CHECKING:
 def run(options: RunOptions) -> int:
     """Run the script on this process's MPI world; return the exit code."""
     prefer_shared_memory(os.environ)
+    prepare_fault_tolerance(os.environ)
     from mpi4py import MPI
 
     # a rank that crashes leaves its stack (also while a kernel's output is captured)
@@ -85,7 +96,8 @@ def run(options: RunOptions) -> int:
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
         return _run_single_process(options)
-    return _run_mpi(MPITransport(comm), options)
+    tolerant = fault_tolerant(MPI.Get_library_version(), dict(os.environ))
+    return _run_mpi(MPITransport(comm, tolerant), options)
 
 
 SHARED_MEMORY_ONLY = {"UCX_TLS": "self,sm", "FI_PROVIDER": "shm"}
@@ -110,7 +122,8 @@ def prefer_shared_memory(environment: MutableMapping[str, str]) -> bool:
     return True
 
 
-def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
+def _prepare(options: RunOptions, size: int, hosts: list[str],
+             tolerant: bool = False) -> _Prepared:
     from distx.check.checks import check_script
     from distx.results import provenance
     from distx.results.writer import ResultsFile, RunIdentity
@@ -125,7 +138,7 @@ def _prepare(options: RunOptions, size: int, hosts: list[str]) -> _Prepared:
         script_path=str(script.path), script_sha256=script.sha256,
         fingerprints=provenance.fingerprints(script, kernels.fingerprint),
         attributes={"world_size": plan.size, "command_line": " ".join(options.command_line),
-                    **provenance.versions()},
+                    **provenance.versions(), **provenance.fault_tolerance(tolerant)},
         hosts=list(_hosts_per_rank(hosts, plan.size)), shard=options.shard)
     results = ResultsFile.open(_output(options, script), identity,
                                overwrite=options.overwrite, resume=options.resume,
@@ -172,7 +185,8 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
         verdict = None
         if transport.rank == 0:
             try:
-                prepared = _prepare(options, transport.size, hosts)
+                prepared = _prepare(options, transport.size, hosts,
+                                    transport.fault_tolerant)
                 verdict = Verdict(None, prepared.script, prepared.run_id, hosts,
                                   prepared.kernels)
             except (UserError, ResultsWriteError) as error:
@@ -271,8 +285,10 @@ def _finish(executor: Executor, prepared: _Prepared) -> int:
     coordinator.close_results(state, exit_code)
     shutil.rmtree(executor.info.temp_root, ignore_errors=True)
     hint = "; --resume continues it" if exit_code == ExitCode.STOPPED else ""
+    lost = "".join(f"; lost {core.describe(rank)}: {cause}"
+                   for rank, cause in sorted(core.lost.items()))
     print(f"distx: {executor.info.script.name} {state.lower()} "
-          f"(exit code {exit_code}); results in {prepared.results.path}{hint}",
+          f"(exit code {exit_code}); results in {prepared.results.path}{hint}{lost}",
           file=sys.stderr, flush=True)
     stuck.abort_if_any(exit_code)
     if not joined:

@@ -46,6 +46,11 @@ class Status(str, enum.Enum):
         return self.value.encode()
 
 
+LOST = "lost"
+"""The status of an attempt (in /attempts only) whose rank died before reporting it: not an
+error and not counted against Retries; its task went back on the queue (ULFM runs)."""
+
+
 class TaskStatus(str, enum.Enum):
     """How one task of a role's sequence ended."""
 

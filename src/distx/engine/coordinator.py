@@ -7,6 +7,11 @@ milestone; if any rank errored it first cancels the ranks still in their sequenc
 nothing waits for a run that already failed. Then it tells every rank to shut down with
 the run's exit code.
 
+A rank that died (ULFM, see transport.py) is Errored with the cause "rank N on host H
+died", recorded like any milestone. It fails the run only if it died with tasks of its
+own sequence left: a holder that merely served (its sequence empty or finished) is
+replaced by the sweep, so a sweep that completes on the survivors ends with exit code 0.
+
 A stop (SIGTERM, SIGINT, SIGUSR1 on any rank) is bounded by `--grace`: no new work is
 handed out, what finishes within the grace period is recorded, and when it is over rank 0
 records every rank still busy as Cancelled, puts unfinished experiments back to `created`,
@@ -91,7 +96,7 @@ class Coordinator:
         core = self.core
         core.wait_until(self._all_terminal, None, "every rank to finish its sequence",
                         stoppable=False)
-        states = {state for state, _ in core.terminal.values()}
+        states = {state for rank, (state, _) in core.terminal.items() if self._decides(rank)}
         state = next((s for s in (RunState.ERRORED, RunState.CANCELLED) if s.value in states),
                      RunState.FINISHED)
         if state == RunState.ERRORED or (state == RunState.FINISHED and
@@ -108,12 +113,20 @@ class Coordinator:
         core = self.core
         if core.past_grace():
             self._cancel_the_busy()
-        failed = any(state == RunState.ERRORED for state, _ in core.terminal.values())
+        failed = any(state == RunState.ERRORED and self._decides(rank)
+                     for rank, (state, _) in core.terminal.items())
         if (failed or core.stop_requested) and not self.cancel_sent:
             self.cancel_sent = True
             core.send_control([rank for rank in range(1, core.info.plan.size)
                                if rank not in core.terminal], Control(Command.CANCEL))
         return len(core.terminal) == core.info.plan.size
+
+    def _decides(self, rank: int) -> bool:
+        """Whether `rank`'s terminal state counts for the run's: not that of a rank that
+        died with no task of its own sequence to run (it only served)."""
+        core = self.core
+        role = core.info.script.roles.get(core.info.plan.role_of[rank])
+        return rank not in core.lost or bool(role and role.sequence)
 
     def _cancel_the_busy(self) -> None:
         """The grace period is over: every rank still in its sequence is recorded as

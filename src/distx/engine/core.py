@@ -10,6 +10,11 @@ so a waiter wakes on the message, not on a poll.
 Milestones: Init (rank ready), PreRun (data distribution), Run (sequence starts), PostRun
 (sequence done), then exactly one of Finished / Cancelled / Errored. A terminal milestone
 carries its cause, so a rank waiting on an Errored peer fails at once, naming it.
+
+A peer that dies (noticed by the transport under ULFM, a PEER_LOST message) reaches
+Errored with the cause "rank N on host H died" as if it had sent it: waits on it fail at
+once, rank 0 records the milestone, and features told through `on_lost` (the sweep)
+react. A rank lost after its terminal milestone keeps that state for the run's outcome.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from distx.engine.protocol import (
     EventKind,
     Kind,
     Milestone,
+    PeerLost,
     ValueReply,
     ValueRequest,
 )
@@ -76,6 +82,8 @@ class RankCore:
         self.values: dict[str, Any] = {}
         self.milestones: dict[int, dict[str, float]] = {r: {} for r in range(info.plan.size)}
         self.terminal: dict[int, tuple[str, str]] = {}   # rank -> (state, cause)
+        self.lost: dict[int, str] = {}                  # dead rank -> "rank N on host H died"
+        self.on_lost: list[Callable[[int], None]] = []  # told of each dead rank, once
         self.pending_requests: list[tuple[int, ValueRequest]] = []
         self.replies: dict[int, tuple[ValueReply, int]] = {}  # request id -> (reply, source)
         self.request_ids = itertools.count()
@@ -94,6 +102,7 @@ class RankCore:
         self.register(Kind.VALUE_REQUEST, self.on_value_request)
         self.register(Kind.VALUE_REPLY, self.on_value_reply)
         self.register(Kind.CONTROL, self.on_control)
+        self.register(Kind.PEER_LOST, self.on_peer_lost)
 
     def register(self, kind: Kind, handler: Handler) -> None:
         """Let `handler` take every message of `kind` (replacing any before it)."""
@@ -203,8 +212,19 @@ class RankCore:
 
     def on_milestone(self, source: int, milestone: Milestone) -> None:
         self.milestones[source][milestone.name] = milestone.when
-        if milestone.name in TERMINAL:
+        if milestone.name in TERMINAL and source not in self.terminal:
             self.terminal[source] = (milestone.name, milestone.detail)
+
+    def on_peer_lost(self, _: int, lost: PeerLost) -> None:
+        """The transport found `lost.rank` dead: it reaches Errored with the cause."""
+        cause = f"rank {lost.rank} on host {self.info.hosts[lost.rank]} died"
+        self.lost[lost.rank] = cause
+        if self.rank == 0:
+            self.echo(f"{self.describe(lost.rank)} lost: {cause}", "ERROR")
+        self.deliver(lost.rank, Kind.MILESTONE,
+                     Milestone(RunState.ERRORED.value, time.time(), cause))
+        for listener in self.on_lost:
+            listener(lost.rank)
 
     def wait_for_milestone(self, name: str, ranks: tuple[int, ...], timeout: float) -> None:
         def reached() -> bool:
@@ -268,6 +288,9 @@ class RankCore:
                     if not reply.found:
                         raise TaskFailed(f"{self.describe(rank)} cannot give '{key}': "
                                          f"{reply.value}")
+                elif rank in self.lost:
+                    raise TaskFailed(f"{self.describe(rank)} died before giving '{key}': "
+                                     f"{self.lost[rank]}")
                 elif self.terminal.get(rank, ("",))[0] in (RunState.ERRORED,
                                                             RunState.CANCELLED):
                     self._fail_if_terminal(rank, f"before publishing '{key}'")

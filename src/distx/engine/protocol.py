@@ -32,6 +32,8 @@ class Kind(enum.IntEnum):
     HALO = 10            # holder -> neighbour holder: HaloRows
     DATA = 11            # rank 0 -> holder at start: DataBlock
     START = 12           # rank 0 -> every rank at start: Verdict, then the data layout
+    PEER_LOST = 13       # the transport, to its own rank: PeerLost (never sent; ULFM only)
+    ADOPT = 14           # rank 0 -> holder: Adoption, a dead holder's row partitions
     PAYLOAD = 100        # raw out-of-band buffers following a header
 
 
@@ -96,6 +98,19 @@ class DataBlock:
     array: str
     offset: int          # of the block's first row in the whole array
     block: np.ndarray
+
+
+@dataclass(frozen=True)
+class PeerLost:
+    rank: int            # the rank that died
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """A dead holder's row partition for a surviving holder to run its tasks on."""
+
+    part: int                    # the partition's index among the holders
+    blocks: list[DataBlock]      # one block of every row-partitioned array
 
 
 @dataclass(frozen=True)

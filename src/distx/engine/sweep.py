@@ -28,6 +28,13 @@ A task id encodes (experiment position, partition): `task = position * parts + p
 batch message is a list of integers and the holder derives everything else from the
 script, which every rank has.
 
+Under ULFM (transport.py) a holder may die: its batches in flight go back on the queue,
+their attempts recorded as `lost` (not counted against Retries; results it sent before
+are kept, anything after is dropped, so no task is recorded twice), and with row
+partitions each of its partitions goes to the surviving holder with the fewest: rank 0
+reads or generates the array again and sends that block (ADOPT), and the new holder runs
+the partition's tasks besides its own. With no holder left the sweep fails.
+
 Only experiments not `done` in the results file are run (all of them in a new file), so
 `--resume` continues where a killed or stopped run left off. A stop request (SIGTERM,
 SIGINT, SIGUSR1) stops handing out tasks, waits up to the grace period for those in flight,
@@ -51,17 +58,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distx.engine.coordinator import Coordinator
-from distx.engine.data import row_blocks
+from distx.engine.data import Partition, materialize, row_blocks
 from distx.engine.kernels import (
     DEFAULT_OUTPUTS,
     PARTITION_NAMES,
     Kernel,
     fits_int64,
     is_compile_error,
+    kernel_arguments,
     outputs_of,
 )
 from distx.engine.progress import Progress
-from distx.engine.protocol import BatchResult, Kind, SweepPlan, SweepReady, SweepTasks
+from distx.engine.protocol import (
+    Adoption,
+    BatchResult,
+    DataBlock,
+    Kind,
+    SweepPlan,
+    SweepReady,
+    SweepTasks,
+)
 from distx.engine.reduce import reduce_values
 from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.watchdog import watch_kernel
@@ -172,18 +188,24 @@ class Sweep:
         self.reduce = reduce
         self.weights = weights
         self.holders = self.core.info.plan.holders
-        self.part_of = {rank: part for part, rank in enumerate(self.holders)}
         self.hosts = self.core.info.hosts
         self.ready: dict[int, str | None] = {}
         self.in_flight = {rank: 0 for rank in self.holders}
+        self.sent: dict[int, deque[tuple[np.ndarray, float]]] = {  # batches, when sent
+            rank: deque() for rank in self.holders}
+        self.dead: set[int] = set()
+        self.feeding = False  # every live holder is ready
         self.seconds_per_task = {rank: 0.0 for rank in self.holders}
         self.attempts = np.zeros(self.count * plan.parts, dtype=np.int32)
+        self.lost = np.zeros(self.count * plan.parts, dtype=np.int32)  # of those attempts
         self.failed_on: dict[int, set[int]] = {}
         self.pending: dict[int, _Pending] = {}
         self.fatal: str | None = None
         self.remaining = self.count
         self.errors = 0
-        self.next_task = {rank: 0 for rank in self.holders}  # row partitions: per holder
+        self.next_task = [0] * plan.parts                     # row partitions: per part
+        self.parts_of = {rank: [part] if plan.parts > 1 else []  # the partitions it runs
+                         for part, rank in enumerate(self.holders)}
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
         self.retries_queued = 0           # failed tasks put into `retry`, ever
@@ -199,28 +221,37 @@ class Sweep:
         core.register(Kind.SWEEP_RESULTS, self.on_results)
         self.coordinator.stuck.listeners.append(self.on_stuck)
         self.coordinator.before_close.append(self._unfinished_back_to_created)
+        core.on_lost.append(self.on_lost)
         try:
             self._run()
         finally:
             core.register(Kind.SWEEP_READY, _drop_late)
             core.register(Kind.SWEEP_RESULTS, _drop_late)
             self.coordinator.stuck.listeners.remove(self.on_stuck)
+            core.on_lost.remove(self.on_lost)
             self.coordinator.before_close.remove(self._unfinished_back_to_created)
 
     def _run(self) -> None:
         for rank in self.holders:
             self.core.transport.send(rank, Kind.SWEEP_START, self.plan)
-        self.core.wait_until(lambda: len(self.ready) == len(self.holders), None,
-                             "holders to load the kernel")
+        for rank in list(self.core.lost):  # died before this sweep
+            self.on_lost(rank)
+        self.core.wait_until(self._all_ready, None, "holders to load the kernel")
         errors = {rank: error for rank, error in self.ready.items() if error}
         if errors:
             raise TaskFailed(next(iter(errors.values())))
+        self.feeding = True
         for rank in self.holders:
             self._feed(rank)
         try:
             self.core.wait_until(self._finished, None, "sweep results", stoppable=False)
         finally:
             self._unfinished_back_to_created()
+
+    def _all_ready(self) -> bool:
+        if self.fatal:
+            raise TaskFailed(self.fatal)
+        return all(rank in self.ready or rank in self.dead for rank in self.holders)
 
     def _finished(self) -> bool:
         if self.fatal:
@@ -254,8 +285,55 @@ class Sweep:
         self.fatal = record["error"]
         self._unfinished_back_to_created()
 
+    # ----- a holder died (ULFM) ----------------------------------------------------------
+    def on_lost(self, rank: int) -> None:
+        """Put `rank`'s batches in flight back on the queue and give its partitions away."""
+        if rank not in self.in_flight or rank in self.dead:
+            return
+        self.dead.add(rank)
+        alive = [holder for holder in self.holders if holder not in self.dead]
+        if not alive:
+            self.fatal = (f"every holder died (ranks {sorted(self.dead)}); "
+                          "--resume continues the sweep")
+            return
+        for batch, sent in self.sent.pop(rank):
+            self._lost_batch(batch, rank, sent)
+        self.in_flight[rank] = 0
+        for part in self.parts_of.pop(rank):
+            heir = min(alive, key=lambda holder: len(self.parts_of[holder]))
+            self.parts_of[heir].append(part)
+            self._hand_over(part, heir)
+        if self.feeding:
+            for holder in alive:
+                self._feed(holder)
+
+    def _lost_batch(self, batch: np.ndarray, rank: int, sent: float) -> None:
+        positions, parts = np.divmod(batch, self.plan.parts)
+        self.table.record_lost_attempts(
+            self.rows[positions], parts, self.earlier_attempts[positions] + self.attempts[batch],
+            rank, self.hosts[rank], sent, time.time())
+        self.lost[batch] += 1
+        for task_id in batch.tolist():
+            self.failed_on.setdefault(task_id, set())
+            self.retry.append(task_id)
+
+    def _hand_over(self, part: int, heir: int) -> None:
+        """Send a dead holder's row partition `part` to `heir`, read or made again here."""
+        script = self.core.info.script
+        blocks = []
+        for name in self.plan.inputs:
+            spec = script.data[name]
+            if spec.partition != ROWS:
+                continue
+            array = materialize(spec, script)
+            start, stop = row_blocks(array.shape[0], len(self.holders))[part]
+            blocks.append(DataBlock(name, start, array[start:stop]))
+        self.core.transport.send(heir, Kind.ADOPT, Adoption(part, blocks))
+
     # ----- handing out work ---------------------------------------------------------------
     def _feed(self, rank: int) -> None:
+        if rank in self.dead:
+            return
         while self.in_flight[rank] < IN_FLIGHT and not self.core.stop_requested:
             batch = self._take(rank, self._batch_size(rank))
             if not len(batch):
@@ -263,6 +341,7 @@ class Sweep:
                 return
             self.starved.discard(rank)
             self.in_flight[rank] += 1
+            self.sent[rank].append((batch, time.time()))
             self.attempts[batch] += 1
             self._mark_running(self.rows[batch // self.plan.parts], rank)
             self.core.transport.send(rank, Kind.SWEEP_TASKS,
@@ -275,27 +354,29 @@ class Sweep:
         batch_seconds = max(BATCH_SECONDS,
                             len(self.holders) * self.message_seconds / COORDINATOR_SHARE)
         experiments = self.count
-        waiting = (experiments - self.next_task[rank] if self.plan.parts > 1
-                   else experiments - self.next_shared) + len(self.retry)
+        waiting = (sum(experiments - self.next_task[part] for part in self.parts_of[rank])
+                   if self.plan.parts > 1 else experiments - self.next_shared) + len(self.retry)
         fair_share = max(1, math.ceil(waiting / (IN_FLIGHT * len(self.holders))))
         return max(1, min(MAX_BATCH, int(batch_seconds / per_task), fair_share))
 
     def _take(self, rank: int, size: int) -> np.ndarray:
         """Up to `size` task ids for `rank`: retries first, then new tasks in order."""
-        retried = self._take_retries(rank, size)
-        wanted = size - len(retried)
+        taken = [np.array(self._take_retries(rank, size), dtype=np.int64)]
+        wanted = size - len(taken[0])
         if self.plan.parts > 1:
-            first = self.next_task[rank]
-            count = min(wanted, self.count - first)
-            self.next_task[rank] += count
-            fresh = (np.arange(first, first + count, dtype=np.int64) * self.plan.parts
-                     + self.part_of[rank])
+            for part in self.parts_of[rank]:  # its own, and those of dead holders
+                first = self.next_task[part]
+                count = min(wanted, self.count - first)
+                self.next_task[part] += count
+                wanted -= count
+                taken.append(np.arange(first, first + count, dtype=np.int64)
+                             * self.plan.parts + part)
         else:
             first = self.next_shared
             count = min(wanted, self.count - first)
             self.next_shared += count
-            fresh = np.arange(first, first + count, dtype=np.int64)
-        return np.concatenate([np.array(retried, dtype=np.int64), fresh])
+            taken.append(np.arange(first, first + count, dtype=np.int64))
+        return np.concatenate(taken)
 
     def _take_retries(self, rank: int, size: int) -> list[int]:
         """Failed tasks to try again, each on a holder it did not fail on if it can move."""
@@ -304,9 +385,9 @@ class Sweep:
             task_id = self.retry.popleft()
             if self.plan.parts == 1:
                 suitable = rank not in self.failed_on[task_id] or \
-                    len(self.failed_on[task_id]) >= len(self.holders)
+                    len(self.failed_on[task_id]) >= len(self.holders) - len(self.dead)
             else:
-                suitable = task_id % self.plan.parts == self.part_of[rank]
+                suitable = task_id % self.plan.parts in self.parts_of[rank]
             if not suitable or len(taken) >= size:
                 self.retry.append(task_id)
             else:
@@ -320,6 +401,7 @@ class Sweep:
         began = time.perf_counter()
         self.in_flight[source] -= 1
         queued = self.retries_queued
+        self.sent[source].popleft()
         per_task = batch.seconds / max(1, len(batch.task_ids))
         previous = self.seconds_per_task[source]
         self.seconds_per_task[source] = per_task if previous <= 0 else 0.5 * (previous + per_task)
@@ -384,7 +466,7 @@ class Sweep:
         if entry.failed:
             return
         self.failed_on.setdefault(task_id, set()).add(source)
-        if self.attempts[task_id] <= self.retries:
+        if self.attempts[task_id] - self.lost[task_id] <= self.retries:
             self.retry.append(task_id)
             self.retries_queued += 1
             return
@@ -485,6 +567,7 @@ class _ActiveSweep:
     grid: Grid
     call: Callable[[tuple], Any]   # the kernel, given the keyfield values in grid order
     watch: Callable[[int, dict], AbstractContextManager] | None  # (task id, keyfields)
+    adopted_calls: dict[int, Callable[[dict], Any]] = field(default_factory=dict)  # by part
 
 
 class SweepHolder:
@@ -494,8 +577,10 @@ class SweepHolder:
         self.executor = executor
         self.core = executor.core
         self.active: _ActiveSweep | None = None
+        self.adopted: dict[int, dict[str, Partition]] = {}  # dead holders' parts, by index
         self.core.register(Kind.SWEEP_START, self.on_start)
         self.core.register(Kind.SWEEP_TASKS, self.on_tasks)
+        self.core.register(Kind.ADOPT, self.on_adopt)
 
     def on_start(self, source: int, plan: SweepPlan) -> None:
         """Load and check the kernel; answer SWEEP_READY with None or the error."""
@@ -508,9 +593,30 @@ class SweepHolder:
             kernel.check_arguments(set(arguments) | set(grid.names) | set(PARTITION_NAMES))
             self.active = _ActiveSweep(plan, kernel, grid, kernel.bind(arguments, grid.names),
                                        self._watch if plan.timeout else None)
+            for part in self.adopted:
+                self._bind_adopted(part)
         except (UserError, TaskFailed) as failure:
             error = str(failure)
         self.core.transport.send(source, Kind.SWEEP_READY, SweepReady(plan.number, error))
+
+    def on_adopt(self, source: int, adoption: Adoption) -> None:
+        """Keep a dead holder's row partition and run its tasks from now on."""
+        mine = self.executor.partitions
+        self.adopted.setdefault(adoption.part, {}).update({
+            block.array: Partition(block.array, block.block, block.offset,
+                                   mine[block.array].global_shape, ROWS)
+            for block in adoption.blocks})
+        if self.active is not None:
+            self._bind_adopted(adoption.part)
+
+    def _bind_adopted(self, part: int) -> None:
+        """The active sweep's kernel bound to partition `part`'s rows instead of this
+        holder's own (replicated inputs are the same everywhere)."""
+        active, executor = self.active, self.executor
+        adopted = self.adopted[part]
+        inputs = [adopted.get(name) or executor.partitions[name] for name in active.plan.inputs]
+        active.adopted_calls[part] = active.kernel.bind(
+            kernel_arguments(inputs, active.plan.args), active.grid.names)
 
     def _watch(self, task_id: int, keyfields: dict) -> AbstractContextManager:
         plan, start = self.active.plan, time.time()
@@ -540,10 +646,12 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
     errors: dict[int, tuple[str, bool]] = {}
     lone = plan.outputs[0] if len(plan.outputs) == 1 else None
     columns = active.grid.keyfield_columns(plan.todo[task_ids // plan.parts])
-    names, call = list(columns), active.call
+    names, call, adopted = list(columns), active.call, active.adopted_calls
     began = time.perf_counter()
     for position, combo in enumerate(zip(*columns.values())):
         start[position] = time.time()
+        if adopted:  # this holder also runs a dead holder's partition
+            call = adopted.get(int(task_ids[position]) % plan.parts, active.call)
         try:
             if active.watch is None:
                 result = call(combo)

@@ -17,7 +17,7 @@ from distx.results.checkpoint import arrays_record
 from distx.results.journal import Record
 from distx.results.layout import ATTEMPTS, ERRORS, experiment_dtype, stored_text
 from distx.script.grid import Grid, column_type, from_cell, to_cell
-from distx.vocabulary import Status
+from distx.vocabulary import LOST, Status
 
 CREATED, RUNNING, DONE, ERROR = (status.encoded for status in Status)
 
@@ -119,14 +119,7 @@ class ExperimentTable:
                         rank: int, host: str, start: np.ndarray, end: np.ndarray,
                         ok: np.ndarray, errors: dict[int, str]) -> None:
         """One /attempts row per task of a batch (errors: text by position in the batch)."""
-        block = self._new_attempts(len(rows))
-        block["run"] = self.run
-        block["id"] = self.rows["id"][rows]
-        block["part"] = parts
-        block["attempt"] = attempts
-        block["rank"] = rank
-        block["host"] = host.encode()
-        block["start"], block["end"] = start, end
+        block = self._attempt_block(rows, parts, attempts, rank, host, start, end)
         block["status"] = np.where(ok, DONE, ERROR)
         if errors:
             failed = np.array(sorted(errors), dtype=np.int64)
@@ -148,6 +141,26 @@ class ExperimentTable:
             self._attempts = grown
         block = self._attempts[self._attempt_count:end]
         self._attempt_count = end
+        return block
+
+    def record_lost_attempts(self, rows: np.ndarray, parts: np.ndarray, attempts: np.ndarray,
+                             rank: int, host: str, start: float, end: float) -> None:
+        """One /attempts row, status `lost`, per task in flight on a rank that died (the
+        cause is that rank's Errored milestone; no /errors row: the task did not fail)."""
+        block = self._attempt_block(rows, parts, attempts, rank, host, start, end)
+        block["status"] = LOST.encode()
+
+    def _attempt_block(self, rows: np.ndarray, parts: np.ndarray, attempts: np.ndarray,
+                       rank: int, host: str, start: Any, end: Any) -> np.ndarray:
+        """/attempts rows for these tasks, all but their status (the caller's)."""
+        block = self._new_attempts(len(rows))
+        block["run"] = self.run
+        block["id"] = self.rows["id"][rows]
+        block["part"] = parts
+        block["attempt"] = attempts
+        block["rank"] = rank
+        block["host"] = host.encode()
+        block["start"], block["end"] = start, end
         return block
 
     def _set(self, rows: np.ndarray, **columns: Any) -> None:

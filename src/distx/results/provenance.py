@@ -36,6 +36,12 @@ def versions() -> dict[str, str]:
     }
 
 
+def fault_tolerance(enabled: bool) -> dict[str, str]:
+    """Whether a dead worker leaves the run going (Open MPI started with ULFM: `mpirun
+    --with-ft ulfm`), as the results file's `fault_tolerant` attribute: yes or no."""
+    return {"fault_tolerant": "yes" if enabled else "no"}
+
+
 def library_name(version: str) -> str:
     """The first line of MPI's library version. Open MPI pads it with NUL bytes, which an
     HDF5 text attribute cannot hold."""

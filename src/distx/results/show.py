@@ -134,7 +134,8 @@ def _file_section(snapshot: Snapshot) -> list[str]:
         f"{snapshot.path}: '{_text(attrs['name'])}', {len(snapshot.runs)} run(s); latest "
         f"{_text(attrs['run_id'])}",
         f"  {int(attrs['world_size'])} rank(s) on {', '.join(snapshot.hosts)}; distx "
-        f"{_text(attrs['distx_version'])}, {_text(attrs['mpi_library'])}",
+        f"{_text(attrs['distx_version'])}, {_text(attrs['mpi_library'])}"
+        + (", fault-tolerant" if _text(attrs.get("fault_tolerant", "no")) == "yes" else ""),
         f"  script {snapshot.script_path} (sha256 {_text(attrs['script_sha256'])[:12]}...)",
     ]
     for run in snapshot.runs:
