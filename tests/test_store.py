@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from distx.errors import UserError
+from distx.errors import ResultsWriteError, UserError
 from distx.results import admin, checkpoint, journal
 from distx.results.claim import Claim
 from distx.results.experiments import ExperimentTable, experiment_rows
@@ -188,6 +188,19 @@ def test_a_checkpoint_replaces_the_file_whole_and_close_removes_journal_and_clai
         assert file.attrs["format_version"] == FORMAT_VERSION
         assert len(file["attempts"]) == 10 and file["runs"][0]["state"] == b"Finished"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+
+
+def test_a_short_journal_write_stops_the_run_rather_than_append_after_a_torn_record(
+        tmp_path, monkeypatch):
+    """A write that stores only part of its bytes (a disk that fills up): what follows
+    would lie after a torn record, where no reader finds it, so the run must stop."""
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path)
+    finish(table, np.arange(3))
+    monkeypatch.setattr(journal.os, "writev", lambda fd, parts: sum(map(len, parts)) - 1)
+    with pytest.raises(ResultsWriteError, match="No space left"):
+        results.flush()
+    results.claim.release()
 
 
 def test_a_kill_during_a_checkpoint_leaves_the_old_file_and_a_leftover_that_recover_removes(
