@@ -152,6 +152,21 @@ def test_resume_keeps_rows_and_appends_the_new_grid_points():
     assert merged["index"].tolist() == list(range(7))
 
 
+def test_resume_of_the_same_or_a_grown_grid_and_a_column_turning_to_text():
+    first = grid(4)
+    rows = experiment_rows(first, first.ids(), ["result"], None)
+    same = experiment_rows(first, first.ids(), ["result"], rows)
+    assert same[["id", "seed", "status"]].tolist() == rows[["id", "seed", "status"]].tolist()
+    grown = grid(6)                                   # the same order, two more points
+    merged = experiment_rows(grown, grown.ids(), ["result"], rows)
+    assert merged["id"].tolist() == [i.encode() for i in grown.ids()]
+    assert merged["seed"].tolist() == list(range(6)) and merged.dtype["seed"] == np.int64
+    texts = Grid({"seed": ["a"]}, folds=1)            # ints stored, text joins: the widest
+    widened = experiment_rows(texts, texts.ids(), ["result"], merged)   # cell decides
+    assert widened.dtype["seed"].kind == "S" and widened["seed"].tolist() == [
+        b"0", b"1", b"2", b"3", b"4", b"5", b"a"]
+
+
 def test_experiment_columns_name_the_tables_own_columns():
     assert {"id", "index", "status", "attempts", "rank", "host", "start", "end",
             "error"} == set(EXPERIMENT_COLUMNS)
