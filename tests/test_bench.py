@@ -13,6 +13,8 @@ import sys
 from conftest import mpiexec
 
 from distx.bench.harness import Bench
+from distx.bench.simulation import simulate
+from distx.engine.sweep import Sweep
 
 CASES = ["milestone latency", "GetValue scalar", "GetValue 8 MiB", "Partition rows",
          "kernel: sum of squares", "kernel: Monte Carlo pi", "end-to-end pi sweep",
@@ -45,6 +47,26 @@ def test_quick_bench_reports_every_case(tmp_path):
     assert any("coordinator cost per recorded experiment" in note for note in figures["notes"])
     assert any("array sweep file" in note for note in figures["notes"])
     assert "ratio" in result.stdout and "target" in result.stdout
+
+
+def test_the_coordinator_simulation_records_every_experiment(tmp_path):
+    """Rank 0's real sweep, table and store against simulated holders (in process)."""
+    for holders in (1, 16):
+        simulated = simulate(holders, 2000, folder=tmp_path)  # raises unless all are done
+        assert simulated.batches >= 2 and simulated.cpu_seconds > 0
+        assert simulated.per_experiment > 0 and simulated.per_batch > 0
+
+
+def test_a_result_message_feeds_only_its_holder(tmp_path, monkeypatch):
+    """Nothing per holder on every message: with 64 holders, the scheduler tries to hand
+    out work about once per message, not once per holder per message."""
+    fed = []
+    feed = Sweep._feed
+    monkeypatch.setattr(Sweep, "_feed", lambda sweep, rank: (fed.append(rank),
+                                                             feed(sweep, rank))[1])
+    holders = 64
+    simulated = simulate(holders, 5000, folder=tmp_path)
+    assert len(fed) <= holders + 2 * simulated.batches
 
 
 def test_libensemble_runs_the_sweep_experiments_as_a_peer(tmp_path):

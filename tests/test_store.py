@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from distx.errors import UserError
+from distx.errors import ResultsWriteError, UserError
 from distx.results import admin, checkpoint, journal
 from distx.results.claim import Claim
 from distx.results.experiments import ExperimentTable, experiment_rows
@@ -152,6 +152,21 @@ def test_resume_keeps_rows_and_appends_the_new_grid_points():
     assert merged["index"].tolist() == list(range(7))
 
 
+def test_resume_of_the_same_or_a_grown_grid_and_a_column_turning_to_text():
+    first = grid(4)
+    rows = experiment_rows(first, first.ids(), ["result"], None)
+    same = experiment_rows(first, first.ids(), ["result"], rows)
+    assert same[["id", "seed", "status"]].tolist() == rows[["id", "seed", "status"]].tolist()
+    grown = grid(6)                                   # the same order, two more points
+    merged = experiment_rows(grown, grown.ids(), ["result"], rows)
+    assert merged["id"].tolist() == [i.encode() for i in grown.ids()]
+    assert merged["seed"].tolist() == list(range(6)) and merged.dtype["seed"] == np.int64
+    texts = Grid({"seed": ["a"]}, folds=1)            # ints stored, text joins: the widest
+    widened = experiment_rows(texts, texts.ids(), ["result"], merged)   # cell decides
+    assert widened.dtype["seed"].kind == "S" and widened["seed"].tolist() == [
+        b"0", b"1", b"2", b"3", b"4", b"5", b"a"]
+
+
 def test_experiment_columns_name_the_tables_own_columns():
     assert {"id", "index", "status", "attempts", "rank", "host", "start", "end",
             "error"} == set(EXPERIMENT_COLUMNS)
@@ -188,6 +203,19 @@ def test_a_checkpoint_replaces_the_file_whole_and_close_removes_journal_and_clai
         assert file.attrs["format_version"] == FORMAT_VERSION
         assert len(file["attempts"]) == 10 and file["runs"][0]["state"] == b"Finished"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+
+
+def test_a_short_journal_write_stops_the_run_rather_than_append_after_a_torn_record(
+        tmp_path, monkeypatch):
+    """A write that stores only part of its bytes (a disk that fills up): what follows
+    would lie after a torn record, where no reader finds it, so the run must stop."""
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path)
+    finish(table, np.arange(3))
+    monkeypatch.setattr(journal.os, "writev", lambda fd, parts: sum(map(len, parts)) - 1)
+    with pytest.raises(ResultsWriteError, match="No space left"):
+        results.flush()
+    results.claim.release()
 
 
 def test_a_kill_during_a_checkpoint_leaves_the_old_file_and_a_leftover_that_recover_removes(

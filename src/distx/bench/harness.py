@@ -27,6 +27,7 @@ import numpy as np
 
 from distx.bench import benchkernels
 from distx.bench.peers import INSTALL_HINT, missing_peers
+from distx.bench.simulation import simulate, sweep_cpu_seconds
 from distx.engine.kernels import KernelLibrary
 from distx.script.examples import examples_folder
 
@@ -206,9 +207,8 @@ class Bench:
                  figures["distx"] * 1e3, figures["raw"] * 1e3, "ms", "raw Scatterv",
                  "<= 1.25x")
 
-    def sweep_throughput(self) -> float:
-        count = 20000 if self.quick else 200000
-        script = self.script("sweep", f"""\
+    def sweep_script(self, count: int) -> Path:
+        return self.script(f"sweep-{count}", f"""\
             Version: 2
             Name: bench-sweep
             Kernels: BENCH_KERNELS
@@ -219,14 +219,25 @@ class Bench:
               - Task: Run.Sweep
                 Config: {{Kernel: benchkernels.trivial}}
             """)
+
+    def recorded_sweep(self, ranks: int, count: int) -> tuple[float, float]:
+        """(recorded experiments per second of the Run.Sweep task, rank 0's process CPU
+        seconds per experiment during it) of a sweep of `count` trivial experiments."""
+        output, _ = self.run_distx(ranks, self.sweep_script(count))
+        return (count / self.task_seconds(output, "Run.Sweep"),
+                sweep_cpu_seconds(output) / count)
+
+    def sweep_throughput(self) -> tuple[float, float]:
+        """The recorded sweep against MPIPoolExecutor.map; returns, on 4 ranks, recorded
+        experiments per second and rank 0's CPU seconds per experiment."""
+        count = 20000 if self.quick else 200000
         futures = self.folder / "futures_map.py"
         futures.write_text(FUTURES_MAP)
-        rate4 = 0.0
+        rate4 = cpu4 = 0.0
         for ranks in (4,) if self.quick else (4, 8):
-            output, _ = self.run_distx(ranks, script)
-            rate = count / self.task_seconds(output, "Run.Sweep")
-            rate4 = rate4 or rate
-            for chunksize in (1, 64):
+            rate, cpu = self.recorded_sweep(ranks, count)
+            rate4, cpu4 = rate4 or rate, cpu4 or cpu
+            for chunksize in (1, 64, 256):
                 reference_count = min(count, 5000) if chunksize == 1 else count
                 stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "mpi4py.futures",
                                          str(futures), str(reference_count), str(chunksize))
@@ -235,9 +246,34 @@ class Bench:
                 self.add(f"sweep {count} recorded experiments, {ranks} ranks", rate,
                          measured["count"] / measured["seconds"], "tasks/s",
                          f"MPIPoolExecutor.map chunksize {chunksize} (records nothing)", target)
-        self.notes.append(f"recorded experiments per second on 4 ranks: {rate4:,.0f} "
-                          "(target >= 100,000)")
-        return rate4
+            self.notes.append(f"sweep on {ranks} ranks: {rate:,.0f} recorded experiments/s; "
+                              f"rank 0 CPU per recorded experiment {cpu * 1e6:.2f} us "
+                              "(target <= 2 us)")
+        return rate4, cpu4
+
+    def many_ranks(self) -> None:
+        """The same sweep on 64 ranks of this machine (oversubscribed: holders share the
+        cores, waiting ranks sleep)."""
+        count = 200000
+        rate, cpu = self.recorded_sweep(64, count)
+        self.notes.append(f"sweep on 64 ranks (63 holders, oversubscribed): {rate:,.0f} "
+                          f"recorded experiments/s; rank 0 CPU per recorded experiment "
+                          f"{cpu * 1e6:.2f} us")
+
+    def coordinator_simulation(self) -> None:
+        """Rank 0's real scheduler, table and store against N simulated holders that
+        answer at once (distx.bench.simulation): the cost per experiment must not grow
+        with N."""
+        count = 20000 if self.quick else 200000
+        for task_seconds, described in ((1e-6, "trivial tasks"), (0.02, "20 ms tasks")):
+            for holders in (1, 16, 256, 4096):
+                simulated = simulate(holders, count, task_seconds, self.folder)
+                self.notes.append(
+                    f"simulated {holders} holders, {count} {described}: rank 0 CPU "
+                    f"{simulated.per_experiment * 1e6:.2f} us per experiment, "
+                    f"{simulated.per_batch * 1e6:.0f} us per result message "
+                    f"({count / simulated.batches:.1f} experiments each)")
+            print(f"  coordinator simulation, {described}: done", file=sys.stderr, flush=True)
 
     def array_sweep(self) -> None:
         """The same sweep returning a 50-element array per experiment instead of a number
@@ -442,12 +478,12 @@ class Bench:
             self.notes.append(f"{peer}: {count - measured['count']} of {count} experiments "
                               "did not end done")
 
-    def coordinator_model(self, rate: float) -> None:
-        cost = 1.0 / rate
+    def coordinator_model(self, cost: float) -> None:
+        """What rank 0's CPU per recorded experiment (4 ranks) means for many workers."""
         self.notes.append(f"coordinator cost per recorded experiment: {cost * 1e6:.1f} us, so "
                           "one coordinator keeps busy about " + ", ".join(
-                              f"{duration * rate:,.0f} workers with {label} tasks"
-                              for duration, label in ((1e-3, "1 ms"), (1e-2, "10 ms"),
+                              f"{duration / cost:,.0f} workers with {label} tasks"
+                              for duration, label in ((1e-3, "1 ms"), (2e-2, "20 ms"),
                                                       (1e-1, "100 ms"), (1.0, "1 s"))))
 
 
@@ -492,8 +528,11 @@ def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None,
                      bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling,
                      bench.iterate, bench.array_sweep):
             case()
-        rate = bench.sweep_throughput()
-        bench.coordinator_model(rate)
+        rate, cost = bench.sweep_throughput()
+        bench.coordinator_model(cost)
+        bench.coordinator_simulation()
+        if not quick:
+            bench.many_ranks()
         if peers and not missing:
             bench.peers(rate)
     table = format_table(bench.rows, bench.notes)

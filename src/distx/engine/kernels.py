@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,19 +79,24 @@ class Kernel:
 
     def call(self, arguments: Mapping[str, Any]) -> Any:
         """Call with the arguments the kernel takes; its errors become TaskFailed."""
-        return self.bind(arguments, ())({})
+        return self.bind(arguments, ())(())
 
     def bind(self, fixed: Mapping[str, Any],
-             varying: Iterable[str]) -> Callable[[Mapping[str, Any]], Any]:
+             varying: Iterable[str]) -> Callable[[Sequence[Any]], Any]:
         """A caller for many calls that differ only in the `varying` arguments (a sweep's
-        keyfields): which arguments the kernel takes is worked out once, not per call."""
+        keyfields), given as their values in that order: which arguments the kernel takes
+        is worked out once, not per call."""
         chosen = {key: value for key, value in fixed.items() if self._takes(key)}
-        names = tuple(name for name in varying if self._takes(name))
+        varying = tuple(varying)
+        taken = [position for position, name in enumerate(varying) if self._takes(name)]
+        names = tuple(varying[position] for position in taken)
+        every = len(taken) == len(varying)
         function = self.function
 
-        def call(values: Mapping[str, Any]) -> Any:
+        def call(values: Sequence[Any]) -> Any:
             try:
-                return function(**chosen, **{name: values[name] for name in names})
+                return function(**chosen, **dict(zip(names, values if every else
+                                                     [values[p] for p in taken])))
             except (Exception, SystemExit) as error:  # sys.exit() must not end the rank
                 raise self.failure(error) from error
         return call

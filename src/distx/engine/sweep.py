@@ -14,9 +14,15 @@ row-partitioned input it is one task per partition, each run where its partition
 reduced here into the experiment's result. Holders pull work as they free up: each keeps
 two batches in flight so none idles, and the batch size adapts to measured task duration
 (about BATCH_SECONDS of work per batch), so trivial kernels travel thousands to a message
-while long ones still balance. A failed task is retried (on another holder when the task
-can move) up to Retries times; then its experiment is recorded as `error` and the sweep
-goes on. A kernel that cannot compile stops the sweep at once.
+while long ones still balance. With many holders a batch holds more work: the scheduler
+measures what one result message costs it and makes batches long enough that answering
+all holders takes at most COORDINATOR_SHARE of its time (4,096 holders at 60 us a
+message: half-second batches). Nothing it does per message depends on the number of
+holders: a result feeds the holder that sent it.
+
+A failed task is retried (on another holder when the task can move) up to Retries times;
+then its experiment is recorded as `error` and the sweep goes on. A kernel that cannot
+compile stops the sweep at once.
 
 A task id encodes (experiment position, partition): `task = position * parts + part`, so a
 batch message is a list of integers and the holder derives everything else from the
@@ -86,9 +92,13 @@ from distx.vocabulary import Status
 if TYPE_CHECKING:
     from distx.results.experiments import ExperimentTable
 
+COORDINATOR_CPU = "coordinator CPU"
+"""In the sweep's last log line: rank 0's process CPU time during the sweep (the bench reads
+it)."""
 SWEEP_TASKS = -1
 """The task index in /logs of what sweep kernels printed on a holder (not a task of its own)."""
 BATCH_SECONDS = 0.05
+COORDINATOR_SHARE = 0.5
 MAX_BATCH = 4096
 IN_FLIGHT = 2
 _numbers = itertools.count(1)
@@ -108,6 +118,7 @@ class _Pending:
 # ======== the scheduler side (rank 0) ========================================================
 def run_sweep(run: TaskRun, config: dict) -> None:
     """The Run.Sweep task on rank 0."""
+    cpu_before = time.process_time()
     coordinator = run.executor.feature(Coordinator)
     script = run.executor.info.script
     if script.experiments is None:
@@ -118,11 +129,10 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     grid = script.experiments.grid()
     shard = coordinator.results.shard
     indices = np.arange(len(grid)) if shard is None else shard.indices(len(grid))
-    ids = grid.ids(indices)
+    ids = grid.id_column(indices)
     outputs = config.get("Outputs", list(DEFAULT_OUTPUTS))
     table = coordinator.results.experiments(grid, ids, outputs, indices)
-    table_rows = np.array([table.row_of[experiment_id] for experiment_id in ids],
-                          dtype=np.int64)
+    table_rows = table.rows_of(ids)
     todo = np.flatnonzero(table.status_of(table_rows) != Status.DONE.encoded)
     plan = SweepPlan(next(_numbers), config["Kernel"], inputs, config.get("Args", {}), outputs,
                      len(holders) if rows_inputs else 1, indices[todo], config.get("Timeout"))
@@ -130,8 +140,8 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     if rows_inputs:
         global_rows = coordinator.data_shapes[rows_inputs[0]][0]
         weights = [stop - start for start, stop in row_blocks(global_rows, len(holders))]
-    sweep = Sweep(coordinator, plan, table, [ids[i] for i in todo.tolist()], table_rows[todo],
-                  script.experiments.retries, config.get("Reduce", "sum"), weights)
+    sweep = Sweep(coordinator, plan, table, table_rows[todo], script.experiments.retries,
+                  config.get("Reduce", "sum"), weights)
     skipped = len(indices) - len(todo)
     run.log(f"sweep of {len(todo)} experiments x {plan.parts} partition(s) on ranks "
             f"{list(holders)}" + (f" ({skipped} already done)" if skipped else "")
@@ -140,14 +150,19 @@ def run_sweep(run: TaskRun, config: dict) -> None:
         sweep.run()
     finally:
         sweep.progress.finish(sweep.remaining, sweep.errors)
-        coordinator.results.checkpoint()   # a plain HDF5 reader sees the whole table
-    _report(run, coordinator, table)
+        if run.spec.index == len(script.roles[run.spec.role].sequence) - 1:
+            coordinator.results.flush()        # rank 0's last task: the close checkpoints
+        else:
+            coordinator.results.checkpoint()   # a plain HDF5 reader sees the whole table
+    _report(run, coordinator, table, time.process_time() - cpu_before, len(todo))
 
 
-def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable) -> None:
+def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable, cpu: float,
+            count: int) -> None:
     counts = table.counts()
     done, failed = counts.get(Status.DONE.value, 0), counts.get(Status.ERROR.value, 0)
-    run.log(f"sweep finished: {done} done, {failed} error")
+    run.log(f"sweep finished: {done} done, {failed} error; {COORDINATOR_CPU} {cpu:.3f} s, "
+            f"{cpu / max(1, count) * 1e6:.2f} us per experiment run")
     if failed:
         coordinator.failed_experiments += failed
         first_id, first_error = table.first_error()
@@ -159,15 +174,15 @@ class Sweep:
     """One sweep on rank 0: hands out batches, takes results, retries, records."""
 
     def __init__(self, coordinator: Coordinator, plan: SweepPlan, table: ExperimentTable,
-                 ids: list[str], rows: np.ndarray, retries: int, reduce: str,
+                 rows: np.ndarray, retries: int, reduce: str,
                  weights: list[int] | None) -> None:
         self.coordinator = coordinator
         self.core = coordinator.core
         self.results = coordinator.results
         self.plan = plan
         self.table = table
-        self.ids = ids
         self.rows = rows  # table row of each experiment to run
+        self.count = len(rows)
         self.earlier_attempts = table.attempts_of(self.rows)
         self.retries = retries
         self.reduce = reduce
@@ -181,22 +196,25 @@ class Sweep:
         self.dead: set[int] = set()
         self.feeding = False  # every live holder is ready
         self.seconds_per_task = {rank: 0.0 for rank in self.holders}
-        self.attempts = np.zeros(len(ids) * plan.parts, dtype=np.int32)
-        self.lost = np.zeros(len(ids) * plan.parts, dtype=np.int32)  # of those attempts
+        self.attempts = np.zeros(self.count * plan.parts, dtype=np.int32)
+        self.lost = np.zeros(self.count * plan.parts, dtype=np.int32)  # of those attempts
         self.failed_on: dict[int, set[int]] = {}
         self.pending: dict[int, _Pending] = {}
         self.fatal: str | None = None
-        self.remaining = len(ids)
+        self.remaining = self.count
         self.errors = 0
         self.next_task = [0] * plan.parts                     # row partitions: per part
         self.parts_of = {rank: [part] if plan.parts > 1 else []  # the partitions it runs
                          for part, rank in enumerate(self.holders)}
         self.next_shared = 0                                  # otherwise: one queue
         self.retry: deque[int] = deque()
-        self.progress = Progress(len(ids), self.core.info.progress)
+        self.retries_queued = 0           # failed tasks put into `retry`, ever
+        self.starved: set[int] = set()   # holders with room for a batch that found no work
+        self.message_seconds = 0.0       # what taking one result message costs rank 0
+        self.progress = Progress(self.count, self.core.info.progress)
 
     def run(self) -> None:
-        if not self.ids:
+        if not self.count:
             return
         core = self.core
         core.register(Kind.SWEEP_READY, self.on_ready)
@@ -319,7 +337,9 @@ class Sweep:
         while self.in_flight[rank] < IN_FLIGHT and not self.core.stop_requested:
             batch = self._take(rank, self._batch_size(rank))
             if not len(batch):
+                self.starved.add(rank)
                 return
+            self.starved.discard(rank)
             self.in_flight[rank] += 1
             self.sent[rank].append((batch, time.time()))
             self.attempts[batch] += 1
@@ -331,11 +351,13 @@ class Sweep:
         per_task = self.seconds_per_task[rank]
         if per_task <= 0:
             return 1
-        experiments = len(self.ids)
+        batch_seconds = max(BATCH_SECONDS,
+                            len(self.holders) * self.message_seconds / COORDINATOR_SHARE)
+        experiments = self.count
         waiting = (sum(experiments - self.next_task[part] for part in self.parts_of[rank])
                    if self.plan.parts > 1 else experiments - self.next_shared) + len(self.retry)
         fair_share = max(1, math.ceil(waiting / (IN_FLIGHT * len(self.holders))))
-        return max(1, min(MAX_BATCH, int(BATCH_SECONDS / per_task), fair_share))
+        return max(1, min(MAX_BATCH, int(batch_seconds / per_task), fair_share))
 
     def _take(self, rank: int, size: int) -> np.ndarray:
         """Up to `size` task ids for `rank`: retries first, then new tasks in order."""
@@ -344,14 +366,14 @@ class Sweep:
         if self.plan.parts > 1:
             for part in self.parts_of[rank]:  # its own, and those of dead holders
                 first = self.next_task[part]
-                count = min(wanted, len(self.ids) - first)
+                count = min(wanted, self.count - first)
                 self.next_task[part] += count
                 wanted -= count
                 taken.append(np.arange(first, first + count, dtype=np.int64)
                              * self.plan.parts + part)
         else:
             first = self.next_shared
-            count = min(wanted, len(self.ids) - first)
+            count = min(wanted, self.count - first)
             self.next_shared += count
             taken.append(np.arange(first, first + count, dtype=np.int64))
         return np.concatenate(taken)
@@ -376,7 +398,9 @@ class Sweep:
     def on_results(self, source: int, batch: BatchResult) -> None:
         if batch.number != self.plan.number:
             return
+        began = time.perf_counter()
         self.in_flight[source] -= 1
+        queued = self.retries_queued
         self.sent[source].popleft()
         per_task = batch.seconds / max(1, len(batch.task_ids))
         previous = self.seconds_per_task[source]
@@ -395,8 +419,13 @@ class Sweep:
             self._one_result(source, batch, position, arrays)
         self.progress.update(self.remaining, self.errors)
         if not self.fatal:
-            for rank in self.holders:
-                self._feed(rank)
+            self._feed(source)
+            if self.retries_queued > queued:   # holders without work may take new retries
+                for rank in list(self.starved):
+                    self._feed(rank)
+        spent = time.perf_counter() - began
+        self.message_seconds = spent if not self.message_seconds else \
+            0.9 * self.message_seconds + 0.1 * spent
 
     def _one_result(self, source: int, batch: BatchResult, position: int,
                     arrays: dict[tuple[int, str], np.ndarray]) -> None:
@@ -439,6 +468,7 @@ class Sweep:
         self.failed_on.setdefault(task_id, set()).add(source)
         if self.attempts[task_id] - self.lost[task_id] <= self.retries:
             self.retry.append(task_id)
+            self.retries_queued += 1
             return
         entry.failed = True
         entry.attempts = max(entry.attempts, int(self.attempts[task_id]))
@@ -535,7 +565,7 @@ class _ActiveSweep:
     plan: SweepPlan
     kernel: Kernel
     grid: Grid
-    call: Callable[[dict], Any]
+    call: Callable[[tuple], Any]   # the kernel, given the keyfield values in grid order
     watch: Callable[[int, dict], AbstractContextManager] | None  # (task id, keyfields)
     adopted_calls: dict[int, Callable[[dict], Any]] = field(default_factory=dict)  # by part
 
@@ -623,12 +653,11 @@ def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
         if adopted:  # this holder also runs a dead holder's partition
             call = adopted.get(int(task_ids[position]) % plan.parts, active.call)
         try:
-            keyfields = dict(zip(names, combo))
             if active.watch is None:
-                result = call(keyfields)
+                result = call(combo)
             else:
-                with active.watch(int(task_ids[position]), keyfields):
-                    result = call(keyfields)
+                with active.watch(int(task_ids[position]), dict(zip(names, combo))):
+                    result = call(combo)
             if lone is not None and (type(result) is float or
                                      (type(result) is int and fits_int64(result))):
                 values[lone][position] = result       # the common cases, without checks

@@ -3,11 +3,13 @@
 Every change becomes a journal record as it arrives; the journal is fsynced at most
 SYNC_SECONDS apart and at every failure, terminal milestone and end of sweep, so a crash
 re-runs at most the results of the last SYNC_SECONDS. At checkpoints the records
-are applied to a new copy of the file that replaces the old one whole (checkpoint.py):
-every SYNC_SECONDS while that is cheap, less often as the file grows so that checkpoints
-take at most CHECKPOINT_SHARE of the time, and at the end of each sweep and at close. The
-file at the results path is never open for writing, so any reader (h5py included) can
-open it at any time; it is at most one checkpoint interval behind the journal.
+are applied to a new copy of the file that replaces the old one whole (checkpoint.py),
+with the experiment rows as the table holds them then: every SYNC_SECONDS while that is
+cheap, less often as the file grows so that checkpoints take at most CHECKPOINT_SHARE of
+the time, when a sweep creates its table, at the end of a sweep that rank 0's sequence
+continues after, and at close. The file at the results path is never open for writing, so
+any reader (h5py included) can open it at any time; it is at most one checkpoint interval
+behind the journal.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ from distx.vocabulary import TERMINAL, RunState, TaskStatus
 
 SYNC_SECONDS = 0.5
 CHECKPOINT_SHARE = 0.05   # at most this share of the run's time goes into checkpoints
+CHECKPOINT_BYTES_PER_SECOND = 100e6
+"""What a checkpoint is assumed to copy, write and fsync per second before one of that size
+was measured: a large table is not checkpointed every SYNC_SECONDS just because the last
+checkpoint, of a small file, was cheap."""
 
 
 @dataclass
@@ -76,6 +82,7 @@ class ResultsFile:
         self.seq = seq                       # the last sequence number given to a record
         self.arrived: list[Record] = []      # not yet in the journal
         self.journaled: list[Record] = []    # in the journal, not yet in a checkpoint
+        # (but for experiment rows: a checkpoint takes those from the table as they are then)
         self.table: ExperimentTable | None = None
         self.journal: JournalWriter | None = None
         self.on_failure: Callable[[int], None] | None = None  # ends the job (launch sets it)
@@ -84,6 +91,8 @@ class ResultsFile:
         self.upgrade: list[Record] = []      # an older file's records to this format version
         self._last_sync = self._last_checkpoint = time.monotonic()
         self._checkpoint_cost = 0.0
+        self._file_bytes = 0                 # the file at the path, at the last checkpoint
+        self._pending_bytes = 0              # array bytes of the records since then
 
     # ----- opening -----------------------------------------------------------------------
     @classmethod
@@ -167,11 +176,15 @@ class ResultsFile:
     def maybe_flush(self) -> None:
         """Called often by the coordinator: sync and checkpoint when due."""
         now = time.monotonic()
-        if now - self._last_checkpoint >= max(SYNC_SECONDS,
-                                              self._checkpoint_cost / CHECKPOINT_SHARE):
+        if now - self._last_checkpoint >= max(
+                SYNC_SECONDS, self._expected_checkpoint_cost() / CHECKPOINT_SHARE):
             self.checkpoint()
         elif now - self._last_sync >= SYNC_SECONDS:
             self.flush()
+
+    def _expected_checkpoint_cost(self) -> float:
+        return max(self._checkpoint_cost, (self._file_bytes + self._pending_bytes)
+                   / CHECKPOINT_BYTES_PER_SECOND)
 
     def checkpoint(self) -> None:
         """Everything so far into the file at the path (the end of a sweep: a plain HDF5
@@ -195,7 +208,9 @@ class ResultsFile:
             record.seq = self.seq
         if self.journal is not None:
             self.journal.append(self.arrived)
-        self.journaled.extend(self.arrived)
+        self._pending_bytes += sum(array.nbytes for record in self.arrived
+                                   for array in record.arrays.values())
+        self.journaled.extend(record for record in self.arrived if record.op != "rows")
         self.arrived = []
 
     def _checkpoint(self, unjournaled: list[Record], compact: bool = False) -> None:
@@ -206,14 +221,17 @@ class ResultsFile:
             self._sync()
         else:
             self._to_journal()
-        checkpoint.replace(self.path, self.journaled + unjournaled, self.seq, self.file_id,
-                           fresh=self.fresh, compact=compact)
+        rows = self.table.unsaved_rows() if self.table is not None else None
+        checkpoint.replace(self.path, self.journaled + ([rows] if rows else []) + unjournaled,
+                           self.seq, self.file_id, fresh=self.fresh, compact=compact)
         self.fresh = False
         self.journaled = []
         if self.journal is not None:
             self.journal.truncate()
         self._last_checkpoint = time.monotonic()
         self._checkpoint_cost = self._last_checkpoint - began
+        self._file_bytes = self.path.stat().st_size
+        self._pending_bytes = 0
 
     def close(self, state: str, exit_code: int) -> None:
         """The run's end, in a last checkpoint; the journal and the claim go."""

@@ -89,11 +89,12 @@ def _check_distinct_when_stored(name: str, values: list, described: str = "") ->
 
 def column_type(values: list) -> str:
     """The numpy dtype of a keyfield's column in the results table."""
-    if all(isinstance(v, bool) for v in values):
+    types = set(map(type, values))   # a keyfield may have a million values: test each type once
+    if all(issubclass(kind, bool) for kind in types):
         return "?"
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if all(issubclass(kind, int) and not issubclass(kind, bool) for kind in types):
         return "i8"
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    if all(issubclass(kind, (int, float)) and not issubclass(kind, bool) for kind in types):
         return "f8"
     return f"S{max(len(str(v).encode()) for v in values)}"
 
@@ -195,29 +196,39 @@ class Grid:
                 for (name, values), where in zip(self.columns.items(), positions)}
 
     def ids(self, indices: np.ndarray | None = None) -> list[str]:
-        """Ids of the experiments (all by default); equal to `experiment_id(keyfields)`.
+        """Ids of the experiments (all by default); equal to `experiment_id(keyfields)`."""
+        return self.id_column(indices).astype(str).tolist()
 
-        Each (name, value) is JSON-encoded once; an id joins the fragments in key order.
+    def id_column(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """The ids of `ids()` as 16-byte strings, the experiments table's `id` column.
+
+        Each (name, value) is JSON-encoded once and the canonical texts are joined as numpy
+        arrays; what remains per experiment is one SHA-256 call (a million ids: ~1 s).
         """
         indices = np.arange(self.size) if indices is None else indices
-        order = sorted(range(len(self.names)), key=lambda k: self.names[k])
-        fragments = [_fragments(self.names[k], self.columns[self.names[k]]) for k in order]
-        positions = np.unravel_index(np.asarray(indices, dtype=np.int64), self.shape)
-        ordered = [positions[k].tolist() for k in order]
-        return [hashlib.sha256(("{" + ",".join(fragment[i] for fragment, i
-                                                in zip(fragments, combo)) + "}")
-                               .encode()).hexdigest()[:16]
-                for combo in zip(*ordered)]
+        positions = dict(zip(self.names, np.unravel_index(np.asarray(indices, dtype=np.int64),
+                                                          self.shape)))
+        canonical = np.zeros(len(indices), dtype="S1")
+        for number, name in enumerate(sorted(self.names)):
+            fragments = np.char.add(b"," if number else b"{",
+                                    _fragments(name, self.columns[name]))
+            canonical = np.char.add(canonical, fragments[positions[name]])
+        canonical = np.char.add(canonical, b"}")
+        sha256 = hashlib.sha256
+        digests = b"".join([sha256(text).digest() for text in canonical.tolist()])
+        heads = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 32)[:, :8]
+        return np.frombuffer(heads.tobytes().hex().encode(), dtype="S16")
 
 
-def _fragments(name: str, values: list) -> list[str]:
-    """`"name":value` for each value, exactly as json.dumps writes it (ints and bools are
-    formatted directly: a keyfield may have a million distinct values)."""
+def _fragments(name: str, values: list) -> np.ndarray:
+    """`"name":value` for each value, exactly as json.dumps writes it, in ASCII bytes
+    (integers are formatted by numpy: a keyfield may have a million distinct values)."""
     key = json.dumps(name) + ":"
-    return [key + ("true" if value else "false") if isinstance(value, bool)
-            else key + str(value) if isinstance(value, int)
-            else json.dumps({name: value}, separators=(",", ":"))[1:-1]
-            for value in values]
+    if column_type(values) == "i8":
+        return np.char.add(key.encode(), np.asarray(values, dtype=np.int64).astype("S20"))
+    return np.array([(key + ("true" if value else "false") if isinstance(value, bool)
+                      else json.dumps({name: value}, separators=(",", ":"))[1:-1]).encode()
+                     for value in values])
 
 
 def experiment_id(keyfields: dict[str, Any]) -> str:
