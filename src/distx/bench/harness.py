@@ -27,7 +27,7 @@ import numpy as np
 
 from distx.bench import benchkernels
 from distx.bench.peers import INSTALL_HINT, missing_peers
-from distx.bench.simulation import simulate, sweep_cpu_seconds
+from distx.bench.simulation import simulate, sweep_cpu_seconds, sweep_script
 from distx.engine.kernels import KernelLibrary
 from distx.script.examples import examples_folder
 
@@ -207,18 +207,10 @@ class Bench:
                  figures["distx"] * 1e3, figures["raw"] * 1e3, "ms", "raw Scatterv",
                  "<= 1.25x")
 
-    def sweep_script(self, count: int) -> Path:
-        return self.script(f"sweep-{count}", f"""\
-            Version: 2
-            Name: bench-sweep
-            Kernels: BENCH_KERNELS
-            Experiments:
-              Keyfields:
-                seed: {{stop: {count}}}
-            Sequence:
-              - Task: Run.Sweep
-                Config: {{Kernel: benchkernels.trivial}}
-            """)
+    def sweep_script(self, count: int, kernel: str = "trivial") -> Path:
+        path = self.folder / f"sweep-{kernel}-{count}.yml"
+        path.write_text(sweep_script(count, kernel))
+        return path
 
     def recorded_sweep(self, ranks: int, count: int) -> tuple[float, float]:
         """(recorded experiments per second of the Run.Sweep task, rank 0's process CPU
@@ -281,17 +273,7 @@ class Bench:
         count = 20000
         seconds = {}
         for kernel in ("trivial", "ramp"):
-            script = self.script(f"sweep-{kernel}", f"""\
-                Version: 2
-                Name: bench-{kernel}
-                Kernels: BENCH_KERNELS
-                Experiments:
-                  Keyfields:
-                    seed: {{stop: {count}}}
-                Sequence:
-                  - Task: Run.Sweep
-                    Config: {{Kernel: benchkernels.{kernel}}}
-                """)
+            script = self.sweep_script(count, kernel)
             output, _ = self.run_distx(4, script)
             seconds[kernel] = self.task_seconds(output, "Run.Sweep")
         self.add(f"sweep {count} experiments of 50-element arrays, 4 ranks", seconds["ramp"],

@@ -32,17 +32,24 @@ from distx.script.roles import plan_roles
 from distx.script.source import Source
 from distx.vocabulary import RunState
 
-SCRIPT = """\
+SWEEP_SCRIPT = """\
 Version: 2
-Name: simulated-sweep
+Name: bench-{kernel}
 Kernels: {kernels}
 Experiments:
   Keyfields:
     seed: {{stop: {count}}}
 Sequence:
   - Task: Run.Sweep
-    Config: {{Kernel: benchkernels.trivial}}
+    Config: {{Kernel: benchkernels.{kernel}}}
 """
+"""The bench's sweep: `count` experiments of a kernel of benchkernels (the real runs and
+the simulation measure the same script)."""
+
+
+def sweep_script(count: int, kernel: str = "trivial") -> str:
+    return SWEEP_SCRIPT.format(kernels=Path(benchkernels.__file__).parent, count=count,
+                               kernel=kernel)
 
 
 class SimulatedHolders(Transport):
@@ -102,7 +109,7 @@ def simulate(holders: int, experiments: int, task_seconds: float = 1e-6,
     every experiment must end up `done` in the results file."""
     with tempfile.TemporaryDirectory(prefix="distx-simulation-", dir=folder) as temporary:
         where = Path(temporary)
-        text = SCRIPT.format(kernels=Path(benchkernels.__file__).parent, count=experiments)
+        text = sweep_script(experiments)
         script = parse_script(Source(str(where / "simulated.yml"), text))
         size = holders + 1
         info = RunInfo(script, plan_roles(script, size), "simulated", 600.0, {},
