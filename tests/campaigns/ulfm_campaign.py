@@ -5,7 +5,7 @@
 Each kill is one run of tests/scripts/ulfm_sweep.yml (80 experiments, any holder runs
 any) or ulfm_rows.yml (40 experiments x 3 row partitions), 4 ranks started with
 `mpirun --with-ft ulfm` (tests/test_ulfm.py's ULFM options), a random worker SIGKILLed a
-random 0-2 s after rank 0 made the results file: during data distribution, mid-sweep or
+random 0-1.6 s after rank 0 made the results file: during data distribution, mid-sweep or
 during the last batches. Every run must complete (exit 0) with the table of an
 uninterrupted run, no task recorded done twice, the dead rank recorded and reported
 (tests/test_ulfm.py: check_survived). Prints per kill the detection time, from the kill to
