@@ -473,3 +473,28 @@ def test_text_arrays_keep_every_byte_when_stored_nul_terminated(tmp_path):
                                        {"data": np.array([b"longest", b"a"])})])
     with h5py.File(path, "r") as file:
         assert file["words"][()].tolist() == [b"longest", b"a"]
+
+
+def test_a_checkpoint_writes_a_run_of_appends_per_table_in_order(tmp_path):
+    """Thousands of one-row records (a milestone each) are written as one append per table,
+    each table keeping its own order, and an op in between still sees what came before."""
+    from distx.results.layout import ERRORS
+
+    def errors(attempt: int) -> Record:
+        rows = np.zeros(1, dtype=ERRORS)
+        rows["attempt"], rows["error"] = attempt, f"e{attempt}"
+        return Record("append", {"table": "errors"}, {"rows": rows})
+
+    def attempts(attempt: int) -> Record:
+        rows = np.zeros(1, dtype=checkpoint.APPEND_TABLES["attempts"])
+        rows["attempt"] = attempt
+        return Record("append", {"table": "attempts"}, {"rows": rows})
+
+    records = [record for attempt in range(3000)
+               for record in (errors(attempt), attempts(attempt))]
+    records.insert(4000, Record("attrs", {"attrs": {"marker": 1}}, {}))
+    with h5py.File(tmp_path / "f.h5", "w") as file:
+        checkpoint.apply(file, records)
+        assert file["errors"]["attempt"].tolist() == list(range(3000))
+        assert file["attempts"]["attempt"].tolist() == list(range(3000))
+        assert file["errors"]["error"][-1] == b"e2999" and file.attrs["marker"] == 1

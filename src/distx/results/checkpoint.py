@@ -117,18 +117,34 @@ def _fsync(path: Path) -> None:
 
 # ----- records to HDF5 -------------------------------------------------------------------------
 def apply(file: h5py.File, records: list[Record]) -> None:
-    """Apply records in order; consecutive experiment row updates are written together."""
-    rows: list[Record] = []
+    """Apply records in order, where order matters: a run of experiment row updates and
+    appends is written as one write per table.
+
+    A run records each milestone, log line and value as a record of its own; applied one
+    by one (a resize and a write each, about 0.4 ms), 40,000 milestones held rank 0 in
+    checkpoints for 18 s, and a milestone's round trip took 260 us instead of 16."""
+    batch: list[Record] = []
     for record in records:
-        if record.op == "rows":
-            rows.append(record)
+        if record.op in ("rows", "append"):
+            batch.append(record)
             continue
-        if rows:
-            _apply_rows(file, rows)
-            rows = []
+        _apply_batch(file, batch)
+        batch = []
         APPLY[record.op](file, record)
+    _apply_batch(file, batch)
+
+
+def _apply_batch(file: h5py.File, records: list[Record]) -> None:
+    """Row updates and appends: each touches only its own table, in its own order."""
+    rows = [record for record in records if record.op == "rows"]
     if rows:
         _apply_rows(file, rows)
+    appended: dict[str, list[np.ndarray]] = {}
+    for record in records:
+        if record.op == "append":
+            appended.setdefault(record.fields["table"], []).append(record.arrays["rows"])
+    for name, blocks in appended.items():
+        _append(file, name, blocks)
 
 
 def _apply_rows(file: h5py.File, records: list[Record]) -> None:
@@ -147,10 +163,13 @@ def _apply_rows(file: h5py.File, records: list[Record]) -> None:
 
 
 def _apply_append(file: h5py.File, record: Record) -> None:
-    name = record.fields["table"]
+    _append(file, record.fields["table"], [record.arrays["rows"]])
+
+
+def _append(file: h5py.File, name: str, blocks: list[np.ndarray]) -> None:
     dtype = APPEND_TABLES[name]
     dataset = file[name] if name in file else _create_table(file, name, dtype)
-    rows = _as(record.arrays["rows"], dataset.dtype)
+    rows = np.concatenate([_as(block, dataset.dtype) for block in blocks])
     start = dataset.shape[0]
     dataset.resize((start + len(rows),))
     dataset[start:] = rows
