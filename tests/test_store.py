@@ -498,3 +498,23 @@ def test_a_checkpoint_writes_a_run_of_appends_per_table_in_order(tmp_path):
         assert file["errors"]["attempt"].tolist() == list(range(3000))
         assert file["attempts"]["attempt"].tolist() == list(range(3000))
         assert file["errors"]["error"][-1] == b"e2999" and file.attrs["marker"] == 1
+
+
+def test_a_second_writer_waits_for_the_claim_to_name_its_run(tmp_path):
+    """The holder takes the lock, then writes who it is: a process refused in between
+    still names the run (15 simultaneous starts once read an empty claim)."""
+    import fcntl
+    import threading
+
+    results = tmp_path / "out.h5"
+    fd = os.open(str(results) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    claim = {"host": "h", "pid": 1, "run_id": "r-late", "started": "now", "purpose": "run"}
+    writer = threading.Timer(0.2, os.pwrite, (fd, json.dumps(claim).encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(UserError, match="being written by run r-late"):
+            Claim(results, "r-second", "run")
+    finally:
+        writer.join()
+        os.close(fd)
