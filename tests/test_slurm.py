@@ -51,7 +51,10 @@ def test_requeue_job_stops_on_sigusr1_requeues_and_resumes(cluster, tmp_path):
     cluster.run("scancel", "--signal=USR1", job)   # what --signal=USR1@120 sends
     _until(lambda: "restart" in log.read_text() and cluster.job_state(job) == "PENDING", 120)
     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # skip the requeue hold
-    _until(lambda: cluster.job_state(job) == "", 300)
+    # Ended: the second start has written its last line and squeue no longer lists the job
+    # (squeue alone also prints nothing when it fails for a moment during the requeue).
+    _until(lambda: "finished (exit code" in log.read_text().partition("restart 1 of job")[2]
+           and cluster.job_state(job) == "", 300)
     history = log.read_text()
     assert "requeueing job" in history and "restart 1 of job" in history
     with h5py.File(output, "r") as file:
