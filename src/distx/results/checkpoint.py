@@ -162,10 +162,6 @@ def _apply_rows(file: h5py.File, records: list[Record]) -> None:
     dataset[low:high] = span
 
 
-def _apply_append(file: h5py.File, record: Record) -> None:
-    _append(file, record.fields["table"], [record.arrays["rows"]])
-
-
 def _append(file: h5py.File, name: str, blocks: list[np.ndarray]) -> None:
     dtype = APPEND_TABLES[name]
     dataset = file[name] if name in file else _create_table(file, name, dtype)
@@ -376,7 +372,7 @@ def _apply_run_end(file: h5py.File, record: Record) -> None:
 
 
 APPLY: dict[str, Callable[[h5py.File, Record], None]] = {
-    "append": _apply_append, "experiments": _apply_experiments, "dataset": _apply_dataset,
+    "experiments": _apply_experiments, "dataset": _apply_dataset,
     "attrs": _apply_attrs, "run_end": _apply_run_end, "arrays": _apply_arrays,
     "table": _apply_table, "delete": _apply_delete}
 
