@@ -26,10 +26,16 @@ dead rank, once per rank; the rank core turns that into the rank's Errored miles
 Afterwards sends to a dead rank are dropped and its late messages ignored; live peers keep
 talking on the same communicator (ULFM keeps point-to-point between live ranks working).
 The normal path gains no work but a set lookup per send and per message received.
+
+Rows that holders exchange at every step of Run.Iterate (halo rows) skip all of the above:
+`exchange_rows` moves them as raw buffers with `Isend`/`Irecv` on a second communicator,
+made once with the transport (a duplicate of the first), where the transport's probe for
+tagged messages never sees them. The caller polls the returned `RowExchange`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue
@@ -158,6 +164,7 @@ class MPITransport(Transport):
         if fault_tolerant:
             comm.Set_errhandler(MPI.ERRORS_RETURN)
             self._failure_classes = {getattr(MPI, name) for name in FAILURE_CLASSES}
+        self.rows_comm = comm.Dup()  # for exchange_rows only (it keeps the error handler)
         self._pending: list[tuple[Any, Any]] = []
         self._sending_since: float | None = None  # when the oldest large send was posted
         self._held: deque[Message] = deque()       # arrived before this rank was ready
@@ -264,6 +271,27 @@ class MPITransport(Transport):
                 "(--resume continues the run)\n")
         os.write(sys.stderr.fileno(), line.encode())
         self.abort(ExitCode.FAILED)
+
+    def exchange_rows(self, sends: list[tuple[int, np.ndarray]],
+                      receives: list[tuple[int, np.ndarray]], tag: int) -> RowExchange:
+        """Start sending each C-contiguous array of `sends` to its rank and receiving into
+        each C-contiguous array of `receives` from its rank, as raw bytes on `rows_comm`
+        (tagged `tag`, in chunks of CHUNK_BYTES); poll the result until it is `done`.
+
+        The arrays must stay untouched until then. A peer that already died gets nothing.
+        """
+        exchange = RowExchange(self)
+        try:
+            for rank, array in sends:
+                if rank not in self.dead:
+                    exchange.sends += [self.rows_comm.Isend([chunk, self._mpi.BYTE], rank, tag)
+                                       for chunk in _chunks(array)]
+            for rank, array in receives:
+                exchange.receives += [self.rows_comm.Irecv([chunk, self._mpi.BYTE], rank, tag)
+                                      for chunk in _chunks(array)]
+        except self._mpi.Exception as error:
+            exchange.failed(error)
+        return exchange
 
     def send_from_thread(self, dest: int, kind: Kind, body: Any) -> None:
         """A blocking send that leaves the pending list alone (the serving thread owns it);
@@ -372,10 +400,23 @@ class MPITransport(Transport):
         while not self._met(barrier):
             if not in_time():
                 return False
+            self._drop_rows()
             if self.receive(timeout=0) is None:
                 time.sleep(pause)
                 pause = min(pause * 2, _LONGEST_PAUSE)
         return True
+
+    def _drop_rows(self) -> None:
+        """Receive and drop rows sent to this rank that it no longer waits for (a
+        Run.Iterate that ended early), so that their senders' requests complete."""
+        status = self._mpi.Status()
+        try:
+            while (probed := self.rows_comm.improbe(self._mpi.ANY_SOURCE, self._mpi.ANY_TAG,
+                                                    status)) is not None:
+                probed.Recv([np.empty(status.Get_count(self._mpi.BYTE), np.uint8),
+                             self._mpi.BYTE])
+        except self._mpi.Exception as error:
+            self._peer_failed(error)
 
     def _meeting(self) -> Any:
         """The non-blocking meeting of every rank that ends a run: a barrier, or under ULFM
@@ -392,6 +433,50 @@ class MPITransport(Transport):
         except self._mpi.Exception as error:  # a rank died during the agreement: again
             self._peer_failed(error)
             return self._met(self._meeting())
+
+
+class RowExchange:
+    """The requests of one `MPITransport.exchange_rows`, polled until all are complete."""
+
+    def __init__(self, transport: MPITransport) -> None:
+        self.transport = transport
+        self.sends: list[Any] = []
+        self.receives: list[Any] = []
+        self.broken = False   # a peer died during the exchange: it will never complete
+
+    def done(self) -> bool:
+        if self.broken:
+            return False
+        try:
+            self.sends = [request for request in self.sends if not request.Test()]
+            self.receives = [request for request in self.receives if not request.Test()]
+        except self.transport._mpi.Exception as error:
+            self.failed(error)
+            return False
+        return not self.sends and not self.receives
+
+    def failed(self, error: Exception) -> None:
+        """An MPI call of the exchange failed: the transport learns of a dead peer (ULFM,
+        and the rank core then of its Errored milestone) or re-raises any other error."""
+        self.broken = True
+        self.transport._peer_failed(error)
+
+    def cancel(self) -> None:
+        """Give up (the wait failed): cancel the receives not done. Sends that nobody
+        receives are taken and dropped by their peer when it closes its transport."""
+        for request in self.receives:
+            with contextlib.suppress(self.transport._mpi.Exception):
+                request.Cancel()
+                request.Test()
+        self.receives = []
+
+
+def _chunks(array: np.ndarray) -> list[np.ndarray]:
+    """A C-contiguous array's bytes in pieces below MPI's 2^31 count limit (one empty
+    piece for an empty array, so that sender and receiver still meet)."""
+    raw = array.reshape(-1).view(np.uint8)
+    return [raw[start:start + CHUNK_BYTES] for start in range(0, max(raw.nbytes, 1),
+                                                               CHUNK_BYTES)]
 
 
 class LocalHub:
