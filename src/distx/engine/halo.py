@@ -148,10 +148,11 @@ def iterate_with_halos(run: TaskRun, config: dict) -> None:
     kernel.check_arguments(set(base) | set(HALO_ARGUMENTS) | set(PARTITION_NAMES))
     call = kernel.bind(base, HALO_ARGUMENTS)
     timeout = run.timeout(config)
-    for step in range(config["Steps"]):
-        above, below = neighbours.rows(step, timeout)
-        with run.kernel_call(config, config["Kernel"]):
-            call((above, below, step))
+    with run.kernel_calls(config, config["Kernel"]) as around_call:
+        for step in range(config["Steps"]):
+            above, below = neighbours.rows(step, timeout)
+            with around_call():
+                call((above, below, step))
     run.log(f"{config['Steps']} steps of {config['Kernel']} done")
 
 

@@ -152,20 +152,31 @@ class TaskRun:
         """Around one kernel call: what it prints goes to this task's log (OUTPUT) and to
         stderr with the rank prefix; with a Timeout in the config, a call that outlives it
         ends the run (see watchdog.py)."""
-        start = time.time()
+        with self.kernel_calls(config, kernel) as call, call():
+            yield
 
-        def stuck(error: str) -> dict:
-            self.log(error, "ERROR")
-            return {"task": self.record(TaskStatus.ERROR, start, error)}
+    @contextlib.contextmanager
+    def kernel_calls(self, config: dict, kernel: str
+                     ) -> Iterator[Callable[[], contextlib.AbstractContextManager[None]]]:
+        """Around many calls of one kernel (Run.Iterate's steps): yield what to put around
+        each call, as `kernel_call` does for one. The output is redirected once, for
+        the whole block, and each call's lines are logged when it returns."""
         timeout = float(config["Timeout"]) if "Timeout" in config else None
-        printed: list[str] = []   # filled when the capture ends
-        try:
-            with self.executor.output.capture() as printed, \
-                    watch_kernel(self.core, kernel, timeout, stuck):
-                yield
-        finally:
-            for line in printed:
-                self.log(line, OUTPUT, echo=True)
+        with self.executor.output.redirect() as take:
+            @contextlib.contextmanager
+            def call() -> Iterator[None]:
+                start = time.time()
+
+                def stuck(error: str) -> dict:
+                    self.log(error, "ERROR")
+                    return {"task": self.record(TaskStatus.ERROR, start, error)}
+                try:
+                    with watch_kernel(self.core, kernel, timeout, stuck):
+                        yield
+                finally:
+                    for line in take():
+                        self.log(line, OUTPUT, echo=True)
+            yield call
 
     def _expanded_config(self, keys: Keys, shell_keys: tuple[str, ...]) -> dict:
         """The Config with its references replaced, each key checked against its type
