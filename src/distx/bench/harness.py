@@ -255,16 +255,22 @@ class Bench:
     def coordinator_simulation(self) -> None:
         """Rank 0's real scheduler, table and store against N simulated holders that
         answer at once (distx.bench.simulation): the cost per experiment must not grow
-        with N."""
-        count = 20000 if self.quick else 200000
+        with N. Each holder gets at least `per_holder` experiments, so that batches are
+        as long as the scheduler makes them rather than cut by a fair share of too few."""
+        base, per_holder = (20000, 10) if self.quick else (200000, 100)
         for task_seconds, described in ((1e-6, "trivial tasks"), (0.02, "20 ms tasks")):
             for holders in (1, 16, 256, 4096):
+                count = max(base, per_holder * holders)
                 simulated = simulate(holders, count, task_seconds, self.folder)
+                # against the holders' own time: above 100 %, they would wait for rank 0
+                busy = "" if task_seconds < 1e-3 else (
+                    f"; rank 0 busy {simulated.cpu_seconds / (count * task_seconds / holders):.0%}"
+                    " of the holders' time")
                 self.notes.append(
                     f"simulated {holders} holders, {count} {described}: rank 0 CPU "
                     f"{simulated.per_experiment * 1e6:.2f} us per experiment, "
                     f"{simulated.per_batch * 1e6:.0f} us per result message "
-                    f"({count / simulated.batches:.1f} experiments each)")
+                    f"({count / simulated.batches:.1f} experiments each){busy}")
             print(f"  coordinator simulation, {described}: done", file=sys.stderr, flush=True)
 
     def array_sweep(self) -> None:
