@@ -53,7 +53,7 @@ def test_the_coordinator_simulation_records_every_experiment(tmp_path):
     """Rank 0's real sweep, table and store against simulated holders (in process)."""
     for holders in (1, 16):
         simulated = simulate(holders, 2000, folder=tmp_path)  # raises unless all are done
-        assert simulated.batches >= 2 and simulated.cpu_seconds > 0
+        assert simulated.batches >= 2 and simulated.cpu_seconds > simulated.set_up_seconds > 0
         assert simulated.per_experiment > 0 and simulated.per_batch > 0
 
 

@@ -95,6 +95,9 @@ if TYPE_CHECKING:
 COORDINATOR_CPU = "coordinator CPU"
 """In the sweep's last log line: rank 0's process CPU time during the sweep (the bench reads
 it)."""
+SET_UP_CPU = "of which set-up"
+"""In the same line: the part of it before the first batch (ids, the table, its first
+checkpoint); the rest is what the sweep itself costs rank 0."""
 SWEEP_TASKS = -1
 """The task index in /logs of what sweep kernels printed on a holder (not a task of its own)."""
 BATCH_SECONDS = 0.05
@@ -142,6 +145,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
         weights = [stop - start for start, stop in row_blocks(global_rows, len(holders))]
     sweep = Sweep(coordinator, plan, table, table_rows[todo], script.experiments.retries,
                   config.get("Reduce", "sum"), weights)
+    set_up = time.process_time() - cpu_before    # the ids, the table and its first checkpoint
     skipped = len(indices) - len(todo)
     run.log(f"sweep of {len(todo)} experiments x {plan.parts} partition(s) on ranks "
             f"{list(holders)}" + (f" ({skipped} already done)" if skipped else "")
@@ -154,15 +158,16 @@ def run_sweep(run: TaskRun, config: dict) -> None:
             coordinator.results.flush()        # rank 0's last task: the close checkpoints
         else:
             coordinator.results.checkpoint()   # a plain HDF5 reader sees the whole table
-    _report(run, coordinator, table, time.process_time() - cpu_before, len(todo))
+    _report(run, coordinator, table, time.process_time() - cpu_before, set_up, len(todo))
 
 
 def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable, cpu: float,
-            count: int) -> None:
+            set_up: float, count: int) -> None:
     counts = table.counts()
     done, failed = counts.get(Status.DONE.value, 0), counts.get(Status.ERROR.value, 0)
     run.log(f"sweep finished: {done} done, {failed} error; {COORDINATOR_CPU} {cpu:.3f} s, "
-            f"{cpu / max(1, count) * 1e6:.2f} us per experiment run")
+            f"{cpu / max(1, count) * 1e6:.2f} us per experiment run; {SET_UP_CPU} "
+            f"{set_up:.3f} s")
     if failed:
         coordinator.failed_experiments += failed
         first_id, first_error = table.first_error()
