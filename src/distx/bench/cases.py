@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -19,7 +20,8 @@ from mpi4py import MPI
 
 from distx.engine import data
 from distx.engine.coordinator import Coordinator
-from distx.engine.core import RunInfo
+from distx.engine.core import RankCore, RunInfo
+from distx.engine.protocol import Kind, ValueRequest
 from distx.engine.rank import start_rank
 from distx.engine.taskrun import Executor
 from distx.engine.transport import MPITransport
@@ -71,49 +73,81 @@ def _ping_pong(comm: MPI.Comm, message: np.ndarray, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats / 2
 
 
+BLOCKS = 20
+"""Latency and round trips are measured in this many blocks, distx's and raw's in turn,
+and each side reports the median block: on a shared machine the speed of the same exchange
+changes several times over within seconds (64 MiB raw round trips: 25-96 ms in three runs
+of one minute), so two sides measured one after the other compare two moments."""
+
+
 def milestone_latency(comm: MPI.Comm, folder: Path, repeats: int) -> dict:
-    raw = _ping_pong(comm, np.zeros(64, dtype=np.uint8), repeats)
+    raw_comm = comm.Dup()  # the raw side never meets the rank core's messages
     executor = _rank(comm, folder)
     core = executor.core
     me, other = comm.rank, 1 - comm.rank
-    comm.Barrier()
-    start = time.perf_counter()
-    for i in range(repeats):
-        if me == 1:
-            core.reach(f"ping{i}")
-            core.wait_for_milestone(f"pong{i}", (other,), 60)
-        elif me == 0:
-            core.wait_for_milestone(f"ping{i}", (other,), 60)
-            core.reach(f"pong{i}")
-    distx = (time.perf_counter() - start) / repeats / 2
+    count = max(1, repeats // BLOCKS)
+    raw, distx = [], []
+    for block in range(BLOCKS):
+        raw.append(_ping_pong(raw_comm, np.zeros(64, dtype=np.uint8), count))
+        raw_comm.Barrier()
+        start = time.perf_counter()
+        for i in range(block * count, (block + 1) * count):
+            if me == 1:
+                core.reach(f"ping{i}")
+                core.wait_for_milestone(f"pong{i}", (other,), 60)
+            elif me == 0:
+                core.wait_for_milestone(f"ping{i}", (other,), 60)
+                core.reach(f"pong{i}")
+        distx.append((time.perf_counter() - start) / count / 2)
     _finish(executor, comm)
-    return {"distx": distx, "raw": raw}
+    return {"distx": statistics.median(distx), "raw": statistics.median(raw)}
 
 
 def value_round_trip(comm: MPI.Comm, folder: Path, repeats: int, megabytes: int) -> dict:
+    """GetValue of a scalar and of an array from rank 1, against a raw request and
+    Send/Recv of the same payload, in turns (see BLOCKS)."""
     array = np.arange(megabytes * (1 << 20) // 8, dtype=np.float64)
-    raw_scalar = _raw_request_reply(comm, np.array([42.0]), repeats)
-    raw_array = _raw_request_reply(comm, array, max(3, repeats // 100))
+    raw_comm = comm.Dup()
     executor = _rank(comm, folder)
     core = executor.core
-    figures = {"raw_scalar": raw_scalar, "raw_array": raw_array}
+    answered = _count_answers(core) if comm.rank == 1 else []
     if comm.rank == 1:
         core.publish("scalar", 42.0)
         core.publish("array", array)
-    comm.Barrier()
-    if comm.rank == 0:
-        for key, count in (("scalar", repeats), ("array", max(3, repeats // 100))):
-            core.get_values(key, (1,), 60)  # the first includes nothing special; warm
-            start = time.perf_counter()
-            for _ in range(count):
-                value = core.get_values(key, (1,), 60)[0]
-            figures[f"distx_{key}"] = (time.perf_counter() - start) / count
-            assert np.array_equal(value, 42.0 if key == "scalar" else array)
-        core.reach("done")
-    else:
-        core.wait_for_milestone("done", (0,), 600)
+    figures = {}
+    for key, payload, count in (("scalar", np.array([42.0]), repeats),
+                                ("array", array, max(BLOCKS, repeats // 100))):
+        per_block = max(1, count // BLOCKS)
+        raw, distx = [], []
+        for _ in range(-1, BLOCKS):  # the first (-1) warms both sides up
+            raw.append(_raw_request_reply(raw_comm, payload, per_block))
+            if comm.rank == 0:
+                start = time.perf_counter()
+                for _ in range(per_block):
+                    value = core.get_values(key, (1,), 60)[0]
+                distx.append((time.perf_counter() - start) / per_block)
+                assert np.array_equal(value, payload if key == "array" else 42.0)
+            else:
+                wanted = len(answered) + per_block
+                core.wait_until(lambda wanted=wanted: len(answered) >= wanted, 60,
+                                "the value requests")
+        figures[f"raw_{key}"] = statistics.median(raw[1:])
+        if comm.rank == 0:
+            figures[f"distx_{key}"] = statistics.median(distx[1:])
     _finish(executor, comm)
     return figures
+
+
+def _count_answers(core: RankCore) -> list:
+    """A list that grows by one for every value request this rank core answers."""
+    answered: list = []
+    answer = core.handlers[Kind.VALUE_REQUEST]
+
+    def counting(source: int, request: ValueRequest) -> None:
+        answer(source, request)
+        answered.append(request.request_id)
+    core.register(Kind.VALUE_REQUEST, counting)
+    return answered
 
 
 def _raw_request_reply(comm: MPI.Comm, payload: np.ndarray, repeats: int) -> float:
@@ -161,7 +195,7 @@ def distribution(comm: MPI.Comm, folder: Path, megabytes: int) -> dict:
 
 
 def _finish(executor: Executor, comm: MPI.Comm) -> None:
-    comm.Barrier()
+    executor.core.transport.close()  # its last sends complete before MPI finalizes
     if executor.rank == 0:
         executor.feature(Coordinator).results.close(RunState.FINISHED.value, ExitCode.OK)
 
