@@ -256,6 +256,25 @@ def test_dead_rank_in_a_role_sequence_ends_the_run(tmp_path):
     assert "lost rank 2 (workers): rank 2 on host " in result.stderr
 
 
+def test_dead_neighbour_in_run_iterate_ends_the_run(tmp_path):
+    """Holders waiting for a dead neighbour's halo rows (raw buffers, not messages) do not
+    wait out their 600 s: the run ends Errored, naming the dead rank."""
+    output, markers = tmp_path / "out.h5", tmp_path / "markers"
+    markers.mkdir()
+    began = time.monotonic()
+    result = run(SCRIPTS / "ulfm_iterate.yml", output, 4, f"markers={markers}")
+    if not ulfm_available():
+        assert result.returncode != 0
+        return
+    assert time.monotonic() - began < 60
+    assert result.returncode == 1, result.stderr
+    with h5py.File(output, "r") as file:
+        assert text(file.attrs["state"]) == "Errored"
+        errors = [text(row["error"]) for row in file["tasks"][()] if text(row["error"])]
+    assert "lost rank 2 (workers): rank 2 on host " in result.stderr
+    assert not any("timed out" in error for error in errors)
+
+
 # ----- SIGKILL from outside ---------------------------------------------------------------
 def run_and_kill(script: str, output: Path, victims: tuple[int, ...],
                  delay: float) -> tuple[subprocess.CompletedProcess, float]:
