@@ -1,6 +1,7 @@
-"""Run.Iterate's halo exchange under MPI (raw buffers between holders, engine/halo.py):
-the rows each holder gets from its neighbours, for several dtypes, shapes, halo widths
-and partitions of one row, across two Run.Iterate tasks in a row."""
+"""Run.Iterate's halo exchange (engine/halo.py): the rows each holder gets from its
+neighbours, under MPI (raw buffers between holders) for several dtypes, shapes, halo
+widths and partitions of one row, across two Run.Iterate tasks in a row; and between
+virtual ranks of one process (messages)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,40 @@ def test_halo_rows_reach_the_right_neighbour(tmp_path: Path, dtype, shape, ranks
     for lines in logs:  # each holder's output of each step, logged in order
         printed = [message for severity, message in lines if severity == "OUTPUT"]
         assert [line.split(" of ")[0] for line in printed] == ["step 0", "step 1", "step 2"]
+
+
+TWO_ROLES = """\
+Version: 2
+Name: halos
+Distributed: True
+Timeout: 120
+Kernels: {kernels}
+Data:
+  grid: {{File: grid.npy, Partition: rows}}
+Roles:
+  coordinator: {{Sequence: []}}
+  top:
+    Sequence:
+      - &step
+        Task: Run.Iterate
+        Config: {{Kernel: halos.shift_down, Inputs: [grid], Steps: 2, Args: {{by: 1}}}}
+      - &publish
+        Task: Run.Kernel
+        Config: {{Kernel: halos.snapshot, Inputs: [grid], Publish: block}}
+  bottom: {{Sequence: [*step, *publish]}}
+"""
+
+
+def test_virtual_ranks_exchange_halo_rows_as_messages(tmp_path: Path):
+    """One process, two roles: two virtual holders (threads) exchange rows as messages."""
+    grid = np.arange(1.0, 13.0).reshape(6, 2)
+    np.save(tmp_path / "grid.npy", grid)
+    script = tmp_path / "halos.yml"
+    script.write_text(TWO_ROLES.format(kernels=TESTS / "kernels"))
+    output = tmp_path / "out.h5"
+    result = run_script(script, output, None)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(output, "r") as file:
+        found = values(file)
+    whole = np.concatenate([found[(1, "block")], found[(2, "block")]])
+    np.testing.assert_array_equal(whole, shifted(shifted(grid, 1), 1))
