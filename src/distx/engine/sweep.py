@@ -658,16 +658,17 @@ class SweepHolder:
 # positionally when it can be, one clock read per task); the results, converted at once
 # when they are all plain numbers of one output; the few others one by one.
 def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
-    began = time.perf_counter()
     plan = active.plan
     function, arguments = _calls(active, task_ids)
+    began = time.perf_counter()
     results, times, errors = _call_each(active.kernel, function, arguments)
     values, arrays = _outputs(results, errors, plan.outputs, active.kernel)
+    seconds = time.perf_counter() - began  # the tasks' cost, from which rank 0 sizes batches
     ok = np.ones(len(task_ids), dtype=bool)
     ok[list(errors)] = False
     clock = np.array(times)
     return BatchResult(plan.number, task_ids, ok, clock[:-1], clock[1:], values, arrays,
-                       dict(sorted(errors.items())), time.perf_counter() - began)
+                       dict(sorted(errors.items())), seconds)
 
 
 def _calls(active: _ActiveSweep,
