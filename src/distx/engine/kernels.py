@@ -1,10 +1,12 @@
 """Kernels: `module.function` from the script's kernels folder, numba-compiled or plain Python.
 
-A kernel is called with keyword arguments: the local partitions named in `Inputs`, the
-experiment's keyfields, `Args`, and, if it asks for them by name, `row_offset` (global index
-of its first row) and `global_rows` (rows of the whole array) of its first input. Only the
-names its signature takes are passed unless it takes `**kwargs`. A `@numba.njit(cache=True)`
-kernel compiles once per machine; every rank and every later run reuses the cache.
+A kernel is called with the local partitions named in `Inputs`, the experiment's keyfields,
+`Args`, and, if it asks for them by name, `row_offset` (global index of its first row) and
+`global_rows` (rows of the whole array) of its first input. Only the names its signature
+takes are passed unless it takes `**kwargs`; they are passed by keyword, or positionally
+where the signature takes them in an order that allows it (the same call, cheaper: see
+`Kernel.bind`). A `@numba.njit(cache=True)` kernel compiles once per machine; every rank
+and every later run reuses the cache.
 """
 
 from __future__ import annotations
