@@ -48,8 +48,9 @@ def kernel_arguments(inputs: list[Partition], args: dict) -> dict[str, Any]:
     return arguments
 
 
-KERNEL_ERRORS = (Exception, SystemExit)  # what a kernel call may raise: sys.exit() must not
-# end the rank (KeyboardInterrupt still does)
+KERNEL_ERRORS = (Exception, SystemExit)
+"""What a failing kernel call raises that fails its task: sys.exit() must not end the rank
+(KeyboardInterrupt still does)."""
 
 
 @dataclass(frozen=True)
