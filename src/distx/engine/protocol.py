@@ -174,13 +174,17 @@ class SweepTasks:
 
 @dataclass
 class BatchResult:
-    """The results of one batch of tasks, as columns (SWEEP_RESULTS)."""
+    """The results of one batch of tasks, as columns (SWEEP_RESULTS).
+
+    A holder reads the clock once per task, after its call: a task's `end` is the next
+    one's `start` (what the holder does between two calls counts in the earlier task).
+    """
 
     number: int
     task_ids: np.ndarray                         # int64
     ok: np.ndarray                               # bool
     start: np.ndarray                            # float64, Unix seconds
-    end: np.ndarray
+    end: np.ndarray                              # the next task's start (see above)
     values: dict[str, np.ndarray]                # float64 per output; NaN if not a number
     arrays: dict[str, tuple[np.ndarray, ArrayBlock]]  # output -> (positions, their arrays)
     errors: dict[int, tuple[str, bool]]          # position -> (text, cannot compile?)
