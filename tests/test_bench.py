@@ -53,7 +53,7 @@ def test_the_coordinator_simulation_records_every_experiment(tmp_path):
     """Rank 0's real sweep, table and store against simulated holders (in process)."""
     for holders in (1, 16):
         simulated = simulate(holders, 2000, folder=tmp_path)  # raises unless all are done
-        assert simulated.batches >= 2 and simulated.cpu_seconds > 0
+        assert simulated.batches >= 2 and simulated.cpu_seconds > simulated.set_up_seconds > 0
         assert simulated.per_experiment > 0 and simulated.per_batch > 0
 
 
@@ -67,6 +67,33 @@ def test_a_result_message_feeds_only_its_holder(tmp_path, monkeypatch):
     holders = 64
     simulated = simulate(holders, 5000, folder=tmp_path)
     assert len(fed) <= holders + 2 * simulated.batches
+
+
+class _CountedHolders(tuple):
+    """Holder ranks that count how often the scheduler visits one of them in a loop."""
+
+    visits = 0
+
+    def __iter__(self):
+        for rank in super().__iter__():
+            _CountedHolders.visits += 1
+            yield rank
+
+
+def test_the_scheduler_visits_each_holder_a_few_times_per_sweep(tmp_path, monkeypatch):
+    """Nothing loops over the holders on every message: waiting for 64 holders to load the
+    kernel once checked all of them on each answer (64 x 64 visits; 4,096 holders took
+    seconds)."""
+    start = Sweep.__init__
+
+    def counted(sweep, *args):
+        start(sweep, *args)
+        sweep.holders = _CountedHolders(sweep.holders)
+    monkeypatch.setattr(Sweep, "__init__", counted)
+    monkeypatch.setattr(_CountedHolders, "visits", 0)
+    holders = 64
+    simulate(holders, 5000, folder=tmp_path)
+    assert _CountedHolders.visits <= 4 * holders
 
 
 def test_libensemble_runs_the_sweep_experiments_as_a_peer(tmp_path):

@@ -6,10 +6,13 @@ differs (in-process queues). The MPI tests (test_compute, test_faults, ...) stay
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numba
@@ -22,7 +25,7 @@ from distx.engine.core import RankCore, RunInfo
 from distx.engine.data import Partition
 from distx.engine.protocol import Kind
 from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
-from distx.engine.sweep import IN_FLIGHT
+from distx.engine.sweep import BATCH_SECONDS, COORDINATOR_SHARE, IN_FLIGHT, MAX_BATCH, Sweep
 from distx.engine.transport import LocalHub, LocalTransport
 from distx.errors import TaskFailed
 from distx.results.writer import ResultsFile, RunIdentity
@@ -127,11 +130,40 @@ def test_sweep_batches_grow_with_measured_speed(tmp_path):
     first = {holder: size for holder, size in reversed(transport.batches)}
     assert set(first.values()) == {1}  # before a holder's speed is known: one task
     assert max(sizes) > 1  # trivial tasks travel many to a message
-    assert max(sizes) <= -(-count // (IN_FLIGHT * holders))  # never more than a fair share
     with h5py.File(output) as file:
         rows = experiments(file)
     assert set(rows["status"]) == {b"done"}
     assert np.allclose(rows["result"], 2.0 * np.array([int(x) for x in rows["x"]]))
+
+
+def batch_size(holders: int, message_seconds: float, per_task: float, waiting: int) -> int:
+    """What the scheduler hands a holder, given what it measured (no run needed)."""
+    sweep = Sweep.__new__(Sweep)
+    sweep.holders = tuple(range(1, holders + 1))
+    sweep.plan = SimpleNamespace(parts=1)
+    sweep.message_seconds, sweep.seconds_per_task = message_seconds, {1: per_task}
+    sweep.count, sweep.next_shared, sweep.retry = waiting, 0, deque()
+    return sweep._batch_size(1)
+
+
+def test_batches_hold_about_batch_seconds_of_work_while_rank_0_has_time():
+    assert batch_size(1, 50e-6, 0.0, 10**6) == 1              # speed not known yet
+    assert batch_size(4, 50e-6, 0.02, 10**6) == int(BATCH_SECONDS / 0.02)
+    assert batch_size(4, 50e-6, 1e-7, 10**6) == MAX_BATCH
+
+
+def test_batches_grow_with_the_holders_so_rank_0_answers_all_of_them():
+    """4,096 holders at 50 us a message: each batch must last 0.41 s (half of rank 0's
+    time answers them all), 20 tasks of 20 ms rather than BATCH_SECONDS' 2."""
+    share = 4096 * 50e-6 / COORDINATOR_SHARE
+    assert batch_size(4096, 50e-6, 0.02, 10**7) == int(share / 0.02)
+
+
+def test_near_the_end_a_batch_is_a_fair_share_but_not_less_than_rank_0_can_answer():
+    fair = math.ceil(64 / (IN_FLIGHT * 16))
+    assert batch_size(16, 50e-6, 0.02, 64) == fair            # long tasks: balance the end
+    bound = int(16 * 50e-6 / COORDINATOR_SHARE / 1e-6)       # 1,600 tasks of 1 us
+    assert batch_size(16, 50e-6, 1e-6, 1000) == bound        # not 32: they would wait
 
 
 def test_sweep_retries_a_failed_task(tmp_path):

@@ -69,8 +69,9 @@ def current(path: Path) -> np.ndarray:
 # ----- the journal ---------------------------------------------------------------------------
 def test_journal_round_trips_tables_text_and_arrays(tmp_path):
     rows = np.zeros(3, dtype=[("n", "i8"), ("x", "f8"), ("s", "S4"), ("same", "S64"),
-                              ("t", h5py.string_dtype())])
+                              ("ends", "i4"), ("t", h5py.string_dtype())])
     rows["same"] = b"host"                   # stored once
+    rows["ends"] = [7, 8, 7]                 # alike at both ends only: stored whole
     rows["n"], rows["x"], rows["s"] = [1, 2, 3], [0.5, np.inf, -1], [b"a", b"bb", b""]
     rows["t"] = ["", "line\\x00with NUL", "ünïcode"]
     records = [Record("append", {"table": "tasks"}, {"rows": rows}, seq=1),

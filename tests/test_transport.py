@@ -14,3 +14,11 @@ def test_message_from_a_faster_rank_before_start_is_kept_not_fatal():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["verdict", "MILESTONE", "1", "Init"]
+
+
+def test_small_arrays_travel_in_the_header_and_large_ones_after_it():
+    program = TESTS / "programs" / "mixed_arrays.py"
+    result = subprocess.run([*mpiexec(), "-n", "2", sys.executable, str(program)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["equal"] * 4

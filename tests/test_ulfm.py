@@ -134,10 +134,12 @@ def check_survived(result: subprocess.CompletedProcess, output: Path, script: st
 
 def check_unchanged(result: subprocess.CompletedProcess, output: Path, script: str,
                     seeds: int, *sets: str, deaths: int = 1, tolerant: str = "no") -> None:
-    """Without ULFM a dead rank ends the job; --resume (once per death) finishes the run."""
+    """Without ULFM a dead rank ends the job; --resume (once per death) finishes the run.
+    A kill before the sweep made its table leaves a file without one (CI once met it)."""
     for _ in range(deaths):
         assert result.returncode != 0
-        assert Outcome.read(output).fault_tolerant == tolerant
+        with h5py.File(output, "r") as file:   # killed early, it may have no table yet
+            assert text(file.attrs["fault_tolerant"]) == tolerant
         assert distx("recover", output).returncode == 0
         result = run(SCRIPTS / script, output, 3, *sets, resume=True, ulfm=False)
     assert result.returncode == 0, result.stderr

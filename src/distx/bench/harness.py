@@ -213,23 +213,24 @@ class Bench:
         path.write_text(sweep_script(count, kernel))
         return path
 
-    def recorded_sweep(self, ranks: int, count: int) -> tuple[float, float]:
+    def recorded_sweep(self, ranks: int, count: int) -> tuple[float, float, float]:
         """(recorded experiments per second of the Run.Sweep task, rank 0's process CPU
-        seconds per experiment during it) of a sweep of `count` trivial experiments."""
+        seconds per experiment during it, the part of that before the first batch) of a
+        sweep of `count` trivial experiments."""
         output, _ = self.run_distx(ranks, self.sweep_script(count))
-        return (count / self.task_seconds(output, "Run.Sweep"),
-                sweep_cpu_seconds(output) / count)
+        cpu, set_up = sweep_cpu_seconds(output)
+        return count / self.task_seconds(output, "Run.Sweep"), cpu / count, set_up / count
 
-    def sweep_throughput(self) -> tuple[float, float]:
+    def sweep_throughput(self) -> tuple[float, float, float]:
         """The recorded sweep against MPIPoolExecutor.map; returns, on 4 ranks, recorded
-        experiments per second and rank 0's CPU seconds per experiment."""
+        experiments per second, rank 0's CPU seconds per experiment and the set-up's part."""
         count = 20000 if self.quick else 200000
         futures = self.folder / "futures_map.py"
         futures.write_text(FUTURES_MAP)
-        rate4 = cpu4 = 0.0
+        on_4_ranks = None
         for ranks in (4,) if self.quick else (4, 8):
-            rate, cpu = self.recorded_sweep(ranks, count)
-            rate4, cpu4 = rate4 or rate, cpu4 or cpu
+            rate, cpu, set_up = self.recorded_sweep(ranks, count)
+            on_4_ranks = on_4_ranks or (rate, cpu, set_up)
             for chunksize in (1, 64, 256):
                 reference_count = min(count, 5000) if chunksize == 1 else count
                 stdout, _ = self.mpiexec(ranks, sys.executable, "-m", "mpi4py.futures",
@@ -240,32 +241,39 @@ class Bench:
                          measured["count"] / measured["seconds"], "tasks/s",
                          f"MPIPoolExecutor.map chunksize {chunksize} (records nothing)", target)
             self.notes.append(f"sweep on {ranks} ranks: {rate:,.0f} recorded experiments/s; "
-                              f"rank 0 CPU per recorded experiment {cpu * 1e6:.2f} us "
-                              "(target <= 2 us)")
-        return rate4, cpu4
+                              f"rank 0 CPU per recorded experiment {_us(cpu)} (target <= 2 "
+                              f"us), of which set-up {_us(set_up)} (ids, the new table)")
+        return on_4_ranks
 
     def many_ranks(self) -> None:
         """The same sweep on 64 ranks of this machine (oversubscribed: holders share the
         cores, waiting ranks sleep)."""
         count = 200000
-        rate, cpu = self.recorded_sweep(64, count)
+        rate, cpu, set_up = self.recorded_sweep(64, count)
         self.notes.append(f"sweep on 64 ranks (63 holders, oversubscribed): {rate:,.0f} "
                           f"recorded experiments/s; rank 0 CPU per recorded experiment "
-                          f"{cpu * 1e6:.2f} us")
+                          f"{_us(cpu)}, of which set-up {_us(set_up)}")
 
     def coordinator_simulation(self) -> None:
         """Rank 0's real scheduler, table and store against N simulated holders that
         answer at once (distx.bench.simulation): the cost per experiment must not grow
-        with N."""
-        count = 20000 if self.quick else 200000
+        with N. Each holder gets at least `per_holder` experiments, so that batches are
+        as long as the scheduler makes them rather than cut by a fair share of too few."""
+        base, per_holder = (20000, 10) if self.quick else (200000, 100)
         for task_seconds, described in ((1e-6, "trivial tasks"), (0.02, "20 ms tasks")):
             for holders in (1, 16, 256, 4096):
+                count = max(base, per_holder * holders)
                 simulated = simulate(holders, count, task_seconds, self.folder)
+                # against the holders' own time: above 100 %, they would wait for rank 0
+                busy = "" if task_seconds < 1e-3 else (
+                    f"; rank 0 busy {simulated.cpu_seconds / (count * task_seconds / holders):.0%}"
+                    " of the holders' time")
                 self.notes.append(
                     f"simulated {holders} holders, {count} {described}: rank 0 CPU "
-                    f"{simulated.per_experiment * 1e6:.2f} us per experiment, "
+                    f"{_us(simulated.per_experiment)} per experiment (set-up "
+                    f"{_us(simulated.set_up_seconds / count)}), "
                     f"{simulated.per_batch * 1e6:.0f} us per result message "
-                    f"({count / simulated.batches:.1f} experiments each)")
+                    f"({count / simulated.batches:.1f} experiments each){busy}")
             print(f"  coordinator simulation, {described}: done", file=sys.stderr, flush=True)
 
     def array_sweep(self) -> None:
@@ -461,13 +469,20 @@ class Bench:
             self.notes.append(f"{peer}: {count - measured['count']} of {count} experiments "
                               "did not end done")
 
-    def coordinator_model(self, cost: float) -> None:
-        """What rank 0's CPU per recorded experiment (4 ranks) means for many workers."""
-        self.notes.append(f"coordinator cost per recorded experiment: {cost * 1e6:.1f} us, so "
-                          "one coordinator keeps busy about " + ", ".join(
-                              f"{duration / cost:,.0f} workers with {label} tasks"
+    def coordinator_model(self, cost: float, set_up: float) -> None:
+        """What rank 0's CPU per recorded experiment (4 ranks) means for many workers: once
+        the sweep runs, each experiment costs it what is not set-up."""
+        running = cost - set_up
+        self.notes.append(f"coordinator cost per recorded experiment: {_us(cost)}, of which "
+                          f"{_us(running)} while the sweep runs, so one coordinator keeps busy "
+                          "about " + ", ".join(
+                              f"{duration / running:,.0f} workers with {label} tasks"
                               for duration, label in ((1e-3, "1 ms"), (2e-2, "20 ms"),
                                                       (1e-1, "100 ms"), (1.0, "1 s"))))
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.2f} us"
 
 
 def _raw_bytes(path: Path) -> int:
@@ -512,8 +527,8 @@ def run_bench(ranks: int = 8, quick: bool = False, json_path: str | None = None,
                      bench.end_to_end, bench.oversubscription, bench.startup, bench.scaling,
                      bench.iterate, bench.array_sweep):
             case()
-        rate, cost = bench.sweep_throughput()
-        bench.coordinator_model(cost)
+        rate, cost, set_up = bench.sweep_throughput()
+        bench.coordinator_model(cost, set_up)
         bench.coordinator_simulation()
         if not quick:
             bench.many_ranks()

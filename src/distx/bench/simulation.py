@@ -24,7 +24,7 @@ from distx.engine.coordinator import Coordinator
 from distx.engine.core import RunInfo
 from distx.engine.protocol import BatchResult, Kind, SweepReady, SweepTasks
 from distx.engine.rank import run_sequence, start_rank
-from distx.engine.sweep import COORDINATOR_CPU
+from distx.engine.sweep import COORDINATOR_CPU, SET_UP_CPU
 from distx.engine.transport import Message, Transport
 from distx.results.writer import ResultsFile, RunIdentity
 from distx.script.model import parse_script
@@ -92,7 +92,8 @@ class Simulated:
     holders: int
     experiments: int
     batches: int
-    cpu_seconds: float   # rank 0's process CPU time during the Run.Sweep task
+    cpu_seconds: float     # rank 0's process CPU time during the Run.Sweep task
+    set_up_seconds: float  # the part of it before the first batch (ids, table)
 
     @property
     def per_experiment(self) -> float:
@@ -128,13 +129,15 @@ def simulate(holders: int, experiments: int, task_seconds: float = 1e-6,
             raise RuntimeError(f"the simulated sweep ended {state} with {done} of "
                                f"{experiments} experiments done")
         return Simulated(holders, experiments, transport.batches,
-                         sweep_cpu_seconds(results.path))
+                         *sweep_cpu_seconds(results.path))
 
 
-def sweep_cpu_seconds(output: Path) -> float:
-    """Rank 0's process CPU time during the last sweep of a results file, as the sweep
-    logged it (its last line: "... coordinator CPU 0.123 s, ...")."""
+def sweep_cpu_seconds(output: Path) -> tuple[float, float]:
+    """Rank 0's process CPU time during the last sweep of a results file and the part of it
+    before the first batch, as the sweep logged them (its last line: "... coordinator CPU
+    0.123 s, ...; of which set-up 0.045 s")."""
     with h5py.File(output, "r") as file:
         messages = [message.decode() for message in file["logs"]["message"]
                     if COORDINATOR_CPU.encode() in message]
-    return float(messages[-1].split(COORDINATOR_CPU)[1].split()[0])
+    return tuple(float(messages[-1].split(label)[1].split()[0])
+                 for label in (COORDINATOR_CPU, SET_UP_CPU))

@@ -95,6 +95,9 @@ if TYPE_CHECKING:
 COORDINATOR_CPU = "coordinator CPU"
 """In the sweep's last log line: rank 0's process CPU time during the sweep (the bench reads
 it)."""
+SET_UP_CPU = "of which set-up"
+"""In the same line: the part of it before the first batch (ids, the table, its first
+checkpoint); the rest is what the sweep itself costs rank 0."""
 SWEEP_TASKS = -1
 """The task index in /logs of what sweep kernels printed on a holder (not a task of its own)."""
 BATCH_SECONDS = 0.05
@@ -142,6 +145,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
         weights = [stop - start for start, stop in row_blocks(global_rows, len(holders))]
     sweep = Sweep(coordinator, plan, table, table_rows[todo], script.experiments.retries,
                   config.get("Reduce", "sum"), weights)
+    set_up = time.process_time() - cpu_before    # the ids, the table and its first checkpoint
     skipped = len(indices) - len(todo)
     run.log(f"sweep of {len(todo)} experiments x {plan.parts} partition(s) on ranks "
             f"{list(holders)}" + (f" ({skipped} already done)" if skipped else "")
@@ -154,15 +158,16 @@ def run_sweep(run: TaskRun, config: dict) -> None:
             coordinator.results.flush()        # rank 0's last task: the close checkpoints
         else:
             coordinator.results.checkpoint()   # a plain HDF5 reader sees the whole table
-    _report(run, coordinator, table, time.process_time() - cpu_before, len(todo))
+    _report(run, coordinator, table, time.process_time() - cpu_before, set_up, len(todo))
 
 
 def _report(run: TaskRun, coordinator: Coordinator, table: ExperimentTable, cpu: float,
-            count: int) -> None:
+            set_up: float, count: int) -> None:
     counts = table.counts()
     done, failed = counts.get(Status.DONE.value, 0), counts.get(Status.ERROR.value, 0)
     run.log(f"sweep finished: {done} done, {failed} error; {COORDINATOR_CPU} {cpu:.3f} s, "
-            f"{cpu / max(1, count) * 1e6:.2f} us per experiment run")
+            f"{cpu / max(1, count) * 1e6:.2f} us per experiment run; {SET_UP_CPU} "
+            f"{set_up:.3f} s")
     if failed:
         coordinator.failed_experiments += failed
         first_id, first_error = table.first_error()
@@ -190,6 +195,7 @@ class Sweep:
         self.holders = self.core.info.plan.holders
         self.hosts = self.core.info.hosts
         self.ready: dict[int, str | None] = {}
+        self.loading = set(self.holders)   # holders that have not answered SWEEP_START
         self.in_flight = {rank: 0 for rank in self.holders}
         self.sent: dict[int, deque[tuple[np.ndarray, float]]] = {  # batches, when sent
             rank: deque() for rank in self.holders}
@@ -251,7 +257,7 @@ class Sweep:
     def _all_ready(self) -> bool:
         if self.fatal:
             raise TaskFailed(self.fatal)
-        return all(rank in self.ready or rank in self.dead for rank in self.holders)
+        return not self.loading
 
     def _finished(self) -> bool:
         if self.fatal:
@@ -266,6 +272,7 @@ class Sweep:
     def on_ready(self, source: int, ready: SweepReady) -> None:
         if ready.number == self.plan.number:
             self.ready[source] = ready.error
+            self.loading.discard(source)
 
     def on_stuck(self, source: int, record: dict) -> None:
         """A holder is lost in this task's kernel: the experiment errs, the sweep ends."""
@@ -291,6 +298,7 @@ class Sweep:
         if rank not in self.in_flight or rank in self.dead:
             return
         self.dead.add(rank)
+        self.loading.discard(rank)
         alive = [holder for holder in self.holders if holder not in self.dead]
         if not alive:
             self.fatal = (f"every holder died (ranks {sorted(self.dead)}); "
@@ -334,7 +342,10 @@ class Sweep:
     def _feed(self, rank: int) -> None:
         if rank in self.dead:
             return
-        while self.in_flight[rank] < IN_FLIGHT and not self.core.stop_requested:
+        # One batch (of one task) until the holder's speed is known: with thousands of
+        # holders, a second blind batch each would double the start's single-task messages.
+        most = IN_FLIGHT if self.seconds_per_task[rank] > 0 else 1
+        while self.in_flight[rank] < most and not self.core.stop_requested:
             batch = self._take(rank, self._batch_size(rank))
             if not len(batch):
                 self.starved.add(rank)
@@ -348,16 +359,21 @@ class Sweep:
                                      SweepTasks(self.plan.number, batch))
 
     def _batch_size(self, rank: int) -> int:
+        """About BATCH_SECONDS of work, more when rank 0 could not answer every holder's
+        batches of that length within COORDINATOR_SHARE of its time; near the end, at most
+        a fair share of what is left, but never less than that coordinator bound (smaller
+        batches would only wait for rank 0)."""
         per_task = self.seconds_per_task[rank]
         if per_task <= 0:
             return 1
-        batch_seconds = max(BATCH_SECONDS,
-                            len(self.holders) * self.message_seconds / COORDINATOR_SHARE)
+        coordinator_seconds = len(self.holders) * self.message_seconds / COORDINATOR_SHARE
+        most = max(BATCH_SECONDS, coordinator_seconds) / per_task
+        least = coordinator_seconds / per_task
         experiments = self.count
         waiting = (sum(experiments - self.next_task[part] for part in self.parts_of[rank])
                    if self.plan.parts > 1 else experiments - self.next_shared) + len(self.retry)
-        fair_share = max(1, math.ceil(waiting / (IN_FLIGHT * len(self.holders))))
-        return max(1, min(MAX_BATCH, int(batch_seconds / per_task), fair_share))
+        fair_share = math.ceil(waiting / (IN_FLIGHT * len(self.holders)))
+        return max(1, min(MAX_BATCH, int(max(least, min(most, fair_share)))))
 
     def _take(self, rank: int, size: int) -> np.ndarray:
         """Up to `size` task ids for `rank`: retries first, then new tasks in order."""

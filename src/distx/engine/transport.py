@@ -2,9 +2,10 @@
 
 Every message is (kind, body), as `protocol.py` defines them. The kind is the MPI tag (one
 tag per kind; MPI guarantees tags only up to 32767, so task ids travel in the body, never in
-the tag). The body is pickled with protocol 5 and its numpy arrays are taken out of band:
-they travel after the small header as raw buffers with the upper-case `Isend`/`Recv`, in
-chunks well below MPI's 2^31 count limit, so an array is never pickled and any size works.
+the tag). The body is pickled with protocol 5 and its numpy arrays of IN_BAND_BYTES or more
+are taken out of band: they travel after the small header as raw buffers with the
+upper-case `Isend`/`Recv`, in chunks well below MPI's 2^31 count limit, so a large array is
+never pickled and any size works.
 
 A rank waiting for a message first polls for SPIN_SECONDS, yielding the CPU after every
 `improbe` (a reply usually comes within microseconds, and `sleep` cannot wait less than
@@ -48,6 +49,9 @@ from distx.engine.protocol import Kind, PeerLost
 from distx.vocabulary import ExitCode
 
 CHUNK_BYTES = 1 << 30
+IN_BAND_BYTES = 1 << 16
+"""Arrays smaller than this travel inside the pickled header: a message of its own costs
+more than the copy (a sweep's result columns: one MPI message instead of six)."""
 _FIRST_PAUSE = 1e-6
 _LONGEST_PAUSE = 1e-3
 SPIN_SECONDS = 2e-4
@@ -167,7 +171,8 @@ class MPITransport(Transport):
         if dest in self.dead:
             return
         buffers: list[pickle.PickleBuffer] = []
-        header = pickle.dumps(body, protocol=5, buffer_callback=buffers.append)
+        header = pickle.dumps(body, protocol=5, buffer_callback=lambda buffer: (
+            buffer.raw().nbytes < IN_BAND_BYTES or buffers.append(buffer)))
         raws = [buffer.raw() for buffer in buffers]
         try:
             request = self.comm.isend((header, [raw.nbytes for raw in raws]), dest=dest,

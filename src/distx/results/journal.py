@@ -66,7 +66,8 @@ def encoded_parts(record: Record, file_id: str) -> list[bytes | memoryview]:
                     {"empty": len(texts)}
                 continue
             # A column of one repeated value (host, status, run of a batch) is stored once.
-            repeated = values.size > 1 and bool((values == values.flat[0]).all())
+            repeated = bool(values.size > 1 and values.flat[0] == values.flat[-1]
+                            and (values == values.flat[0]).all())  # the ends: most at once
             raw = _raw(values.flat[:1] if repeated else values)
             columns[column] = {"descr": np.lib.format.dtype_to_descr(values.dtype),
                                "offset": offset, "nbytes": len(raw), "repeated": repeated}
