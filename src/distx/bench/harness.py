@@ -309,13 +309,17 @@ class Bench:
         seeds, samples = (32, 200_000) if self.quick else (96, 2_000_000)
         ranks = min(self.ranks, 4)
         script = self.pi_script(seeds, samples)
-        self.run_distx(ranks, script)  # warm the numba cache of both sides
-        _, distx = self.run_distx(ranks, script)
         program = self.folder / "hand_written_pi.py"
         program.write_text(HAND_WRITTEN_PI)
-        reference = min(self.mpiexec(ranks, sys.executable, str(program), str(self.examples),
-                                     str(seeds), str(samples),
-                                     str(self.folder / "hand.h5"))[1] for _ in range(2))
+
+        def hand_written() -> float:
+            return self.mpiexec(ranks, sys.executable, str(program), str(self.examples),
+                                str(seeds), str(samples), str(self.folder / "hand.h5"))[1]
+
+        self.run_distx(ranks, script)  # fill numba's cache of each (they are not shared)
+        hand_written()
+        times = [(self.run_distx(ranks, script)[1], hand_written()) for _ in range(3)]
+        distx, reference = (statistics.median(side) for side in zip(*times))
         self.add(f"end-to-end pi sweep, {ranks} ranks (wall)", distx, reference, "s",
                  "hand-written mpi4py script", "<= 1.2x")
 
@@ -351,11 +355,10 @@ class Bench:
             Sequence:
               - {Task: Run.Message, Config: {Message: hello}}
             """)
-        repeats = 3
-        distx = statistics.median(self.run_distx(4, script)[1] for _ in range(repeats))
-        reference = statistics.median(self.mpiexec(4, sys.executable, "-c",
-                                                   "from mpi4py import MPI")[1]
-                                      for _ in range(repeats))
+        times = [(self.run_distx(4, script)[1],
+                  self.mpiexec(4, sys.executable, "-c", "from mpi4py import MPI")[1])
+                 for _ in range(5)]  # interleaved: a change in the machine's load hits both
+        distx, reference = (statistics.median(side) for side in zip(*times))
         self.add("start-up, 4 ranks (wall)", distx, reference, "s",
                  "mpiexec python -c 'from mpi4py import MPI'", "<= 3x")
 
