@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 from conftest import JOBS, SCRIPTS, experiments, run_script, text, values
 
+from distx.bench.simulation import sweep_script
 from distx.engine.data import row_blocks
+from distx.engine.ids import SHARED_FROM
+from distx.script.grid import Grid
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3, 8])
@@ -95,6 +98,21 @@ def test_experiment_ids_are_stable_across_runs(tmp_path):
         run_script(SCRIPTS / "flaky.yml", output, ranks, "--set", f"marker={tmp_path}")
     with h5py.File(first) as a, h5py.File(second) as b:
         assert list(experiments(a)["id"]) == list(experiments(b)["id"])
+
+
+def test_ids_computed_by_the_holders_are_those_of_one_rank_alone(tmp_path):
+    """Above SHARED_FROM experiments rank 0 asks the holders for most of the ids."""
+    count = SHARED_FROM + 5000
+    script = tmp_path / "sweep.yml"
+    script.write_text(sweep_script(count))
+    alone, shared = tmp_path / "alone.h5", tmp_path / "shared.h5"
+    for output, ranks in ((alone, 1), (shared, 4)):
+        assert run_script(script, output, ranks).returncode == 0
+    with h5py.File(alone) as a, h5py.File(shared) as b:
+        assert experiments(a)["id"].tolist() == experiments(b)["id"].tolist()
+        assert experiments(b)["id"].tolist() == Grid({"seed": list(range(count))}).id_column(
+            ).tolist()
+        assert (experiments(b)["status"] == b"done").all()
 
 
 @pytest.mark.parametrize("ranks", [1, 4])

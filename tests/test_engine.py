@@ -20,15 +20,18 @@ import numpy as np
 import pytest
 from conftest import experiments, milestones, text
 
+from distx.engine import ids
 from distx.engine.coordinator import Coordinator
 from distx.engine.core import RankCore, RunInfo
 from distx.engine.data import Partition
-from distx.engine.protocol import Kind
+from distx.engine.ids import answer_ids, experiment_ids
+from distx.engine.protocol import Kind, PeerLost
 from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
 from distx.engine.sweep import BATCH_SECONDS, COORDINATOR_SHARE, IN_FLIGHT, MAX_BATCH, Sweep
-from distx.engine.transport import LocalHub, LocalTransport
+from distx.engine.transport import LocalHub, LocalTransport, Message
 from distx.errors import TaskFailed
 from distx.results.writer import ResultsFile, RunIdentity
+from distx.script.grid import Grid
 from distx.script.model import ROWS, parse_script
 from distx.script.roles import plan_roles
 from distx.script.source import Source
@@ -164,6 +167,51 @@ def test_near_the_end_a_batch_is_a_fair_share_but_not_less_than_rank_0_can_answe
     assert batch_size(16, 50e-6, 0.02, 64) == fair            # long tasks: balance the end
     bound = int(16 * 50e-6 / COORDINATOR_SHARE / 1e-6)       # 1,600 tasks of 1 us
     assert batch_size(16, 50e-6, 1e-6, 1000) == bound        # not 32: they would wait
+
+
+def ids_world(tmp_path: Path, answering: tuple[int, ...]) -> tuple[RankCore, LocalHub, Grid]:
+    """Rank 0's core of a 3-rank world whose holders `answering` serve id requests in
+    threads (the others never answer)."""
+    info = run_info(tmp_path, sweep_script("double", 1000, 0), 3)
+    hub = LocalHub(3)
+    grid = info.script.experiments.grid()
+    for rank in answering:
+        core, answered = RankCore(hub.transport(rank), info), threading.Event()
+        core.register(Kind.IDS_REQUEST, lambda source, request, core=core, answered=answered: (
+            answer_ids(core, grid, source, request), answered.set()))
+        threading.Thread(target=core.wait_until, args=(answered.is_set, 30, "a request"),
+                         daemon=True).start()
+    return RankCore(hub.transport(0), info), hub, grid
+
+
+def test_holders_compute_the_ids_of_their_slices(tmp_path, monkeypatch):
+    monkeypatch.setattr(ids, "SHARED_FROM", 1)
+    rank0, _, grid = ids_world(tmp_path, (1, 2))
+    positions = np.arange(0, 1000, 3)              # a shard's selection, say
+    assert np.array_equal(experiment_ids(rank0, grid, positions), grid.id_column(positions))
+
+
+def test_rank_0_computes_the_slice_of_a_holder_lost_before_it_answered(tmp_path, monkeypatch):
+    monkeypatch.setattr(ids, "SHARED_FROM", 1)
+    rank0, hub, grid = ids_world(tmp_path, (1,))
+    hub.inboxes[0].put(Message(2, Kind.PEER_LOST, PeerLost(2)))   # as the transport says it
+    positions, found = np.arange(1000), []
+    asking = threading.Thread(target=lambda: found.append(experiment_ids(rank0, grid, positions)),
+                              daemon=True)
+    asking.start()
+    asking.join(timeout=30)                        # waiting for rank 2 would hang here
+    assert found and np.array_equal(found[0], grid.id_column(positions))
+    assert 2 in rank0.lost
+
+
+def test_a_sweep_with_ids_from_the_holders_records_the_grids_ids(tmp_path, monkeypatch):
+    monkeypatch.setattr(ids, "SHARED_FROM", 1)
+    state, _, transport, output = run_world(tmp_path, sweep_script("double", 500, 0), 3)
+    assert state == RunState.FINISHED.value
+    with h5py.File(output) as file:
+        rows = experiments(file)
+    grid = Grid({"x": list(range(500))})
+    assert rows["id"].tolist() == grid.id_column().tolist()
 
 
 def test_sweep_retries_a_failed_task(tmp_path):

@@ -2,10 +2,12 @@
 
 Rank 0 runs the real thing: the Run.Sweep task with its scheduler (`Sweep`), the
 experiments table and the results store (journal and checkpoints in a real file). Only its
-transport is simulated: `SimulatedHolders` answers every SWEEP_START with SWEEP_READY and
+transport is simulated: `SimulatedHolders` answers every SWEEP_START with SWEEP_READY,
 every SWEEP_TASKS batch at once with a BatchResult, as N holders whose kernel takes
-`task_seconds` would. No other process runs, so rank 0's CPU time is all the cost there
-is, and anything it does per holder on every message shows as growth with N.
+`task_seconds` would, and every request for experiment ids with unique stand-ins (the
+holders' share of the ids is their work, not rank 0's). No other process runs, so rank
+0's CPU time is all the cost there is, and anything it does per holder on every message
+shows as growth with N.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from distx.bench import benchkernels
 from distx.engine.coordinator import Coordinator
 from distx.engine.core import RunInfo
-from distx.engine.protocol import BatchResult, Kind, SweepReady, SweepTasks
+from distx.engine.protocol import BatchResult, IdsReply, Kind, SweepReady, SweepTasks
 from distx.engine.rank import run_sequence, start_rank
 from distx.engine.sweep import COORDINATOR_CPU, SET_UP_CPU
 from distx.engine.transport import Message, Transport
@@ -68,6 +70,9 @@ class SimulatedHolders(Transport):
         elif kind == Kind.SWEEP_TASKS:
             self.batches += 1
             self.inbox.append(Message(dest, Kind.SWEEP_RESULTS, self._results(body)))
+        elif kind == Kind.IDS_REQUEST:   # unique stand-ins: the real ones are a holder's work
+            self.inbox.append(Message(dest, Kind.IDS_REPLY, IdsReply(
+                body.number, np.char.zfill(body.positions.astype("S16"), 16))))
         # milestones and controls for the simulated ranks: nobody reads them
 
     def _results(self, tasks: SweepTasks) -> BatchResult:

@@ -34,6 +34,8 @@ class Kind(enum.IntEnum):
     START = 12           # rank 0 -> every rank at start: numba or not, Verdict, data layout
     PEER_LOST = 13       # the transport, to its own rank: PeerLost (never sent; ULFM only)
     ADOPT = 14           # rank 0 -> holder: Adoption, a dead holder's row partitions
+    IDS_REQUEST = 15     # rank 0 -> holder before a large sweep: IdsRequest
+    IDS_REPLY = 16       # holder -> rank 0: IdsReply
     PAYLOAD = 100        # raw out-of-band buffers following a header
 
 
@@ -111,6 +113,20 @@ class Adoption:
 
     part: int                    # the partition's index among the holders
     blocks: list[DataBlock]      # one block of every row-partitioned array
+
+
+@dataclass(frozen=True)
+class IdsRequest:
+    """Grid positions whose experiment ids rank 0 asks a holder for (engine/ids.py)."""
+
+    number: int                  # of the request round
+    positions: np.ndarray        # int64
+
+
+@dataclass(frozen=True)
+class IdsReply:
+    number: int
+    ids: np.ndarray              # S16, one per position, in order
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ import numpy as np
 
 from distx.engine.coordinator import Coordinator
 from distx.engine.data import Partition, materialize, row_blocks
+from distx.engine.ids import answer_ids, experiment_ids
 from distx.engine.kernels import (
     DEFAULT_OUTPUTS,
     PARTITION_NAMES,
@@ -132,7 +133,7 @@ def run_sweep(run: TaskRun, config: dict) -> None:
     grid = script.experiments.grid()
     shard = coordinator.results.shard
     indices = np.arange(len(grid)) if shard is None else shard.indices(len(grid))
-    ids = grid.id_column(indices)
+    ids = experiment_ids(coordinator.core, grid, indices)
     outputs = config.get("Outputs", list(DEFAULT_OUTPUTS))
     table = coordinator.results.experiments(grid, ids, outputs, indices)
     table_rows = table.rows_of(ids)
@@ -597,6 +598,8 @@ class SweepHolder:
         self.core.register(Kind.SWEEP_START, self.on_start)
         self.core.register(Kind.SWEEP_TASKS, self.on_tasks)
         self.core.register(Kind.ADOPT, self.on_adopt)
+        self.core.register(Kind.IDS_REQUEST, lambda source, request: answer_ids(
+            self.core, executor.info.script.experiments.grid(), source, request))
 
     def on_start(self, source: int, plan: SweepPlan) -> None:
         """Load and check the kernel; answer SWEEP_READY with None or the error."""

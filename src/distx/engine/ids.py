@@ -1,0 +1,90 @@
+"""A sweep's experiment ids, computed by rank 0 and the holders together.
+
+An id is one SHA-256 call per experiment (script/grid.py: `Grid.id_column`), about 0.5-1 us
+each in Python and the largest part of what a sweep costs rank 0 per experiment. Before
+a large sweep's first batch the holders would only wait, so rank 0 splits the grid
+positions into one slice per live holder plus its own, sends each holder its slice, and
+computes its own meanwhile; the ids come back in slice order, identical to what
+`Grid.id_column` gives for all of them. Every rank has the script, so a slice of grid
+positions is all a holder needs.
+
+    rank 0 (`experiment_ids`)                holder (`answer_ids`)
+    IDS_REQUEST  IdsRequest            ->    grid.id_column(positions)
+    on_reply                           <-    IDS_REPLY  IdsReply
+
+A holder that dies before it answers (ULFM) has its slice computed by rank 0. Below
+SHARED_FROM experiments rank 0 computes them alone: a round of messages costs more.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from distx.engine.core import RankCore
+from distx.engine.protocol import IdsReply, IdsRequest, Kind
+from distx.script.grid import Grid
+
+SHARED_FROM = 20000
+_numbers = itertools.count(1)
+
+
+def experiment_ids(core: RankCore, grid: Grid, positions: np.ndarray) -> np.ndarray:
+    """On rank 0: the ids of the grid's experiments at `positions`, in that order."""
+    holders = [rank for rank in core.info.plan.holders if rank not in core.lost]
+    if len(positions) < SHARED_FROM or not holders:
+        return grid.id_column(positions)
+    return _Gathering(core, grid, positions, holders).run()
+
+
+class _Gathering:
+    """One round: a slice to each holder, rank 0's own slice, the answers in order."""
+
+    def __init__(self, core: RankCore, grid: Grid, positions: np.ndarray,
+                 holders: list[int]) -> None:
+        self.core = core
+        self.grid = grid
+        self.number = next(_numbers)
+        self.slices = np.array_split(positions, len(holders) + 1)   # [0] is rank 0's
+        self.owner = dict(zip(holders, range(1, len(self.slices))))   # holder -> slice
+        self.ids: list[np.ndarray | None] = [None] * len(self.slices)
+
+    def run(self) -> np.ndarray:
+        core = self.core
+        core.register(Kind.IDS_REPLY, self.on_reply)
+        core.on_lost.append(self.on_lost)
+        try:
+            for rank, index in self.owner.items():
+                core.transport.send(rank, Kind.IDS_REQUEST,
+                                    IdsRequest(self.number, self.slices[index]))
+            self.ids[0] = self.grid.id_column(self.slices[0])
+            for rank in list(self.owner):
+                if rank in core.lost:         # died while rank 0 computed its own slice
+                    self.on_lost(rank)
+            core.wait_until(lambda: all(ids is not None for ids in self.ids), None,
+                            "the holders to compute experiment ids")
+        finally:
+            core.register(Kind.IDS_REPLY, _drop_late)
+            core.on_lost.remove(self.on_lost)
+        return np.concatenate(self.ids)
+
+    def on_reply(self, source: int, reply: IdsReply) -> None:
+        if reply.number == self.number and source in self.owner:
+            self.ids[self.owner.pop(source)] = reply.ids
+
+    def on_lost(self, rank: int) -> None:
+        """A holder died before it answered: its slice is computed here."""
+        if rank in self.owner:
+            index = self.owner.pop(rank)
+            self.ids[index] = self.grid.id_column(self.slices[index])
+
+
+def _drop_late(source: int, reply: IdsReply) -> None:
+    """An answer after its round ended (its slice was computed here, its sender lost)."""
+
+
+def answer_ids(core: RankCore, grid: Grid, source: int, request: IdsRequest) -> None:
+    """On a holder: the ids of the positions rank 0 sent."""
+    core.transport.send(source, Kind.IDS_REPLY,
+                        IdsReply(request.number, grid.id_column(request.positions)))
