@@ -11,12 +11,14 @@ and every later run reuses the cache.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import inspect
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -311,3 +313,26 @@ def is_compile_error(error: BaseException) -> bool:
     """True for numba typing/lowering errors: every later call would fail the same way."""
     cause = error.__cause__ or error
     return type(cause).__module__.startswith("numba.core.errors")
+
+
+def warm_up_numba() -> threading.Thread:
+    """Import numba and set up its CPU target in a thread; return it.
+
+    Both take 0.4-0.5 s of CPU in every process whose first numba kernel is loaded, even
+    from the cache: numba's import, then its typing and lowering registries on the first
+    load. A rank other than 0 runs this while rank 0 checks the script (its main thread
+    sleeps waiting for the verdict), so that its kernels then load in milliseconds. The
+    set-up holds numba's compiler lock, which every compilation and cache load takes too.
+    It only saves time: whatever it meets, the kernel's own import meets again and reports.
+    """
+    def warm_up() -> None:
+        with contextlib.suppress(Exception):  # see the docstring's last line
+            from numba.core.compiler_lock import global_compiler_lock
+            from numba.core.registry import cpu_target
+
+            with global_compiler_lock:
+                cpu_target.target_context.refresh()
+
+    thread = threading.Thread(target=warm_up, name="distx-numba-warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -31,7 +31,7 @@ class Kind(enum.IntEnum):
     CONTROL = 9          # rank 0 -> every rank: Control (another rank -> rank 0: STOP)
     HALO = 10            # holder -> neighbour holder: HaloRows
     DATA = 11            # rank 0 -> holder at start: DataBlock
-    START = 12           # rank 0 -> every rank at start: Verdict, then the data layout
+    START = 12           # rank 0 -> every rank at start: numba or not, Verdict, data layout
     PEER_LOST = 13       # the transport, to its own rank: PeerLost (never sent; ULFM only)
     ADOPT = 14           # rank 0 -> holder: Adoption, a dead holder's row partitions
     IDS_REQUEST = 15     # rank 0 -> holder before a large sweep: IdsRequest
