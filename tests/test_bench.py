@@ -115,3 +115,18 @@ def test_a_failing_peer_is_noted_and_the_bench_goes_on(tmp_path):
                10)
     assert bench.rows == []
     assert bench.notes == ["a peer: failed: database is locked"]
+
+
+def test_the_bench_writes_distx_bytecode_even_under_pythondontwritebytecode(tmp_path):
+    """Else every rank of the start-up and end-to-end cases compiled distx from source."""
+    check = ("import importlib.util, pathlib, distx.bench.harness as harness\n"
+             "harness._compile_distx()\n"
+             "package = pathlib.Path(harness.__file__).resolve().parents[1]\n"
+             "print(sorted(str(path) for path in package.rglob('*.py')"
+             " if not pathlib.Path(importlib.util.cache_from_source(path)).is_file()))")
+    environment = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1",
+                   "PYTHONPYCACHEPREFIX": str(tmp_path)}  # no bytecode at all until then
+    uncompiled = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                                check=True, env=environment).stdout.strip()
+    assert uncompiled == "[]"
+    assert any(tmp_path.rglob("launch*.pyc"))

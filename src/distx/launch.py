@@ -33,6 +33,7 @@ from distx.engine import data
 from distx.engine.command import end_commands
 from distx.engine.coordinator import Coordinator
 from distx.engine.core import RunInfo
+from distx.engine.kernels import warm_up_numba
 from distx.engine.output import real_stderr
 from distx.engine.protocol import Verdict
 from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
@@ -122,15 +123,19 @@ def prefer_shared_memory(environment: MutableMapping[str, str]) -> bool:
     return True
 
 
-def _prepare(options: RunOptions, size: int, hosts: list[str],
-             tolerant: bool = False) -> _Prepared:
+def _read(options: RunOptions) -> tuple[Script, KernelSources]:
+    """The script and the kernel code it needs, read but not yet checked."""
+    script = load_script(options.script, options.overrides)
+    return script, KernelSources.of_script(script)
+
+
+def _prepare(script: Script, kernels: KernelSources, options: RunOptions, size: int,
+             hosts: list[str], tolerant: bool = False) -> _Prepared:
     from distx.check.checks import check_script
     from distx.results import provenance
     from distx.results.writer import ResultsFile, RunIdentity
 
-    script = load_script(options.script, options.overrides)
     plan = check_script(script, size, options.overrides)
-    kernels = KernelSources.of_script(script)
     arrays = {name: data.materialize(spec, script) for name, spec in script.data.items()}
     run_id = provenance.new_run_id()
     identity = RunIdentity(
@@ -182,20 +187,23 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
     prepared = failure = None
     try:
         hosts = transport.gather(socket.gethostname())
-        verdict = None
+        verdict = warm_up = None
         if transport.rank == 0:
             try:
-                prepared = _prepare(options, transport.size, hosts,
-                                    transport.fault_tolerant)
+                prepared = _prepare_telling_numba(transport, options, hosts)
                 verdict = Verdict(None, prepared.script, prepared.run_id, hosts,
                                   prepared.kernels)
             except (UserError, ResultsWriteError) as error:
                 failure = error
                 verdict = Verdict(str(error))
+        elif transport.broadcast(None):
+            warm_up = warm_up_numba()
         verdict = transport.broadcast(verdict)
         if verdict.error is not None:
             if transport.rank == 0:
                 raise failure
+            if warm_up is not None:
+                warm_up.join()  # not ending the interpreter under an import
             return ExitCode.BAD_INPUT
         # Parsed and read on rank 0: the others need no YAML parser, nor rank 0's folders.
         kernels_folder = None if transport.rank == 0 else verdict.kernels.install()
@@ -214,6 +222,20 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
             prepared.results.close(RunState.ERRORED.value, ExitCode.FAILED)
         transport.comm.Abort(ExitCode.FAILED)
         return ExitCode.FAILED
+
+
+def _prepare_telling_numba(transport: MPITransport, options: RunOptions,
+                           hosts: list[str]) -> _Prepared:
+    """Rank 0: read the script, tell the other ranks whether its kernels import numba
+    (they then load it while rank 0 checks: engine/kernels.warm_up_numba), prepare."""
+    try:
+        script, kernels = _read(options)
+    except UserError:
+        transport.broadcast(False)
+        raise
+    transport.broadcast(kernels.imports_numba)
+    return _prepare(script, kernels, options, transport.size, hosts,
+                    transport.fault_tolerant)
 
 
 def _distribute(transport: MPITransport, executor: Executor, arrays: dict | None,
@@ -300,7 +322,7 @@ def _finish(executor: Executor, prepared: _Prepared) -> int:
 
 def _run_single_process(options: RunOptions) -> int:
     host = socket.gethostname()
-    prepared = _prepare(options, 1, [host])
+    prepared = _prepare(*_read(options), options, 1, [host])
     info = _info(prepared.script, options, prepared.run_id, 1, [host])
     hub = LocalHub(info.plan.size)
     coordinator = _start_coordinator(hub.transport(0), info, prepared)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from distx.engine.core import RankCore
-from distx.engine.kernels import PARTITION_NAMES
+from distx.engine.kernels import KERNEL_ERRORS, PARTITION_NAMES
 from distx.engine.protocol import HaloRows, Kind
 from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.transport import MPITransport
@@ -146,13 +146,17 @@ def iterate_with_halos(run: TaskRun, config: dict) -> None:
     kernel = executor.kernels.get(config["Kernel"])
     base = executor.kernel_arguments(inputs, config.get("Args", {}))
     kernel.check_arguments(set(base) | set(HALO_ARGUMENTS) | set(PARTITION_NAMES))
-    call = kernel.bind(base, HALO_ARGUMENTS)
+    binding = kernel.bind(base, HALO_ARGUMENTS)
     timeout = run.timeout(config)
     with run.kernel_calls(config, config["Kernel"]) as around_call:
         for step in range(config["Steps"]):
             above, below = neighbours.rows(step, timeout)
+            given = {"above": above, "below": below, "step": step}
             with around_call():
-                call((above, below, step))
+                try:
+                    binding.function(*[given[name] for name in binding.names])
+                except KERNEL_ERRORS as error:
+                    raise kernel.failure(error) from error
     run.log(f"{config['Steps']} steps of {config['Kernel']} done")
 
 

@@ -1,21 +1,26 @@
 """Kernels: `module.function` from the script's kernels folder, numba-compiled or plain Python.
 
-A kernel is called with keyword arguments: the local partitions named in `Inputs`, the
-experiment's keyfields, `Args`, and, if it asks for them by name, `row_offset` (global index
-of its first row) and `global_rows` (rows of the whole array) of its first input. Only the
-names its signature takes are passed unless it takes `**kwargs`. A `@numba.njit(cache=True)`
-kernel compiles once per machine; every rank and every later run reuses the cache.
+A kernel is called with the local partitions named in `Inputs`, the experiment's keyfields,
+`Args`, and, if it asks for them by name, `row_offset` (global index of its first row) and
+`global_rows` (rows of the whole array) of its first input. Only the names its signature
+takes are passed unless it takes `**kwargs`; they are passed by keyword, or positionally
+where the signature takes them in an order that allows it (the same call, cheaper: see
+`Kernel.bind`). A `@numba.njit(cache=True)` kernel compiles once per machine; every rank
+and every later run reuses the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import inspect
 import os
 import re
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,21 @@ def kernel_arguments(inputs: list[Partition], args: dict) -> dict[str, Any]:
                          global_shape=shape)
     arguments.update(args)
     return arguments
+
+
+KERNEL_ERRORS = (Exception, SystemExit)
+"""What a failing kernel call raises that fails its task: sys.exit() must not end the rank
+(KeyboardInterrupt still does)."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A kernel with its fixed arguments given: `function(*values)` calls it with the
+    values of the varying arguments `names` (in that order); it raises what the kernel
+    raises."""
+
+    names: tuple[str, ...]
+    function: Callable[..., Any]
 
 
 @dataclass
@@ -79,27 +99,46 @@ class Kernel:
 
     def call(self, arguments: Mapping[str, Any]) -> Any:
         """Call with the arguments the kernel takes; its errors become TaskFailed."""
-        return self.bind(arguments, ())(())
+        try:
+            return self.bind(arguments, ()).function()
+        except KERNEL_ERRORS as error:
+            raise self.failure(error) from error
 
-    def bind(self, fixed: Mapping[str, Any],
-             varying: Iterable[str]) -> Callable[[Sequence[Any]], Any]:
-        """A caller for many calls that differ only in the `varying` arguments (a sweep's
-        keyfields), given as their values in that order: which arguments the kernel takes
-        is worked out once, not per call."""
+    def bind(self, fixed: Mapping[str, Any], varying: Iterable[str]) -> Binding:
+        """The kernel for many calls that differ only in the `varying` arguments (a sweep's
+        keyfields): which arguments it takes, and how, is worked out once, not per call.
+
+        The call is positional where the signature allows it (the varying arguments it
+        takes come right after the fixed ones it takes positionally), which is the
+        cheapest call there is; otherwise every argument is passed by keyword, as it is
+        to a decorated function (its wrapper may take only keywords).
+        """
         chosen = {key: value for key, value in fixed.items() if self._takes(key)}
-        varying = tuple(varying)
-        taken = [position for position, name in enumerate(varying) if self._takes(name)]
-        names = tuple(varying[position] for position in taken)
-        every = len(taken) == len(varying)
-        function = self.function
+        taken = [name for name in varying if self._takes(name)]
+        leading = self._leading_fixed(chosen)
+        following = list(self.parameters.values())[len(leading):len(leading) + len(taken)]
+        own_signature = hasattr(self.function, "py_func") or \
+            not hasattr(self.function, "__wrapped__")  # numba's, or not a wrapper's
+        if own_signature and all(_positional(p) for p in following) and \
+                sorted(p.name for p in following) == sorted(taken):
+            given = {key: value for key, value in chosen.items() if key not in leading}
+            function = functools.partial(self.function, *(chosen[name] for name in leading),
+                                         **given) if chosen else self.function
+            return Binding(tuple(p.name for p in following), function)
+        names, function = tuple(taken), self.function
 
-        def call(values: Sequence[Any]) -> Any:
-            try:
-                return function(**chosen, **dict(zip(names, values if every else
-                                                     [values[p] for p in taken])))
-            except (Exception, SystemExit) as error:  # sys.exit() must not end the rank
-                raise self.failure(error) from error
-        return call
+        def by_keyword(*values: Any) -> Any:
+            return function(**chosen, **dict(zip(names, values)))
+        return Binding(names, by_keyword)
+
+    def _leading_fixed(self, chosen: Mapping[str, Any]) -> list[str]:
+        """The names of `chosen` that open the signature, in its order, if positional."""
+        leading = []
+        for parameter in self.parameters.values():
+            if parameter.name not in chosen or not _positional(parameter):
+                break
+            leading.append(parameter.name)
+        return leading
 
     def typing_error(self, examples: Iterable[Mapping[str, Any]]) -> str | None:
         """For a numba kernel: why it cannot compile for the types of these example
@@ -240,6 +279,10 @@ def outputs_of(result: Any, names: list[str], kernel: Kernel) -> dict[str, Any]:
     return named
 
 
+def _positional(parameter: inspect.Parameter) -> bool:
+    return parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+
+
 def fits_int64(value: int) -> bool:
     """True if a Python int can be stored as a 64-bit number (results are int64/float64)."""
     return -(1 << 63) <= value < (1 << 63)
@@ -270,3 +313,26 @@ def is_compile_error(error: BaseException) -> bool:
     """True for numba typing/lowering errors: every later call would fail the same way."""
     cause = error.__cause__ or error
     return type(cause).__module__.startswith("numba.core.errors")
+
+
+def warm_up_numba() -> threading.Thread:
+    """Import numba and set up its CPU target in a thread; return it.
+
+    Both take 0.4-0.5 s of CPU in every process whose first numba kernel is loaded, even
+    from the cache: numba's import, then its typing and lowering registries on the first
+    load. A rank other than 0 runs this while rank 0 checks the script (its main thread
+    sleeps waiting for the verdict), so that its kernels then load in milliseconds. The
+    set-up holds numba's compiler lock, which every compilation and cache load takes too.
+    It only saves time: whatever it meets, the kernel's own import meets again and reports.
+    """
+    def warm_up() -> None:
+        with contextlib.suppress(Exception):  # see the docstring's last line
+            from numba.core.compiler_lock import global_compiler_lock
+            from numba.core.registry import cpu_target
+
+            with global_compiler_lock:
+                cpu_target.target_context.refresh()
+
+    thread = threading.Thread(target=warm_up, name="distx-numba-warm-up", daemon=True)
+    thread.start()
+    return thread

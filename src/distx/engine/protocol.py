@@ -31,7 +31,7 @@ class Kind(enum.IntEnum):
     CONTROL = 9          # rank 0 -> every rank: Control (another rank -> rank 0: STOP)
     HALO = 10            # holder -> neighbour holder: HaloRows
     DATA = 11            # rank 0 -> holder at start: DataBlock
-    START = 12           # rank 0 -> every rank at start: Verdict, then the data layout
+    START = 12           # rank 0 -> every rank at start: numba or not, Verdict, data layout
     PEER_LOST = 13       # the transport, to its own rank: PeerLost (never sent; ULFM only)
     ADOPT = 14           # rank 0 -> holder: Adoption, a dead holder's row partitions
     IDS_REQUEST = 15     # rank 0 -> holder before a large sweep: IdsRequest
@@ -174,13 +174,17 @@ class SweepTasks:
 
 @dataclass
 class BatchResult:
-    """The results of one batch of tasks, as columns (SWEEP_RESULTS)."""
+    """The results of one batch of tasks, as columns (SWEEP_RESULTS).
+
+    A holder reads the clock once per task, after its call: a task's `end` is the next
+    one's `start` (what the holder does between two calls counts in the earlier task).
+    """
 
     number: int
     task_ids: np.ndarray                         # int64
     ok: np.ndarray                               # bool
     start: np.ndarray                            # float64, Unix seconds
-    end: np.ndarray
+    end: np.ndarray                              # the next task's start (see above)
     values: dict[str, np.ndarray]                # float64 per output; NaN if not a number
     arrays: dict[str, tuple[np.ndarray, ArrayBlock]]  # output -> (positions, their arrays)
     errors: dict[int, tuple[str, bool]]          # position -> (text, cannot compile?)

@@ -62,6 +62,14 @@ class KernelSources:
         return cls.read(script.kernels_dir, modules)
 
     @property
+    def imports_numba(self) -> bool:
+        """Whether a module imports numba (found in the syntax trees): the other ranks then
+        load numba while rank 0 checks the script (engine/kernels.warm_up_numba)."""
+        return any(level == 0 and name.partition(".")[0] == "numba"
+                   for relative, source in self.files.items()
+                   for name, level, _ in _imports(source, _package_of(relative)))
+
+    @property
     def fingerprint(self) -> str:
         """SHA-256 over the paths and contents: the kernels fingerprint of the results."""
         hasher = hashlib.sha256()

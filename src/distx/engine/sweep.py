@@ -50,7 +50,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,7 +62,9 @@ from distx.engine.data import Partition, materialize, row_blocks
 from distx.engine.ids import answer_ids, experiment_ids
 from distx.engine.kernels import (
     DEFAULT_OUTPUTS,
+    KERNEL_ERRORS,
     PARTITION_NAMES,
+    Binding,
     Kernel,
     fits_int64,
     is_compile_error,
@@ -83,7 +85,6 @@ from distx.engine.reduce import reduce_values
 from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.watchdog import watch_kernel
 from distx.errors import Cancelled, TaskFailed, UserError
-from distx.results.arrays import KINDS as ARRAY_KINDS
 from distx.results.arrays import pack
 from distx.script.grid import Grid
 from distx.script.model import ROWS
@@ -582,9 +583,9 @@ class _ActiveSweep:
     plan: SweepPlan
     kernel: Kernel
     grid: Grid
-    call: Callable[[tuple], Any]   # the kernel, given the keyfield values in grid order
+    binding: Binding   # the kernel given this holder's partitions and the Args
     watch: Callable[[int, dict], AbstractContextManager] | None  # (task id, keyfields)
-    adopted_calls: dict[int, Callable[[dict], Any]] = field(default_factory=dict)  # by part
+    adopted: dict[int, Binding] = field(default_factory=dict)  # by part: given its rows
 
 
 class SweepHolder:
@@ -634,8 +635,8 @@ class SweepHolder:
         active, executor = self.active, self.executor
         adopted = self.adopted[part]
         inputs = [adopted.get(name) or executor.partitions[name] for name in active.plan.inputs]
-        active.adopted_calls[part] = active.kernel.bind(
-            kernel_arguments(inputs, active.plan.args), active.grid.names)
+        active.adopted[part] = active.kernel.bind(kernel_arguments(inputs, active.plan.args),
+                                                  active.grid.names)
 
     def _watch(self, task_id: int, keyfields: dict) -> AbstractContextManager:
         plan, start = self.active.plan, time.time()
@@ -654,48 +655,104 @@ class SweepHolder:
         self.core.transport.send(source, Kind.SWEEP_RESULTS, result)
 
 
+# A holder's CPU per task is what a sweep of short tasks is made of (with 4 processes on 2
+# cores a microsecond here is a microsecond the coordinator does not get), so a batch runs
+# in three steps: the calls, in one loop that does nothing else (the kernel called
+# positionally when it can be, one clock read per task); the results, converted at once
+# when they are all plain numbers of one output; the few others one by one.
 def _run_batch(active: _ActiveSweep, task_ids: np.ndarray) -> BatchResult:
-    plan, kernel = active.plan, active.kernel
-    count = len(task_ids)
-    ok = np.ones(count, dtype=bool)
-    start, end = np.empty(count), np.empty(count)
-    values = {name: np.full(count, np.nan) for name in plan.outputs}
-    arrays: dict[str, tuple[list[int], list[np.ndarray]]] = {
-        name: ([], []) for name in plan.outputs}     # positions and arrays of each output
-    errors: dict[int, tuple[str, bool]] = {}
-    lone = plan.outputs[0] if len(plan.outputs) == 1 else None
-    columns = active.grid.keyfield_columns(plan.todo[task_ids // plan.parts])
-    names, call, adopted = list(columns), active.call, active.adopted_calls
+    plan = active.plan
+    function, arguments = _calls(active, task_ids)
     began = time.perf_counter()
-    for position, combo in enumerate(zip(*columns.values())):
-        start[position] = time.time()
-        if adopted:  # this holder also runs a dead holder's partition
-            call = adopted.get(int(task_ids[position]) % plan.parts, active.call)
+    results, times, errors = _call_each(active.kernel, function, arguments)
+    values, arrays = _outputs(results, errors, plan.outputs, active.kernel)
+    seconds = time.perf_counter() - began  # the tasks' cost, from which rank 0 sizes batches
+    ok = np.ones(len(task_ids), dtype=bool)
+    ok[list(errors)] = False
+    clock = np.array(times)
+    return BatchResult(plan.number, task_ids, ok, clock[:-1], clock[1:], values, arrays,
+                       dict(sorted(errors.items())), seconds)
+
+
+def _calls(active: _ActiveSweep,
+           task_ids: np.ndarray) -> tuple[Callable[..., Any], Iterable[tuple]]:
+    """What to call for each task, and the argument tuples to call it with: the kernel on
+    its keyfield values, unless a task needs more than that (a Timeout to watch, or an
+    adopted partition whose tasks take that partition's binding)."""
+    plan, binding = active.plan, active.binding
+    columns = active.grid.keyfield_columns(plan.todo[task_ids // plan.parts])
+    arguments = zip(*(columns[name] for name in binding.names)) if binding.names else \
+        itertools.repeat((), len(task_ids))
+    if active.watch is None and not active.adopted:
+        return binding.function, arguments
+    watch, adopted, parts = active.watch, active.adopted, plan.parts
+
+    def guarded(task_id: int, position: int, values: tuple) -> Any:
+        function = adopted.get(task_id % parts, binding).function
+        if watch is None:
+            return function(*values)
+        with watch(task_id, {name: column[position] for name, column in columns.items()}):
+            return function(*values)
+    return guarded, zip(task_ids.tolist(), itertools.count(), arguments)
+
+
+def _call_each(kernel: Kernel, function: Callable[..., Any],
+               arguments: Iterable[tuple]) -> tuple[list, list[float], dict[int, tuple]]:
+    """`function(*values)` for each tuple of `arguments`: the results (NaN for a call that
+    failed), the clock before the first call and after each call (BatchResult.start), and
+    the failures by position."""
+    results: list = []
+    errors: dict[int, tuple[str, bool]] = {}
+    clock = time.time
+    times = [clock()]
+    keep, tick = results.append, times.append
+    for values in arguments:
         try:
-            if active.watch is None:
-                result = call(combo)
-            else:
-                with active.watch(int(task_ids[position]), dict(zip(names, combo))):
-                    result = call(combo)
-            if lone is not None and (type(result) is float or
-                                     (type(result) is int and fits_int64(result))):
-                values[lone][position] = result       # the common cases, without checks
-            elif lone is not None and type(result) is np.ndarray and result.ndim and \
-                    result.dtype.kind in ARRAY_KINDS:
-                arrays[lone][0].append(position)
-                arrays[lone][1].append(result)
-            else:
-                for name, value in outputs_of(result, plan.outputs, kernel).items():
-                    if isinstance(value, np.ndarray) and value.ndim:
-                        arrays[name][0].append(position)
-                        arrays[name][1].append(value)
-                    else:
-                        values[name][position] = value
+            keep(function(*values))
+        except KERNEL_ERRORS as error:
+            failure = kernel.failure(error)
+            failure.__cause__ = error
+            errors[len(results)] = (str(failure), is_compile_error(failure))
+            keep(math.nan)
+        tick(clock())
+    return results, times, errors
+
+
+def _outputs(results: list, errors: dict[int, tuple[str, bool]], names: list[str],
+             kernel: Kernel) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+    """The results as BatchResult's columns: `values` (NaN where there is no number) and
+    `arrays`. A result that is not a valid output fails its task: added to `errors`."""
+    if len(names) == 1 and _plain_numbers(results):
+        return {names[0]: np.array(results, dtype=np.float64)}, {}
+    values = {name: np.full(len(results), np.nan) for name in names}
+    arrays: dict[str, tuple[list[int], list[np.ndarray]]] = {name: ([], []) for name in names}
+    for position, result in enumerate(results):
+        if position in errors:
+            continue
+        try:
+            named = outputs_of(result, names, kernel)
         except TaskFailed as failure:
-            ok[position] = False
             errors[position] = (str(failure), is_compile_error(failure))
-        end[position] = time.time()
-    stacked = {name: (np.array(positions, dtype=np.int64), pack(found))
-               for name, (positions, found) in arrays.items() if found}
-    return BatchResult(plan.number, task_ids, ok, start, end, values, stacked, errors,
-                       time.perf_counter() - began)
+            continue
+        for name, value in named.items():
+            if isinstance(value, np.ndarray) and value.ndim:
+                arrays[name][0].append(position)
+                arrays[name][1].append(value)
+            else:
+                values[name][position] = value
+    return values, {name: (np.array(positions, dtype=np.int64), pack(found))
+                    for name, (positions, found) in arrays.items() if found}
+
+
+def _plain_numbers(results: list) -> bool:
+    """True if every result is a number that `np.array(results, dtype=float64)` converts
+    as outputs_of would: a float, a bool, a numpy integer or float, an int that fits in
+    64 bits (a failed call's NaN included)."""
+    kinds = set(map(type, results))
+    if not all(kind in (float, int, bool) or issubclass(kind, (np.integer, np.floating,
+                                                                np.bool_)) for kind in kinds):
+        return False
+    if int not in kinds:
+        return True
+    ints = [result for result in results if type(result) is int]
+    return fits_int64(min(ints)) and fits_int64(max(ints))

@@ -31,7 +31,6 @@ from distx.engine.reduce import reduce_values
 from distx.engine.sweep import run_sweep
 from distx.engine.taskrun import TaskRun
 from distx.errors import TaskFailed
-from distx.results.layout import EXPERIMENT_COLUMNS
 from distx.script.evaluate import evaluate
 from distx.script.model import ROWS, Script, TaskSpec
 from distx.script.schema import (
@@ -375,6 +374,8 @@ def _check_sweep(script: Script, spec: TaskSpec) -> None:
 
 def _check_experiment_columns(script: Script, spec: TaskSpec) -> None:
     """Keyfields and Outputs are columns of the experiments table, beside its own."""
+    from distx.results.layout import EXPERIMENT_COLUMNS  # rank 0 checks; workers skip h5py
+
     keyfields = script.experiments.grid().names
     for name in keyfields:
         if name in EXPERIMENT_COLUMNS:

@@ -64,6 +64,7 @@ SPIN_SECONDS = 2e-4
 IDLE_SECONDS = 1.0
 IDLE_PAUSE = 5e-2
 ABORT_OUTPUT_SECONDS = 0.5
+ABORT_EXIT_SECONDS = 10.0
 PROGRESS_SECONDS = 2.0
 
 
@@ -310,6 +311,9 @@ class MPITransport(Transport):
         sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(ABORT_OUTPUT_SECONDS)
+        # MPI_Abort once never returned under Open MPI with ULFM after rank 0 had died
+        # (a loaded machine; the job hung for minutes): this process then ends itself.
+        threading.Timer(ABORT_EXIT_SECONDS, os._exit, (exit_code,)).start()
         self.comm.Abort(exit_code)
 
     def _receive_raw(self, source: int, size: int) -> np.ndarray:

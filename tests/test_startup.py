@@ -1,0 +1,98 @@
+"""Start-up time: what a rank imports is what its part of the run needs.
+
+Only rank 0 reads YAML, checks the script and writes HDF5, so the other ranks never import
+yaml, h5py or the results writer (each costs start-up time on every rank of every run), and
+no rank imports numba for a script without a numba kernel. When the kernels import numba,
+the other ranks load it while rank 0 checks the script. Checked in real `mpiexec` runs:
+every process reports its modules as it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import mpiexec
+
+from distx.engine.shipping import KernelSources
+
+RANK_ZERO_ONLY = ("h5py", "yaml", "distx.results.writer", "distx.check.checks")
+WATCHED = (*RANK_ZERO_ONLY, "numba")
+
+# Each process writes the watched modules it imported into a file of its own as it exits
+# (stdout could be cut when the launcher winds down).
+REPORT_AT_EXIT = f"""\
+import atexit, json, os, sys
+atexit.register(lambda: open(f"modules-{{os.getpid()}}.json", "w").write(
+    json.dumps(sorted(set({WATCHED!r}) & set(sys.modules)))))
+from distx.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+PLAIN = "def double(x):\n    return 2 * x\n"
+JITTED = "import numba\n\n\n@numba.njit(cache=True)\ndef double(x):\n    return 2 * x\n"
+
+
+def sweep(kernel: str) -> str:
+    return f"""\
+Version: 2
+Name: doubling
+Kernels: kernels
+Experiments:
+  Keyfields:
+    x: {{stop: 4}}
+Sequence:
+  - Task: Run.Sweep
+    Config: {{Kernel: {kernel}, Outputs: [y]}}
+"""
+
+
+def modules_per_process(tmp_path, script: str, ranks: int,
+                        exit_code: int = 0) -> list[list[str]]:
+    path = tmp_path / "script.yml"
+    path.write_text(script)
+    (tmp_path / "kernels").mkdir(exist_ok=True)
+    (tmp_path / "kernels" / "plain.py").write_text(PLAIN)
+    (tmp_path / "kernels" / "jitted.py").write_text(JITTED)
+    run = subprocess.run([*mpiexec(), "-n", str(ranks), sys.executable, "-c", REPORT_AT_EXIT,
+                          str(path), "-o", str(tmp_path / "out.h5")],
+                         capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert run.returncode == exit_code, run.stderr
+    return sorted(json.loads(report.read_text()) for report in tmp_path.glob("modules-*.json"))
+
+
+def test_workers_import_neither_yaml_nor_h5py_nor_numba_without_numba_kernels(tmp_path):
+    script = """\
+Version: 2
+Name: hello
+Sequence:
+  - {Task: Run.Message, Config: {Message: hello}}
+"""
+    reports = modules_per_process(tmp_path, script, 3)
+    assert reports == [[], [], sorted(RANK_ZERO_ONLY)]
+
+
+def test_a_sweep_of_a_plain_python_kernel_imports_no_numba(tmp_path):
+    reports = modules_per_process(tmp_path, sweep("plain.double"), 3)
+    assert reports == [[], [], sorted(RANK_ZERO_ONLY)]
+
+
+def test_workers_load_numba_while_rank_0_checks_a_script_whose_kernels_import_it(tmp_path):
+    # The check fails (no such function): rank 0 ends every rank with exit code 2 and
+    # writes nothing, but the workers had started loading numba before the verdict.
+    reports = modules_per_process(tmp_path, sweep("jitted.missing"), 3, exit_code=2)
+    workers = [modules for modules in reports if "distx.check.checks" not in modules]
+    assert len(reports) == 3 and all("numba" in modules for modules in workers)
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_kernel_sources_know_whether_they_import_numba(tmp_path):
+    (tmp_path / "plain.py").write_text(PLAIN + "import numpy\nfrom . import helper\n")
+    (tmp_path / "helper.py").write_text("import numbalike\n")
+    (tmp_path / "jitted.py").write_text(JITTED)
+    (tmp_path / "nested.py").write_text("from numba.core import types\n")
+    assert not KernelSources.read(tmp_path, ["plain"]).imports_numba
+    assert KernelSources.read(tmp_path, ["jitted"]).imports_numba
+    assert KernelSources.read(tmp_path, ["plain", "nested"]).imports_numba
