@@ -210,7 +210,7 @@ class Bench:
 
     def sweep_script(self, count: int, kernel: str = "trivial") -> Path:
         path = self.folder / f"sweep-{kernel}-{count}.yml"
-        path.write_text(sweep_script(count, kernel))
+        path.write_text(sweep_script(count, kernel, started=True))
         return path
 
     def recorded_sweep(self, ranks: int, count: int) -> tuple[float, float, float]:

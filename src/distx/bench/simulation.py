@@ -46,12 +46,30 @@ Sequence:
     Config: {{Kernel: benchkernels.{kernel}}}
 """
 """The bench's sweep: `count` experiments of a kernel of benchkernels (the real runs and
-the simulation measure the same script)."""
+the simulation measure the same sweep)."""
+
+STARTED = """\
+Roles:
+  coordinator:
+    Sequence:
+      - {Task: Remote.WaitForMilestone, Config: {Milestone: started}}
+      - Task: Run.Sweep
+        Config: {Kernel: benchkernels.KERNEL}
+  workers:
+    Sequence:
+      - {Task: Run.AddMilestone, Config: {Milestone: started}}
+"""
+"""Instead of the plain Sequence: the sweep starts once every holder has started (imported
+Python, MPI and the kernel's module), as MPIPoolExecutor.map is timed after a warm-up
+map; the ranks' start-up is the start-up case's."""
 
 
-def sweep_script(count: int, kernel: str = "trivial") -> str:
-    return SWEEP_SCRIPT.format(kernels=Path(benchkernels.__file__).parent, count=count,
+def sweep_script(count: int, kernel: str = "trivial", started: bool = False) -> str:
+    text = SWEEP_SCRIPT.format(kernels=Path(benchkernels.__file__).parent, count=count,
                                kernel=kernel)
+    if started:
+        text = text[:text.index("Sequence:")] + STARTED.replace("KERNEL", kernel)
+    return text
 
 
 class SimulatedHolders(Transport):
