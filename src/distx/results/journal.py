@@ -15,6 +15,7 @@ full disk) ends the journal at the last whole record.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import struct
@@ -69,12 +70,12 @@ def encoded_parts(record: Record, file_id: str) -> list[bytes | memoryview]:
             repeated = bool(values.size > 1 and values.flat[0] == values.flat[-1]
                             and (values == values.flat[0]).all())  # the ends: most at once
             raw = _raw(values.flat[:1] if repeated else values)
-            columns[column] = {"descr": np.lib.format.dtype_to_descr(values.dtype),
+            columns[column] = {"descr": _descr(values.dtype),
                                "offset": offset, "nbytes": len(raw), "repeated": repeated}
             chunks.append(raw)
             offset += len(raw)
         described[name] = {"shape": list(array.shape), "columns": columns,
-                           "descr": np.lib.format.dtype_to_descr(_text_free(array.dtype))
+                           "descr": _descr(_text_free(array.dtype))
                            if array.dtype.names else None}
     header = json.dumps({"op": record.op, "seq": record.seq, "file_id": file_id,
                          "fields": record.fields, "arrays": described}).encode()
@@ -83,6 +84,13 @@ def encoded_parts(record: Record, file_id: str) -> list[bytes | memoryview]:
     for part in payload:
         crc = zlib.crc32(part, crc)
     return [FRAME.pack(MAGIC, sum(len(part) for part in payload), crc), *payload]
+
+
+@functools.lru_cache(maxsize=256)
+def _descr(dtype: np.dtype) -> Any:
+    """numpy's description of a dtype, for the header: worked out once per dtype (it took
+    most of the ~17 us a one-row record cost, and a milestone is two such records)."""
+    return np.lib.format.dtype_to_descr(dtype)
 
 
 def _raw(values: np.ndarray) -> memoryview:
