@@ -184,28 +184,49 @@ def ids_world(tmp_path: Path, answering: tuple[int, ...]) -> tuple[RankCore, Loc
     return RankCore(hub.transport(0), info), hub, grid
 
 
-def test_holders_compute_the_ids_of_their_slices(tmp_path, monkeypatch):
+@pytest.fixture
+def shared_ids(monkeypatch):
+    """Ids shared with the holders however few there are."""
     monkeypatch.setattr(ids, "SHARED_FROM", 1)
+    monkeypatch.setattr(ids, "SLICE", 1)
+
+
+def asked(rank0: RankCore, grid: Grid, positions: np.ndarray) -> np.ndarray | None:
+    """experiment_ids in a thread: None if it does not return within 30 s (it waits for a
+    holder that never answers)."""
+    found: list[np.ndarray] = []
+    asking = threading.Thread(target=lambda: found.append(experiment_ids(rank0, grid, positions)),
+                              daemon=True)
+    asking.start()
+    asking.join(timeout=30)
+    return found[0] if found else None
+
+
+def test_holders_compute_the_ids_of_their_slices(tmp_path, shared_ids):
     rank0, _, grid = ids_world(tmp_path, (1, 2))
     positions = np.arange(0, 1000, 3)              # a shard's selection, say
     assert np.array_equal(experiment_ids(rank0, grid, positions), grid.id_column(positions))
 
 
-def test_rank_0_computes_the_slice_of_a_holder_lost_before_it_answered(tmp_path, monkeypatch):
-    monkeypatch.setattr(ids, "SHARED_FROM", 1)
+def test_rank_0_computes_the_slice_of_a_holder_lost_before_it_answered(tmp_path, shared_ids):
     rank0, hub, grid = ids_world(tmp_path, (1,))
     hub.inboxes[0].put(Message(2, Kind.PEER_LOST, PeerLost(2)))   # as the transport says it
-    positions, found = np.arange(1000), []
-    asking = threading.Thread(target=lambda: found.append(experiment_ids(rank0, grid, positions)),
-                              daemon=True)
-    asking.start()
-    asking.join(timeout=30)                        # waiting for rank 2 would hang here
-    assert found and np.array_equal(found[0], grid.id_column(positions))
+    positions = np.arange(1000)
+    assert np.array_equal(asked(rank0, grid, positions), grid.id_column(positions))
     assert 2 in rank0.lost
 
 
-def test_a_sweep_with_ids_from_the_holders_records_the_grids_ids(tmp_path, monkeypatch):
+def test_no_holder_gets_fewer_than_a_slice_of_ids(tmp_path, monkeypatch):
+    """1,000 ids in slices of at least 500: rank 0 and one holder (rank 2 never answers,
+    so asking it would hang)."""
     monkeypatch.setattr(ids, "SHARED_FROM", 1)
+    monkeypatch.setattr(ids, "SLICE", 500)
+    rank0, _, grid = ids_world(tmp_path, (1,))
+    positions = np.arange(1000)
+    assert np.array_equal(asked(rank0, grid, positions), grid.id_column(positions))
+
+
+def test_a_sweep_with_ids_from_the_holders_records_the_grids_ids(tmp_path, shared_ids):
     state, _, transport, output = run_world(tmp_path, sweep_script("double", 500, 0), 3)
     assert state == RunState.FINISHED.value
     with h5py.File(output) as file:

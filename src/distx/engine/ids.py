@@ -13,7 +13,9 @@ positions is all a holder needs.
     on_reply                           <-    IDS_REPLY  IdsReply
 
 A holder that dies before it answers (ULFM) has its slice computed by rank 0. Below
-SHARED_FROM experiments rank 0 computes them alone: a round of messages costs more.
+SHARED_FROM experiments rank 0 computes them alone, and no slice is smaller than SLICE
+ids (4,096 holders would each get 100 of 409,600 ids, fewer than a message is worth):
+a round of messages costs more.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from distx.engine.protocol import IdsReply, IdsRequest, Kind
 from distx.script.grid import Grid
 
 SHARED_FROM = 20000
+SLICE = 5000   # at least this many ids per rank that computes some
 _numbers = itertools.count(1)
 
 
 def experiment_ids(core: RankCore, grid: Grid, positions: np.ndarray) -> np.ndarray:
     """On rank 0: the ids of the grid's experiments at `positions`, in that order."""
-    holders = [rank for rank in core.info.plan.holders if rank not in core.lost]
+    helpers = max(0, len(positions) // SLICE - 1)   # rank 0 takes a slice too
+    holders = [rank for rank in core.info.plan.holders if rank not in core.lost][:helpers]
     if len(positions) < SHARED_FROM or not holders:
         return grid.id_column(positions)
     return _Gathering(core, grid, positions, holders).run()
