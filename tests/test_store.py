@@ -501,6 +501,34 @@ def test_a_checkpoint_writes_a_run_of_appends_per_table_in_order(tmp_path):
         assert file["errors"]["error"][-1] == b"e2999" and file.attrs["marker"] == 1
 
 
+def test_a_run_of_appends_is_journaled_as_one_record_per_table(tmp_path):
+    """A milestone round trip made two journal records of one row each (~10 us each to
+    encode); a run of appends is now one record per table, each keeping its order, and
+    a record in between still separates the runs. Recovery reads them all back."""
+    path = tmp_path / "out.h5"
+    results = ResultsFile.open(path, identity())
+    results.flush()
+    before = len(journal.read(journal.journal_path(path)))
+    for number in range(500):
+        results.record_milestone(number % 2, "r", f"m{number}", float(number), "")
+        results.record_log(1, {"role": "r", "index": 0, "log": [(float(number), "INFO",
+                                                                   f"l{number}")]})
+        if number == 249:
+            results.record_value(1, {"role": "r", "key": "k", "time": 1.0,
+                                     "value": np.arange(3.0)})   # a dataset record
+    results.flush()
+    records = journal.read(journal.journal_path(path))[before:]
+    assert [(record.op, record.fields.get("table")) for record in records] == [
+        ("append", "milestones"), ("append", "logs"), ("dataset", None),
+        ("append", "values"), ("append", "milestones"), ("append", "logs")]
+    results.claim.release()          # "killed" here, as in the crash test above
+    assert admin.recover(path) > 0
+    with h5py.File(path) as file:
+        names, lines = file["milestones"]["name"], file["logs"]["message"]
+        assert [name.decode() for name in names] == [f"m{n}" for n in range(500)]
+        assert [line.decode() for line in lines] == [f"l{n}" for n in range(500)]
+
+
 def test_a_second_writer_waits_for_the_claim_to_name_its_run(tmp_path):
     """The holder takes the lock, then writes who it is: a process refused in between
     still names the run (15 simultaneous starts once read an empty claim)."""
