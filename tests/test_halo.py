@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import TESTS, log_lines, run_script, values
 
-SCRIPT = """\
+HEADER = """\
 Version: 2
 Name: halos
 Distributed: True
@@ -21,6 +21,10 @@ Kernels: {kernels}
 Data:
   grid: {{File: grid.npy, Partition: rows}}
 Roles:
+"""
+"""The scripts' first lines: the grid from grid.npy in row partitions."""
+
+SCRIPT = HEADER + """\
   coordinator:
     Sequence:
       - Task: Remote.GetValue
@@ -80,15 +84,7 @@ def test_halo_rows_reach_the_right_neighbour(tmp_path: Path, dtype, shape, ranks
         assert [line.split(" of ")[0] for line in printed] == ["step 0", "step 1", "step 2"]
 
 
-TWO_ROLES = """\
-Version: 2
-Name: halos
-Distributed: True
-Timeout: 120
-Kernels: {kernels}
-Data:
-  grid: {{File: grid.npy, Partition: rows}}
-Roles:
+TWO_ROLES = HEADER + """\
   coordinator: {{Sequence: []}}
   top:
     Sequence:

@@ -235,21 +235,32 @@ def test_every_holder_dead_ends_the_run_and_resume_finishes_it(tmp_path):
         expected_results("ulfm_sweep.yml", 80).tolist()
 
 
-def test_dead_rank_in_a_role_sequence_ends_the_run(tmp_path):
-    """Waiters fail at once naming the dead rank (the script's waits allow 600 s)."""
+def ended_errored(tmp_path: Path, script: str) -> tuple[subprocess.CompletedProcess,
+                                                        list[tuple[int, str]]] | None:
+    """Run `script` (a rank dies in it) on 4 ranks. Without ULFM the job fails: None.
+    Under ULFM the run ends Errored within 60 s: the run and its tasks' (rank, error)."""
     output, markers = tmp_path / "out.h5", tmp_path / "markers"
     markers.mkdir()
     began = time.monotonic()
-    result = run(SCRIPTS / "ulfm_roles.yml", output, 4, f"markers={markers}")
+    result = run(SCRIPTS / script, output, 4, f"markers={markers}")
     if not ulfm_available():
         assert result.returncode != 0
-        return
+        return None
     assert time.monotonic() - began < 60
     assert result.returncode == 1, result.stderr
     with h5py.File(output, "r") as file:
         assert text(file.attrs["state"]) == "Errored"
-        errors = {int(row["rank"]): text(row["error"]) for row in file["tasks"][()]
-                  if text(row["error"])}
+        return result, [(int(row["rank"]), text(row["error"])) for row in file["tasks"][()]
+                        if text(row["error"])]
+
+
+def test_dead_rank_in_a_role_sequence_ends_the_run(tmp_path):
+    """Waiters fail at once naming the dead rank (the script's waits allow 600 s)."""
+    ended = ended_errored(tmp_path, "ulfm_roles.yml")
+    if ended is None:
+        return
+    result, failed = ended
+    errors = dict(failed)
     assert "rank 2 (workers) errored without reaching milestone Worked: rank 2 on host " \
         in errors[0]
     assert "died" in errors[0] and "timed out" not in errors[0]
@@ -259,20 +270,12 @@ def test_dead_rank_in_a_role_sequence_ends_the_run(tmp_path):
 def test_dead_neighbour_in_run_iterate_ends_the_run(tmp_path):
     """Holders waiting for a dead neighbour's halo rows (raw buffers, not messages) do not
     wait out their 600 s: the run ends Errored, naming the dead rank."""
-    output, markers = tmp_path / "out.h5", tmp_path / "markers"
-    markers.mkdir()
-    began = time.monotonic()
-    result = run(SCRIPTS / "ulfm_iterate.yml", output, 4, f"markers={markers}")
-    if not ulfm_available():
-        assert result.returncode != 0
+    ended = ended_errored(tmp_path, "ulfm_iterate.yml")
+    if ended is None:
         return
-    assert time.monotonic() - began < 60
-    assert result.returncode == 1, result.stderr
-    with h5py.File(output, "r") as file:
-        assert text(file.attrs["state"]) == "Errored"
-        errors = [text(row["error"]) for row in file["tasks"][()] if text(row["error"])]
+    result, failed = ended
     assert "lost rank 2 (workers): rank 2 on host " in result.stderr
-    assert not any("timed out" in error for error in errors)
+    assert not any("timed out" in error for _, error in failed)
 
 
 # ----- SIGKILL from outside ---------------------------------------------------------------
