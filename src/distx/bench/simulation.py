@@ -41,35 +41,36 @@ Kernels: {kernels}
 Experiments:
   Keyfields:
     seed: {{stop: {count}}}
+{sequence}"""
+"""The bench's sweep: `count` experiments of a kernel of benchkernels (the real runs and
+the simulation measure the same sweep), run by one of the two sequences below."""
+
+ALONE = """\
 Sequence:
   - Task: Run.Sweep
     Config: {{Kernel: benchkernels.{kernel}}}
 """
-"""The bench's sweep: `count` experiments of a kernel of benchkernels (the real runs and
-the simulation measure the same sweep)."""
 
 STARTED = """\
 Roles:
   coordinator:
     Sequence:
-      - {Task: Remote.WaitForMilestone, Config: {Milestone: started}}
+      - {{Task: Remote.WaitForMilestone, Config: {{Milestone: started}}}}
       - Task: Run.Sweep
-        Config: {Kernel: benchkernels.KERNEL}
+        Config: {{Kernel: benchkernels.{kernel}}}
   workers:
     Sequence:
-      - {Task: Run.AddMilestone, Config: {Milestone: started}}
+      - {{Task: Run.AddMilestone, Config: {{Milestone: started}}}}
 """
-"""Instead of the plain Sequence: the sweep starts once every holder has started (imported
-Python, MPI and the kernel's module), as MPIPoolExecutor.map is timed after a warm-up
-map; the ranks' start-up is the start-up case's."""
+"""The sweep starts once every holder has started (imported Python, MPI and the kernel's
+module), as MPIPoolExecutor.map is timed after a warm-up map; the ranks' start-up is the
+start-up case's."""
 
 
 def sweep_script(count: int, kernel: str = "trivial", started: bool = False) -> str:
-    text = SWEEP_SCRIPT.format(kernels=Path(benchkernels.__file__).parent, count=count,
-                               kernel=kernel)
-    if started:
-        text = text[:text.index("Sequence:")] + STARTED.replace("KERNEL", kernel)
-    return text
+    sequence = (STARTED if started else ALONE).format(kernel=kernel)
+    return SWEEP_SCRIPT.format(kernels=Path(benchkernels.__file__).parent, count=count,
+                               kernel=kernel, sequence=sequence)
 
 
 class SimulatedHolders(Transport):

@@ -73,6 +73,11 @@ class RunInfo:
     kernels_folder: Path | None = None
 
 
+def drop_late(source: int, body: Any) -> None:
+    """The handler of a reply that may come after the feature that asked stopped waiting
+    for it (results of a stopped sweep, ids of a cancelled round): it is dropped."""
+
+
 class RankCore:
     def __init__(self, transport: Transport, info: RunInfo) -> None:
         self.transport = transport

@@ -24,7 +24,7 @@ import itertools
 
 import numpy as np
 
-from distx.engine.core import RankCore
+from distx.engine.core import RankCore, drop_late
 from distx.engine.protocol import IdsReply, IdsRequest, Kind
 from distx.script.grid import Grid
 
@@ -51,7 +51,7 @@ class _Gathering:
         self.grid = grid
         self.number = next(_numbers)
         self.slices = np.array_split(positions, len(holders) + 1)   # [0] is rank 0's
-        self.owner = dict(zip(holders, range(1, len(self.slices))))   # holder -> slice
+        self.owner = dict(zip(holders, range(1, len(self.slices))))   # slices not yet in
         self.ids: list[np.ndarray | None] = [None] * len(self.slices)
 
     def run(self) -> np.ndarray:
@@ -66,10 +66,10 @@ class _Gathering:
             for rank in list(self.owner):
                 if rank in core.lost:         # died while rank 0 computed its own slice
                     self.on_lost(rank)
-            core.wait_until(lambda: all(ids is not None for ids in self.ids), None,
+            core.wait_until(lambda: not self.owner, None,   # every slice is in
                             "the holders to compute experiment ids")
         finally:
-            core.register(Kind.IDS_REPLY, _drop_late)
+            core.register(Kind.IDS_REPLY, drop_late)  # after a cancelled wait
             core.on_lost.remove(self.on_lost)
         return np.concatenate(self.ids)
 
@@ -82,10 +82,6 @@ class _Gathering:
         if rank in self.owner:
             index = self.owner.pop(rank)
             self.ids[index] = self.grid.id_column(self.slices[index])
-
-
-def _drop_late(source: int, reply: IdsReply) -> None:
-    """An answer after its round ended (its slice was computed here, its sender lost)."""
 
 
 def answer_ids(core: RankCore, grid: Grid, source: int, request: IdsRequest) -> None:

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distx.engine.coordinator import Coordinator
+from distx.engine.core import drop_late
 from distx.engine.data import Partition, materialize, row_blocks
 from distx.engine.ids import answer_ids, experiment_ids
 from distx.engine.kernels import (
@@ -233,8 +234,8 @@ class Sweep:
         try:
             self._run()
         finally:
-            core.register(Kind.SWEEP_READY, _drop_late)
-            core.register(Kind.SWEEP_RESULTS, _drop_late)
+            core.register(Kind.SWEEP_READY, drop_late)
+            core.register(Kind.SWEEP_RESULTS, drop_late)
             self.coordinator.stuck.listeners.remove(self.on_stuck)
             core.on_lost.remove(self.on_lost)
             self.coordinator.before_close.remove(self._unfinished_back_to_created)
@@ -571,10 +572,6 @@ class Sweep:
         del self.pending[position]
         self.remaining -= 1
         self.errors += status == Status.ERROR
-
-
-def _drop_late(source: int, body: Any) -> None:
-    """Sweep messages that arrive after their sweep ended (results of a stopped sweep)."""
 
 
 # ======== the holder side (every holder rank) ================================================
