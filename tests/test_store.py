@@ -476,6 +476,25 @@ def test_text_arrays_keep_every_byte_when_stored_nul_terminated(tmp_path):
         assert file["words"][()].tolist() == [b"longest", b"a"]
 
 
+def test_tables_written_as_stored_read_back_cell_for_cell(tmp_path):
+    """Fixed-width text goes in without HDF5's conversion: the file keeps NUL-terminated
+    text, and every cell, a value as wide as its column included, reads back as written."""
+    keyfields = Grid({"word": ["a", "widest-value"], "seed": [1, 2]})
+    path = tmp_path / "t.h5"
+    results = ResultsFile.open(path, identity())
+    table = results.experiments(keyfields, keyfields.ids(), ["result"])
+    finish(table, np.arange(4))
+    results.close("Finished", 0)
+    with h5py.File(path, "r") as file:
+        stored = file["experiments"].id.get_type()
+        word = stored.get_member_type(stored.get_member_index(b"word"))
+        assert word.get_strpad() == h5py.h5t.STR_NULLTERM
+        assert (file["experiments"][()] == table.rows).all()
+        attempts = file["attempts"][()]
+    assert attempts["host"].tolist() == [b"h1"] * 4
+    assert sorted(attempts["id"].tolist()) == sorted(table.rows["id"].tolist())
+
+
 def test_a_checkpoint_writes_a_run_of_appends_per_table_in_order(tmp_path):
     """Thousands of one-row records (a milestone each) are written as one append per table,
     each table keeping its own order, and an op in between still sees what came before."""
