@@ -229,6 +229,9 @@ def _fragments_at(name: str, values: list, where: np.ndarray) -> tuple[np.ndarra
     holder's slice of a keyfield with a million values)."""
     if len(where) >= len(values):
         return _fragments(name, values), where
+    low, high = int(where.min()), int(where.max()) + 1
+    if high - low <= len(where):   # a slice of positions: the span of values it covers
+        return _fragments(name, values[low:high]), where - low
     needed, where = np.unique(where, return_inverse=True)
     return _fragments(name, [values[i] for i in needed.tolist()]), where
 
