@@ -221,6 +221,7 @@ class Sweep:
         self.starved: set[int] = set()   # holders with room for a batch that found no work
         self.message_seconds = 0.0       # what taking one result message costs rank 0
         self.progress = Progress(self.count, self.core.info.progress)
+        table.expect_attempts(self.count * plan.parts)
 
     def run(self) -> None:
         if not self.count:
@@ -241,8 +242,7 @@ class Sweep:
             self.coordinator.before_close.remove(self._unfinished_back_to_created)
 
     def _run(self) -> None:
-        for rank in self.holders:
-            self.core.transport.send(rank, Kind.SWEEP_START, self.plan)
+        self.core.transport.send_to_each(self.holders, Kind.SWEEP_START, self.plan)
         for rank in list(self.core.lost):  # died before this sweep
             self.on_lost(rank)
         self.core.wait_until(self._all_ready, None, "holders to load the kernel")
