@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from distx.engine import data
 from distx.engine.command import end_commands
 from distx.engine.coordinator import Coordinator
@@ -47,6 +45,7 @@ from distx.engine.transport import (
     prepare_fault_tolerance,
 )
 from distx.errors import ResultsWriteError, UserError
+from distx.lazy import numpy as np
 from distx.script.model import Script, load_script
 from distx.script.roles import plan_roles
 from distx.script.shard import Shard
