@@ -208,6 +208,18 @@ def test_holders_compute_the_ids_of_their_slices(tmp_path, shared_ids):
     assert np.array_equal(experiment_ids(rank0, grid, positions), grid.id_column(positions))
 
 
+def test_rank_0_leaves_every_slice_of_ids_to_the_holders(tmp_path, shared_ids, monkeypatch):
+    """Rank 0's CPU is the sweep's scarcest: while the holders answer it computes none."""
+    rank0, _, grid = ids_world(tmp_path, (1, 2))
+    computing = []
+    id_column = Grid.id_column
+    monkeypatch.setattr(Grid, "id_column", lambda self, indices=None: (
+        computing.append(threading.current_thread().name), id_column(self, indices))[1])
+    positions = np.arange(1000)
+    assert np.array_equal(experiment_ids(rank0, grid, positions), id_column(grid, positions))
+    assert len(computing) == 2 and threading.current_thread().name not in computing
+
+
 def test_rank_0_computes_the_slice_of_a_holder_lost_before_it_answered(tmp_path, shared_ids):
     rank0, hub, grid = ids_world(tmp_path, (1,))
     hub.inboxes[0].put(Message(2, Kind.PEER_LOST, PeerLost(2)))   # as the transport says it
@@ -217,10 +229,10 @@ def test_rank_0_computes_the_slice_of_a_holder_lost_before_it_answered(tmp_path,
 
 
 def test_no_holder_gets_fewer_than_a_slice_of_ids(tmp_path, monkeypatch):
-    """1,000 ids in slices of at least 500: rank 0 and one holder (rank 2 never answers,
-    so asking it would hang)."""
+    """1,000 ids in slices of at least 600: one holder computes them all (rank 2 never
+    answers, so asking it would hang)."""
     monkeypatch.setattr(ids, "SHARED_FROM", 1)
-    monkeypatch.setattr(ids, "SLICE", 500)
+    monkeypatch.setattr(ids, "SLICE", 600)
     rank0, _, grid = ids_world(tmp_path, (1,))
     positions = np.arange(1000)
     assert np.array_equal(asked(rank0, grid, positions), grid.id_column(positions))

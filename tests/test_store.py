@@ -476,6 +476,42 @@ def test_text_arrays_keep_every_byte_when_stored_nul_terminated(tmp_path):
         assert file["words"][()].tolist() == [b"longest", b"a"]
 
 
+def test_a_sweeps_expected_attempts_fill_one_block_made_at_once():
+    """Doubling the block as batches came cost a copy into new memory each time (page
+    faults: 0.5 us an attempt); told how many are coming, the table makes it once, and
+    after a hand-over the next block is made for what is still to come."""
+    keyfields = grid(8000)
+    table = ExperimentTable(experiment_rows(keyfields, keyfields.ids(), ["result"], None), 1)
+    table.expect_attempts(8000)
+    for first in range(0, 6000, 1500):
+        finish(table, np.arange(first, first + 1500))
+    handed = [record for record in table.take_changes() if record.op == "append"]
+    rows = handed[0].arrays["rows"]
+    assert rows["id"].tolist() == table.rows["id"][:6000].tolist()
+    assert len(rows.base) == 8000
+    finish(table, np.arange(6000, 8000))
+    assert len(table.take_changes()[-1].arrays["rows"].base) == 2000
+
+
+def test_tables_written_as_stored_read_back_cell_for_cell(tmp_path):
+    """Fixed-width text goes in without HDF5's conversion: the file keeps NUL-terminated
+    text, and every cell, a value as wide as its column included, reads back as written."""
+    keyfields = Grid({"word": ["a", "widest-value"], "seed": [1, 2]})
+    path = tmp_path / "t.h5"
+    results = ResultsFile.open(path, identity())
+    table = results.experiments(keyfields, keyfields.ids(), ["result"])
+    finish(table, np.arange(4))
+    results.close("Finished", 0)
+    with h5py.File(path, "r") as file:
+        stored = file["experiments"].id.get_type()
+        word = stored.get_member_type(stored.get_member_index(b"word"))
+        assert word.get_strpad() == h5py.h5t.STR_NULLTERM
+        assert (file["experiments"][()] == table.rows).all()
+        attempts = file["attempts"][()]
+    assert attempts["host"].tolist() == [b"h1"] * 4
+    assert sorted(attempts["id"].tolist()) == sorted(table.rows["id"].tolist())
+
+
 def test_a_checkpoint_writes_a_run_of_appends_per_table_in_order(tmp_path):
     """Thousands of one-row records (a milestone each) are written as one append per table,
     each table keeping its own order, and an op in between still sees what came before."""

@@ -124,6 +124,16 @@ def test_grid_is_the_cartesian_product_with_folds_and_stable_ids():
                                                        "fold": [1, 0]}
 
 
+@given(st.lists(st.integers(0, 2999), min_size=1, max_size=50))
+def test_the_ids_of_a_few_experiments_of_a_large_grid_are_theirs(chosen):
+    """A holder's slice formats only the values it needs, with the same ids (mixed types
+    in one keyfield: each value keeps its JSON form)."""
+    grid = Grid({"seed": list(range(1000)), "kind": [1, 2.5, "x"]})
+    for indices in (chosen, list(range(min(chosen), min(chosen) + 120))):   # and a slice
+        expected = [experiment_id(keyfields_of(grid, index)) for index in indices]
+        assert grid.id_column(np.array(indices)).astype(str).tolist() == expected
+
+
 @given(st.dictionaries(st.sampled_from("abcd"), st.lists(st.integers(-5, 5), min_size=1,
                                                          max_size=4, unique=True),
                        min_size=1, max_size=3),

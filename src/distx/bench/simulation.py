@@ -91,7 +91,7 @@ class SimulatedHolders(Transport):
             self.inbox.append(Message(dest, Kind.SWEEP_RESULTS, self._results(body)))
         elif kind == Kind.IDS_REQUEST:   # unique stand-ins: the real ones are a holder's work
             self.inbox.append(Message(dest, Kind.IDS_REPLY, IdsReply(
-                body.number, np.char.zfill(body.positions.astype("S16"), 16))))
+                body.number, body.positions.astype("S16"))))
         # milestones and controls for the simulated ranks: nobody reads them
 
     def _results(self, tasks: SweepTasks) -> BatchResult:

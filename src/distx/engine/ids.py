@@ -1,12 +1,13 @@
 """A sweep's experiment ids, computed by rank 0 and the holders together.
 
 An id is one SHA-256 call per experiment (script/grid.py: `Grid.id_column`), about 0.5-1 us
-each in Python and the largest part of what a sweep costs rank 0 per experiment. Before
-a large sweep's first batch the holders would only wait, so rank 0 splits the grid
-positions into one slice per live holder plus its own, sends each holder its slice, and
-computes its own meanwhile; the ids come back in slice order, identical to what
-`Grid.id_column` gives for all of them. Every rank has the script, so a slice of grid
-positions is all a holder needs.
+each in Python, which alone would be half of what a sweep may cost rank 0 per experiment.
+Before a large sweep's first batch the holders would only wait, so rank 0 splits the grid
+positions into one slice per live holder and sends each holder its slice; the ids come
+back in slice order, identical to what `Grid.id_column` gives for all of them. Rank 0
+computes none itself: its CPU is what one coordinator of thousands of holders runs short
+of, and it sleeps while it waits. Every rank has the script, so a slice of grid positions
+is all a holder needs.
 
     rank 0 (`experiment_ids`)                holder (`answer_ids`)
     IDS_REQUEST  IdsRequest            ->    grid.id_column(positions)
@@ -34,23 +35,23 @@ _numbers = itertools.count(1)
 
 def experiment_ids(core: RankCore, grid: Grid, positions: np.ndarray) -> np.ndarray:
     """On rank 0: the ids of the grid's experiments at `positions`, in that order."""
-    helpers = max(0, len(positions) // SLICE - 1)   # rank 0 takes a slice too
-    holders = [rank for rank in core.info.plan.holders if rank not in core.lost][:helpers]
+    slices = len(positions) // SLICE
+    holders = [rank for rank in core.info.plan.holders if rank not in core.lost][:slices]
     if len(positions) < SHARED_FROM or not holders:
         return grid.id_column(positions)
     return _Gathering(core, grid, positions, holders).run()
 
 
 class _Gathering:
-    """One round: a slice to each holder, rank 0's own slice, the answers in order."""
+    """One round: a slice to each holder, the answers in order."""
 
     def __init__(self, core: RankCore, grid: Grid, positions: np.ndarray,
                  holders: list[int]) -> None:
         self.core = core
         self.grid = grid
         self.number = next(_numbers)
-        self.slices = np.array_split(positions, len(holders) + 1)   # [0] is rank 0's
-        self.owner = dict(zip(holders, range(1, len(self.slices))))   # slices not yet in
+        self.slices = np.array_split(positions, len(holders))
+        self.owner = dict(zip(holders, range(len(self.slices))))   # slices not yet in
         self.ids: list[np.ndarray | None] = [None] * len(self.slices)
 
     def run(self) -> np.ndarray:
@@ -61,9 +62,8 @@ class _Gathering:
             for rank, index in self.owner.items():
                 core.transport.send(rank, Kind.IDS_REQUEST,
                                     IdsRequest(self.number, self.slices[index]))
-            self.ids[0] = self.grid.id_column(self.slices[0])
             for rank in list(self.owner):
-                if rank in core.lost:         # died while rank 0 computed its own slice
+                if rank in core.lost:         # lost while its request went out
                     self.on_lost(rank)
             core.wait_until(lambda: not self.owner, None,   # every slice is in
                             "the holders to compute experiment ids")

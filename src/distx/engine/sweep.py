@@ -220,6 +220,7 @@ class Sweep:
         self.starved: set[int] = set()   # holders with room for a batch that found no work
         self.message_seconds = 0.0       # what taking one result message costs rank 0
         self.progress = Progress(self.count, self.core.info.progress)
+        table.expect_attempts(self.count * plan.parts)
 
     def run(self) -> None:
         if not self.count:

@@ -160,7 +160,7 @@ def _apply_rows(file: h5py.File, records: list[Record]) -> None:
     span = np.empty(high - low, dtype=dataset.dtype) if covered.all() else dataset[low:high]
     for record in records:
         span[record.arrays["positions"] - low] = _as(record.arrays["rows"], dataset.dtype)
-    dataset[low:high] = span
+    _write_rows(dataset, low, span)
 
 
 def _append(file: h5py.File, name: str, blocks: list[np.ndarray]) -> None:
@@ -169,7 +169,7 @@ def _append(file: h5py.File, name: str, blocks: list[np.ndarray]) -> None:
     rows = np.concatenate([_as(block, dataset.dtype) for block in blocks])
     start = dataset.shape[0]
     dataset.resize((start + len(rows),))
-    dataset[start:] = rows
+    _write_rows(dataset, start, rows)
 
 
 def _create_table(file: h5py.File, name: str, dtype: np.dtype,
@@ -179,8 +179,33 @@ def _create_table(file: h5py.File, name: str, dtype: np.dtype,
     table = file.create_dataset(name, shape=(count,), maxshape=(None,),
                                 dtype=stored_type(dtype), chunks=(1024,))
     if count:
-        table[...] = rows
+        _write_rows(table, 0, rows)
     return table
+
+
+def _write_rows(dataset: h5py.Dataset, start: int, rows: np.ndarray) -> None:
+    """`rows` (in the dataset's dtype) into the table from row `start`.
+
+    Rows without variable-length text go in as the file stores them: HDF5 would otherwise
+    convert every fixed-width text cell from numpy's NUL padding to the stored NUL
+    termination (stored_type), one field at a time, which took 3x as long as the write
+    itself (a 200,000-row experiments table: 46 against 15 ms). The bytes are the same:
+    a fixed_text column has room for its NUL, and numpy pads with NULs.
+    """
+    stop = start + len(rows)
+    if not len(rows):
+        return
+    if any(rows.dtype[name].kind == "O" for name in rows.dtype.names):
+        dataset[start:stop] = rows
+        return
+    stored = dataset.id.get_type()
+    if stored.get_size() != rows.dtype.itemsize:
+        raise ValueError(f"rows of {rows.dtype.itemsize} bytes for a table of "
+                         f"{stored.get_size()}-byte rows")
+    selection = dataset.id.get_space()
+    selection.select_hyperslab((start,), (len(rows),))
+    dataset.id.write(h5py.h5s.create_simple((len(rows),)), selection,
+                     np.ascontiguousarray(rows), mtype=stored)
 
 
 def _apply_table(file: h5py.File, record: Record) -> None:
@@ -206,15 +231,14 @@ def _apply_experiments(file: h5py.File, record: Record) -> None:
         if existing.dtype == _h5_dtype(rows.dtype) and len(existing) <= len(rows):
             start = len(existing)
             existing.resize((len(rows),))
-            existing[start:] = _as(rows[start:], existing.dtype)
+            _write_rows(existing, start, _as(rows[start:], existing.dtype))
             _fit_arrays(file, len(rows))
             return
         del file["experiments"]
     dtype = _h5_dtype(rows.dtype)
     dataset = file.create_dataset("experiments", shape=rows.shape, maxshape=(None,),
                                   dtype=stored_type(dtype), chunks=True)
-    if len(rows):
-        dataset[...] = _as(rows, dtype)
+    _write_rows(dataset, 0, _as(rows, dtype))
     dataset.attrs["keyfields"] = record.fields["keyfields"]
     dataset.attrs["outputs"] = record.fields["outputs"]
     _fit_arrays(file, len(rows))

@@ -47,15 +47,21 @@ def experiment_rows(grid: Grid, ids: np.ndarray | list[str], outputs: list[str],
     new = rows[known:]
     new["id"] = ids[added]
     new["index"] = np.arange(known, len(rows))
-    for name, values in grid.keyfield_columns(
+    for name, where in grid.value_positions(
             added if indices is None else indices[added]).items():
-        new[name] = [to_cell(value) for value in values] if new.dtype[name].kind == "S" \
-            else values
+        new[name] = _cells(grid.columns[name], new.dtype[name])[where]
     new["status"] = CREATED
     new["rank"] = -1
     new["start"] = np.nan
     new["end"] = np.nan
     return rows
+
+
+def _cells(values: list, dtype: np.dtype) -> np.ndarray:
+    """A keyfield's values as cells of its column, by position (a table of a million rows
+    takes them from this array, not from a million-item list)."""
+    return np.array([to_cell(value) for value in values] if dtype.kind == "S" else values,
+                    dtype=dtype)
 
 
 def _missing(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
@@ -91,6 +97,7 @@ class ExperimentTable:
         self._unsaved = np.zeros(len(rows), dtype=bool)   # since the last unsaved_rows
         self._attempts = np.empty(0, dtype=ATTEMPTS)   # the first _attempt_count are new
         self._attempt_count = 0
+        self._attempts_expected = 0   # attempt rows still to come (expect_attempts)
         self._errors: list[np.ndarray] = []
         self._error_of: dict[int, str] = {}     # row -> its last error text of this run
         self._arrays: dict[str, list[tuple[np.ndarray, ArrayBlock]]] = {}
@@ -153,12 +160,19 @@ class ExperimentTable:
             for position, text in zip(failed.tolist(), texts["error"]):
                 self._error_of[int(rows[position])] = text
 
+    def expect_attempts(self, count: int) -> None:
+        """About `count` attempt rows are coming (a sweep's tasks): the block that takes
+        them is made that large at once. Grown by doubling, each copy went to memory never
+        touched before, and its page faults cost 0.5 us a row here."""
+        self._attempts_expected = count
+
     def _new_attempts(self, count: int) -> np.ndarray:
         """Room for `count` more attempt rows, at the end of one growing block (a batch
         each as arrays of their own cost a structured concatenation per batch)."""
         end = self._attempt_count + count
         if end > len(self._attempts):
-            grown = np.empty(max(end, 2 * len(self._attempts), 1024), dtype=ATTEMPTS)
+            grown = np.empty(max(end, 2 * len(self._attempts), self._attempts_expected, 1024),
+                             dtype=ATTEMPTS)
             grown[:self._attempt_count] = self._attempts[:self._attempt_count]
             self._attempts = grown
         block = self._attempts[self._attempt_count:end]
@@ -234,7 +248,8 @@ class ExperimentTable:
         if self._attempt_count:   # handed over whole; the next attempts get a new block
             records.append(Record("append", {"table": "attempts"},
                                   {"rows": self._attempts[:self._attempt_count]}))
-            self._attempts = np.empty(len(self._attempts), dtype=ATTEMPTS)
+            self._attempts_expected = max(0, self._attempts_expected - self._attempt_count)
+            self._attempts = np.empty(0, dtype=ATTEMPTS)
             self._attempt_count = 0
         if self._errors:
             records.append(Record("append", {"table": "errors"},

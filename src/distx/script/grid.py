@@ -189,11 +189,15 @@ class Grid:
     def __len__(self) -> int:
         return self.size
 
+    def value_positions(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """For many experiments at once: where each one's value is in each keyfield's list."""
+        return dict(zip(self.names, np.unravel_index(np.asarray(indices, dtype=np.int64),
+                                                     self.shape)))
+
     def keyfield_columns(self, indices: np.ndarray) -> dict[str, list]:
         """For many experiments at once: each keyfield's values, in the order of `indices`."""
-        positions = np.unravel_index(np.asarray(indices, dtype=np.int64), self.shape)
-        return {name: [values[i] for i in where.tolist()]
-                for (name, values), where in zip(self.columns.items(), positions)}
+        return {name: [self.columns[name][i] for i in where.tolist()]
+                for name, where in self.value_positions(indices).items()}
 
     def ids(self, indices: np.ndarray | None = None) -> list[str]:
         """Ids of the experiments (all by default); equal to `experiment_id(keyfields)`."""
@@ -206,18 +210,30 @@ class Grid:
         arrays; what remains per experiment is one SHA-256 call (a million ids: ~1 s).
         """
         indices = np.arange(self.size) if indices is None else indices
-        positions = dict(zip(self.names, np.unravel_index(np.asarray(indices, dtype=np.int64),
-                                                          self.shape)))
+        positions = self.value_positions(indices)
         canonical = np.zeros(len(indices), dtype="S1")
         for number, name in enumerate(sorted(self.names)):
-            fragments = np.char.add(b"," if number else b"{",
-                                    _fragments(name, self.columns[name]))
-            canonical = np.char.add(canonical, fragments[positions[name]])
+            fragments, where = _fragments_at(name, self.columns[name], positions[name])
+            canonical = np.char.add(canonical,
+                                    np.char.add(b"," if number else b"{", fragments)[where])
         canonical = np.char.add(canonical, b"}")
         sha256 = hashlib.sha256
         digests = b"".join([sha256(text).digest() for text in canonical.tolist()])
         heads = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 32)[:, :8]
         return np.frombuffer(heads.tobytes().hex().encode(), dtype="S16")
+
+
+def _fragments_at(name: str, values: list, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fragments of the values at `where` (value positions), and where each of those is
+    among them: only the values needed, when they are fewer than the keyfield has (a
+    holder's slice of a keyfield with a million values)."""
+    if len(where) >= len(values):
+        return _fragments(name, values), where
+    low, high = int(where.min()), int(where.max()) + 1
+    if high - low <= len(where):   # a slice of positions: the span of values it covers
+        return _fragments(name, values[low:high]), where - low
+    needed, where = np.unique(where, return_inverse=True)
+    return _fragments(name, [values[i] for i in needed.tolist()]), where
 
 
 def _fragments(name: str, values: list) -> np.ndarray:
