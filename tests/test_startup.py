@@ -120,3 +120,19 @@ def test_kernel_sources_know_whether_they_import_numba(tmp_path):
     assert not KernelSources.read(tmp_path, ["plain"]).imports_numba
     assert KernelSources.read(tmp_path, ["jitted"]).imports_numba
     assert KernelSources.read(tmp_path, ["plain", "nested"]).imports_numba
+
+
+def test_the_distx_command_ends_with_mains_exit_code_and_runs_exit_handlers(tmp_path):
+    # `program` skips the collector's passes over what is left at exit, nothing else.
+    (tmp_path / "hello.yml").write_text(HELLO)
+    program = ("import atexit, pathlib, runpy, sys\n"
+               "atexit.register(pathlib.Path('handled').touch)\n"
+               "sys.argv[0] = 'distx'\n"
+               "runpy.run_module('distx', run_name='__main__')\n")
+    for script, exit_code in (("hello.yml", 0), ("missing.yml", 2)):
+        (tmp_path / "handled").unlink(missing_ok=True)
+        run = subprocess.run([sys.executable, "-c", program, script, "-o", "out.h5"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert run.returncode == exit_code, run.stderr
+        assert (tmp_path / "handled").exists()
+    assert (tmp_path / "out.h5").exists()
