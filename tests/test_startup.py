@@ -90,6 +90,16 @@ def test_workers_that_handle_no_array_do_not_import_numpy(tmp_path):
     assert reports == [["numpy"]] * 3
 
 
+def test_every_rank_starts_mpi_before_it_imports_the_engine():
+    # MPI starts once every rank is there: the ranks other than 0 import the engine after
+    # it, while rank 0 checks the script (launch._load_engine).
+    program = ("import sys; import distx.cli, distx.launch\n"
+               "early = {'distx.engine.rank', 'distx.engine.tasks', 'distx.engine.core',"
+               " 'distx.script.model'} & set(sys.modules)\n"
+               "assert not early, early")
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
+
+
 def test_the_engine_imports_numpy_only_when_an_array_is_used():
     program = ("import sys; import distx.cli, distx.launch, distx.engine.rank; "
                "assert 'numpy' not in sys.modules\n"
