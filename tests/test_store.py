@@ -476,6 +476,21 @@ def test_text_arrays_keep_every_byte_when_stored_nul_terminated(tmp_path):
         assert file["words"][()].tolist() == [b"longest", b"a"]
 
 
+def test_the_first_sweep_of_a_file_this_run_made_does_not_read_it_back(tmp_path, monkeypatch):
+    """Reading the file to find no table cost a copy of it with the journal applied
+    (0.13 s on 64 ranks, whose milestones were in the journal)."""
+    from distx.results import writer
+
+    results = ResultsFile.open(tmp_path / "new.h5", identity())
+    results.record_milestone(1, "workers", "started", 1.0, "")   # a journal record
+    results.flush()
+    monkeypatch.setattr(writer, "snapshot", lambda *_: pytest.fail("read the file back"))
+    keyfields = grid(3)
+    table = results.experiments(keyfields, keyfields.ids(), ["result"])
+    assert len(table.rows) == 3
+    results.close("Finished", 0)
+
+
 def test_a_sweeps_expected_attempts_fill_one_block_made_at_once():
     """Doubling the block as batches came cost a copy into new memory each time (page
     faults: 0.5 us an attempt); told how many are coming, the table makes it once, and

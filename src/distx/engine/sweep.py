@@ -241,8 +241,7 @@ class Sweep:
             self.coordinator.before_close.remove(self._unfinished_back_to_created)
 
     def _run(self) -> None:
-        for rank in self.holders:
-            self.core.transport.send(rank, Kind.SWEEP_START, self.plan)
+        self.core.transport.send_to_each(self.holders, Kind.SWEEP_START, self.plan)
         for rank in list(self.core.lost):  # died before this sweep
             self.on_lost(rank)
         self.core.wait_until(self._all_ready, None, "holders to load the kernel")

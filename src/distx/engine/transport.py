@@ -45,7 +45,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,11 @@ class Transport(ABC):
     def close(self, until: float | None = None) -> bool:
         """Complete this rank's sends and meet every rank; after it the rank may exit.
         False if that did not happen by `until` (a time.monotonic() deadline)."""
+
+    def send_to_each(self, dests: Iterable[int], kind: Kind, body: Any) -> None:
+        """The same `body` to every rank of `dests`."""
+        for dest in dests:
+            self.send(dest, kind, body)
 
     def send_from_thread(self, dest: int, kind: Kind, body: Any) -> None:
         """Send a small body from a thread other than the one serving this rank."""
@@ -175,22 +180,28 @@ class MPITransport(Transport):
         self._last_arrival = time.monotonic()      # when a message last came in
 
     def send(self, dest: int, kind: Kind, body: Any) -> None:
-        if dest in self.dead:
-            return
+        self.send_to_each((dest,), kind, body)
+
+    def send_to_each(self, dests: Iterable[int], kind: Kind, body: Any) -> None:
+        """Pickled once for all of `dests`: the start-up message took rank 0 9 ms a rank
+        (0.57 s for 63), a sweep's plan 1-6 ms."""
         buffers: list[pickle.PickleBuffer] = []
         header = pickle.dumps(body, protocol=5, buffer_callback=lambda buffer: (
             buffer.raw().nbytes < IN_BAND_BYTES or buffers.append(buffer)))
         raws = [buffer.raw() for buffer in buffers]
-        try:
-            request = self.comm.isend((header, [raw.nbytes for raw in raws]), dest=dest,
-                                      tag=kind)
-            self._pending.append((request, None))
-            for raw in raws:
-                self._send_raw(raw, dest)
-        except self._mpi.Exception as error:
-            self._peer_failed(error)
-        if len(self._pending) > 64:
-            self._complete_sends()
+        sizes = [raw.nbytes for raw in raws]
+        for dest in dests:
+            if dest in self.dead:
+                continue
+            try:
+                self._pending.append((self.comm.isend((header, sizes), dest=dest, tag=kind),
+                                      None))
+                for raw in raws:
+                    self._send_raw(raw, dest)
+            except self._mpi.Exception as error:
+                self._peer_failed(error)
+            if len(self._pending) > 64:
+                self._complete_sends()
 
     def _send_raw(self, raw: memoryview, dest: int) -> None:
         for start in range(0, raw.nbytes, CHUNK_BYTES):
@@ -349,8 +360,7 @@ class MPITransport(Transport):
         Point-to-point rather than MPI's bcast: ranks waiting while rank 0 checks the
         script or makes the data (seconds, maybe) sleep instead of spinning in MPI."""
         if self.rank == 0:
-            for dest in range(1, self.size):
-                self.send(dest, Kind.START, obj)
+            self.send_to_each(range(1, self.size), Kind.START, obj)
             return obj
         early: list[Message] = []
         while True:

@@ -76,6 +76,7 @@ class ResultsFile:
         self.path = path
         self.shard = shard                   # the slice of the experiments the file holds
         self.fresh = fresh                   # no file yet: the first checkpoint starts one
+        self.created = fresh                 # this run made the file: no table but its own
         self.claim = claim
         self.file_id = file_id
         self.run = run
@@ -329,8 +330,9 @@ class ResultsFile:
         """The experiments table of this grid (the file's rows first, on resume; `ids` of
         the experiments at `indices`, all by default); written at once by a checkpoint, so
         the journal only ever holds changes to its rows."""
-        existing = self.table.rows if self.table is not None else snapshot(
-            self.path, lambda file: file["experiments"][()] if "experiments" in file else None)
+        existing = self.table.rows if self.table is not None else None if self.created \
+            else snapshot(self.path,
+                          lambda file: file["experiments"][()] if "experiments" in file else None)
         self._to_journal()
         rows = experiment_rows(grid, ids, outputs, existing, indices)
         table = Record("experiments", {"keyfields": grid.names, "outputs": outputs},
