@@ -69,6 +69,19 @@ class KernelSources:
                    for relative, source in self.files.items()
                    for name, level, _ in _imports(source, _package_of(relative)))
 
+    def compiles_with_numba(self, kernels: Iterable[str] | None) -> bool:
+        """Whether one of `kernels` ('module.function'; None: not known before the run)
+        looks compiled by numba in the syntax trees: defined with a decorator that its
+        module imports from numba, or bound some other way (`numba.njit(f)`, an import) in
+        a module that imports numba. Then the other ranks set numba's compiler up while
+        rank 0 checks; a plain function in a module that imports numba needs only the
+        import. A wrong guess costs time, never results."""
+        if kernels is None:
+            return self.imports_numba
+        return any(_compiled(self.files.get(relative), function)
+                   for module, _, function in (kernel.rpartition(".") for kernel in kernels)
+                   for relative in _files_of_module(self.files, module))
+
     @property
     def fingerprint(self) -> str:
         """SHA-256 over the paths and contents: the kernels fingerprint of the results."""
@@ -151,6 +164,62 @@ def _imports(source: bytes, package: str) -> list[tuple[str, int, str]]:
             found += [(f"{base}.{alias.name}" if base else alias.name, node.level, package)
                       for alias in node.names if alias.name != "*"]
     return found
+
+
+def _files_of_module(files: dict[str, bytes], module: str) -> list[str]:
+    """The file that defines `module` among shipped `files` (none for a module from
+    elsewhere)."""
+    stem = module.replace(".", "/")
+    return [relative for relative in (f"{stem}.py", f"{stem}/__init__.py") if relative in files]
+
+
+def _compiled(source: bytes | None, function: str) -> bool:
+    """Whether the module's last top-level binding of `function` looks compiled by numba
+    (compiles_with_numba)."""
+    try:
+        tree = ast.parse(source or b"")
+    except SyntaxError:
+        return False   # the checks report it when importing
+    numba_names = _numba_names(tree)
+    binding = None
+    for node in tree.body:
+        if function in _bound_names(node):
+            binding = node
+    if isinstance(binding, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return any(_root_name(decorator) in numba_names for decorator in binding.decorator_list)
+    return bool(numba_names)
+
+
+def _numba_names(tree: ast.Module) -> set[str]:
+    """The names a module's imports bind to numba or to something of it."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {(alias.asname or alias.name).partition(".")[0] for alias in node.names
+                      if alias.name.partition(".")[0] == "numba"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and \
+                (node.module or "").partition(".")[0] == "numba":
+            names |= {alias.asname or alias.name for alias in node.names}
+    return names
+
+
+def _bound_names(node: ast.stmt) -> set[str]:
+    """The module-level names a top-level statement binds."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(alias.asname or alias.name).partition(".")[0] for alias in node.names}
+    targets = node.targets if isinstance(node, ast.Assign) else \
+        [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+    return {name.id for target in targets for name in ast.walk(target)
+            if isinstance(name, ast.Name)}
+
+
+def _root_name(expression: ast.expr) -> str | None:
+    """`numba` of `@numba.njit(cache=True)`, `njit` of `@njit`."""
+    while isinstance(expression, (ast.Call, ast.Attribute)):
+        expression = expression.func if isinstance(expression, ast.Call) else expression.value
+    return expression.id if isinstance(expression, ast.Name) else None
 
 
 def _absolute(name: str, level: int, package: str) -> str:
