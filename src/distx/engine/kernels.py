@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from distx.engine.data import Partition
 from distx.errors import TaskFailed, UserError
+from distx.lazy import numpy as np
 from distx.results.arrays import KINDS as ARRAY_KINDS
 from distx.script.schema import suggestion
 
