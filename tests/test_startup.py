@@ -113,6 +113,17 @@ def test_a_sweep_of_a_plain_python_kernel_imports_no_numba(tmp_path):
     assert reports == [[], [], sorted(RANK_ZERO_ONLY)]
 
 
+def test_a_plain_kernel_beside_a_numba_one_loads_numba_but_not_its_compiler(tmp_path):
+    # Set up on every holder all the same, numba's compiler took 0.15-0.2 s of CPU each
+    # while the bench's trivial sweep ran (numba.core.optional comes with that set-up).
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "mixed.py").write_text(JITTED + "\n\ndef plain(x):\n    return x\n")
+    reports = modules_per_process(tmp_path, sweep("mixed.plain"), 3,
+                                  watched=("h5py", "numba", "numba.core.optional"))
+    workers = [modules for modules in reports if "h5py" not in modules]
+    assert workers == [["numba"], ["numba"]]
+
+
 def test_workers_load_numba_while_rank_0_checks_a_script_whose_kernels_import_it(tmp_path):
     # The check fails (no such function): rank 0 ends every rank with exit code 2 and
     # writes nothing, but the workers had started loading numba before the verdict.

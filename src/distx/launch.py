@@ -228,27 +228,28 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
 
 def _prepare_telling_numba(transport: MPITransport, options: RunOptions,
                            hosts: list[str]) -> _Prepared:
-    """Rank 0: read the script, tell the other ranks whether its kernels import numba
-    (they then load it while rank 0 checks: engine/kernels.warm_up_numba), prepare."""
+    """Rank 0: read the script, tell the other ranks what to load of numba
+    (KernelSources.numba_warm_up: they load it while rank 0 checks), prepare."""
     try:
         script, kernels = _read(options)
     except UserError:
-        transport.broadcast(False)
+        transport.broadcast(None)
         raise
-    transport.broadcast(kernels.imports_numba)
+    transport.broadcast(kernels.numba_warm_up(script))
     return _prepare(script, kernels, options, transport.size, hosts,
                     transport.fault_tolerant)
 
 
-def _load_engine(numba: bool) -> threading.Thread | None:
+def _load_engine(numba: bool | None) -> threading.Thread | None:
     """A rank other than 0, while rank 0 checks the script: import the engine (its rank,
     features and the task catalogue; 0.02-0.03 s of CPU), and when the kernels import
-    numba, start loading numba in a thread (engine/kernels.warm_up_numba). Returns that
-    thread, if any."""
+    numba, start loading it in a thread, with its compiler when `numba` is True
+    (KernelSources.numba_warm_up, engine/kernels.warm_up_numba). Returns that thread, if
+    any."""
     from distx.engine import rank  # noqa: F401  (imported now, used after the verdict)
     from distx.engine.kernels import warm_up_numba
 
-    return warm_up_numba() if numba else None
+    return None if numba is None else warm_up_numba(compiler=numba)
 
 
 def _distribute(transport: MPITransport, executor: Executor, arrays: dict | None,
