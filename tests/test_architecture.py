@@ -4,7 +4,7 @@ Every import of a distx module counts: at module level, inside functions, and un
 `if TYPE_CHECKING:`. Layers, top to bottom (README "How it works" shows the graph):
 
     distx (the package, for `distx.load`), __main__ > cli > bench, launch > check > engine
-    > results > script > vocabulary, errors, version, host
+    > results > script > vocabulary, errors, version, host, lazy
 
 A module may import a module of a lower layer, or of its own package (the package's own
 modules must then form a DAG); bench and launch do not import each other.
@@ -27,7 +27,7 @@ LAYERS = [
     ("distx.engine",),
     ("distx.results",),
     ("distx.script",),
-    ("distx.vocabulary", "distx.errors", "distx.version", "distx.host"),
+    ("distx.vocabulary", "distx.errors", "distx.version", "distx.host", "distx.lazy"),
 ]
 
 

@@ -1,5 +1,3 @@
-import sys
+from distx.cli import program
 
-from distx.cli import main
-
-sys.exit(main())
+program()

@@ -8,6 +8,7 @@ and exit 2; `--debug` shows the traceback instead. Output cut short by its reade
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from typing import NoReturn
@@ -32,6 +33,18 @@ examples:
   distx timeline pi.h5 -o pi.png --trace pi.json   a picture; a trace for ui.perfetto.dev
   distx schema > distx.schema.json           the script format for editors (see README)
 """
+
+
+def program() -> NoReturn:
+    """The `distx` command and `python -m distx`: `main`, then the process ends.
+
+    Before it ends, every object it holds goes to the collector's permanent generation:
+    the interpreter's collections at exit then skip them (0.02-0.03 s of CPU on rank 0,
+    which has numpy and h5py loaded; the job ends when rank 0 does). The memory goes back
+    to the system with the process all the same."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,18 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from distx.engine import data
-from distx.engine.command import end_commands
-from distx.engine.coordinator import Coordinator
-from distx.engine.core import RunInfo
-from distx.engine.kernels import warm_up_numba
 from distx.engine.output import real_stderr
 from distx.engine.protocol import Verdict
-from distx.engine.rank import preload_kernels, run_as_coordinator, run_as_worker, start_rank
-from distx.engine.shipping import KernelSources
-from distx.engine.taskrun import Executor
 from distx.engine.transport import (
     LocalHub,
     MPITransport,
@@ -47,10 +37,21 @@ from distx.engine.transport import (
     prepare_fault_tolerance,
 )
 from distx.errors import ResultsWriteError, UserError
-from distx.script.model import Script, load_script
-from distx.script.roles import plan_roles
-from distx.script.shard import Shard
 from distx.vocabulary import INIT, PRE_RUN, ExitCode, RunState
+
+# Every rank imports this module before MPI starts, and MPI starts once every rank is
+# there: the rest of the engine is imported where it is used, so that the other ranks load
+# it while rank 0 checks the script (`_load_engine`) instead of before MPI. Rank 0 alone
+# writes HDF5, so results/ is imported inside the functions that only rank 0 runs.
+if TYPE_CHECKING:
+    import numpy as np
+
+    from distx.engine.core import RunInfo
+    from distx.engine.shipping import KernelSources
+    from distx.engine.taskrun import Executor
+    from distx.results.writer import ResultsFile
+    from distx.script.model import Script
+    from distx.script.shard import Shard
 
 
 @dataclass
@@ -78,12 +79,6 @@ class _Prepared:
     results: ResultsFile
     run_id: str
     kernels: KernelSources
-
-
-# Rank 0 alone writes HDF5: the other ranks do not import h5py (start-up time counts), so
-# results/ is imported inside the functions that only rank 0 runs.
-if TYPE_CHECKING:
-    from distx.results.writer import ResultsFile
 
 
 def run(options: RunOptions) -> int:
@@ -125,6 +120,9 @@ def prefer_shared_memory(environment: MutableMapping[str, str]) -> bool:
 
 def _read(options: RunOptions) -> tuple[Script, KernelSources]:
     """The script and the kernel code it needs, read but not yet checked."""
+    from distx.engine.shipping import KernelSources
+    from distx.script.model import load_script
+
     script = load_script(options.script, options.overrides)
     return script, KernelSources.of_script(script)
 
@@ -132,6 +130,7 @@ def _read(options: RunOptions) -> tuple[Script, KernelSources]:
 def _prepare(script: Script, kernels: KernelSources, options: RunOptions, size: int,
              hosts: list[str], tolerant: bool = False) -> _Prepared:
     from distx.check.checks import check_script
+    from distx.engine import data
     from distx.results import provenance
     from distx.results.writer import ResultsFile, RunIdentity
 
@@ -163,6 +162,9 @@ def _output(options: RunOptions, script: Script) -> Path:
 
 def _info(script: Script, options: RunOptions, run_id: str, size: int,
           hosts: list[str], kernels_folder: Path | None = None) -> RunInfo:
+    from distx.engine.core import RunInfo
+    from distx.script.roles import plan_roles
+
     plan = plan_roles(script, size)
     timeout = options.timeout if options.timeout is not None else script.timeout
     temp_root = Path(tempfile.gettempdir()) / f"distx-{run_id}"
@@ -196,8 +198,8 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
             except (UserError, ResultsWriteError) as error:
                 failure = error
                 verdict = Verdict(str(error))
-        elif transport.broadcast(None):
-            warm_up = warm_up_numba()
+        else:
+            warm_up = _load_engine(numba=transport.broadcast(None))
         verdict = transport.broadcast(verdict)
         if verdict.error is not None:
             if transport.rank == 0:
@@ -226,20 +228,34 @@ def _run_mpi(transport: MPITransport, options: RunOptions) -> int:
 
 def _prepare_telling_numba(transport: MPITransport, options: RunOptions,
                            hosts: list[str]) -> _Prepared:
-    """Rank 0: read the script, tell the other ranks whether its kernels import numba
-    (they then load it while rank 0 checks: engine/kernels.warm_up_numba), prepare."""
+    """Rank 0: read the script, tell the other ranks what to load of numba
+    (KernelSources.numba_warm_up: they load it while rank 0 checks), prepare."""
     try:
         script, kernels = _read(options)
     except UserError:
-        transport.broadcast(False)
+        transport.broadcast(None)
         raise
-    transport.broadcast(kernels.imports_numba)
+    transport.broadcast(kernels.numba_warm_up(script))
     return _prepare(script, kernels, options, transport.size, hosts,
                     transport.fault_tolerant)
 
 
+def _load_engine(numba: bool | None) -> threading.Thread | None:
+    """A rank other than 0, while rank 0 checks the script: import the engine (its rank,
+    features and the task catalogue; 0.02-0.03 s of CPU), and when the kernels import
+    numba, start loading it in a thread, with its compiler when `numba` is True
+    (KernelSources.numba_warm_up, engine/kernels.warm_up_numba). Returns that thread, if
+    any."""
+    from distx.engine import rank  # noqa: F401  (imported now, used after the verdict)
+    from distx.engine.kernels import warm_up_numba
+
+    return None if numba is None else warm_up_numba(compiler=numba)
+
+
 def _distribute(transport: MPITransport, executor: Executor, arrays: dict | None,
                 specs: dict) -> None:
+    from distx.engine import data
+
     dispatch = executor.core.dispatch
     layout = transport.broadcast(data.layouts(arrays, specs) if transport.rank == 0 else None,
                                  dispatch)
@@ -259,6 +275,9 @@ def _stop_on_signals(executor: Executor) -> None:
 
 def _start_coordinator(transport: Transport, info: RunInfo, prepared: _Prepared) -> Executor:
     """Rank 0: a rank that also records into the results file."""
+    from distx.engine.coordinator import Coordinator
+    from distx.engine.rank import start_rank
+
     executor = start_rank(transport, info)
     shapes = {name: array.shape for name, array in prepared.arrays.items()}
     Coordinator(executor, prepared.results, shapes)
@@ -276,6 +295,8 @@ def _ender(transport: Transport) -> Callable[[int], None]:
 
 
 def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int:
+    from distx.engine.rank import preload_kernels
+
     executor = _start_coordinator(transport, info, prepared)
     executor.core.reach(INIT)
     executor.core.reach(PRE_RUN)
@@ -286,6 +307,8 @@ def _coordinate(transport: Transport, info: RunInfo, prepared: _Prepared) -> int
 
 
 def _work(transport: Transport, info: RunInfo) -> int:
+    from distx.engine.rank import preload_kernels, run_as_worker, start_rank
+
     executor = start_rank(transport, info)
     _stop_on_signals(executor)
     executor.core.reach(INIT)
@@ -298,6 +321,10 @@ def _work(transport: Transport, info: RunInfo) -> int:
 
 
 def _finish(executor: Executor, prepared: _Prepared) -> int:
+    from distx.engine.command import end_commands
+    from distx.engine.coordinator import Coordinator
+    from distx.engine.rank import run_as_coordinator
+
     core, coordinator = executor.core, executor.feature(Coordinator)
     stuck = coordinator.stuck
     state, exit_code = run_as_coordinator(executor)
@@ -321,6 +348,9 @@ def _finish(executor: Executor, prepared: _Prepared) -> int:
 
 
 def _run_single_process(options: RunOptions) -> int:
+    from distx.engine import data
+    from distx.engine.rank import preload_kernels, start_rank
+
     host = socket.gethostname()
     prepared = _prepare(*_read(options), options, 1, [host])
     info = _info(prepared.script, options, prepared.run_id, 1, [host])
@@ -342,6 +372,8 @@ def _run_single_process(options: RunOptions) -> int:
 
 
 def _virtual_rank(executor: Executor) -> None:
+    from distx.engine.rank import run_as_worker
+
     try:
         run_as_worker(executor)
     except Exception:

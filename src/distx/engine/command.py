@@ -22,9 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from distx.errors import TaskFailed
+from distx.lazy import numpy as np
 from distx.script.expand import expand_text
 from distx.script.shell import ShellCommand, UnsafeReference, compile_command
 

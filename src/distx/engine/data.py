@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from distx.engine.protocol import DataBlock, Kind
 from distx.engine.transport import Message, MPITransport
 from distx.host import available_memory
+from distx.lazy import numpy as np
 from distx.script.model import REPLICATE, ROWS, DataSpec, Script
 
 

@@ -18,14 +18,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-import numpy as np
-
 from distx.engine.core import RankCore
 from distx.engine.kernels import KERNEL_ERRORS, PARTITION_NAMES
 from distx.engine.protocol import HaloRows, Kind
 from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.transport import MPITransport
 from distx.errors import TaskFailed
+from distx.lazy import numpy as np
 from distx.script.model import ROWS
 
 HALO_ARGUMENTS = ("above", "below", "step")

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
-
 from distx.engine.core import RankCore, drop_late
 from distx.engine.protocol import IdsReply, IdsRequest, Kind
+from distx.lazy import numpy as np
 from distx.script.grid import Grid
 
 SHARED_FROM = 20000

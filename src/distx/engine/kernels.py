@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from distx.engine.data import Partition
 from distx.errors import TaskFailed, UserError
+from distx.lazy import numpy as np
 from distx.results.arrays import KINDS as ARRAY_KINDS
 from distx.script.schema import suggestion
 
@@ -315,23 +314,29 @@ def is_compile_error(error: BaseException) -> bool:
     return type(cause).__module__.startswith("numba.core.errors")
 
 
-def warm_up_numba() -> threading.Thread:
-    """Import numba and set up its CPU target in a thread; return it.
+def warm_up_numba(compiler: bool) -> threading.Thread:
+    """Import numba in a thread, and with `compiler` set up its CPU target too; return it.
 
     Both take 0.4-0.5 s of CPU in every process whose first numba kernel is loaded, even
-    from the cache: numba's import, then its typing and lowering registries on the first
-    load. A rank other than 0 runs this while rank 0 checks the script (its main thread
-    sleeps waiting for the verdict), so that its kernels then load in milliseconds. The
-    set-up holds numba's compiler lock, which every compilation and cache load takes too.
-    It only saves time: whatever it meets, the kernel's own import meets again and reports.
+    from the cache: numba's import (0.25-0.35 s), then its typing and lowering registries
+    on the first load. A rank other than 0 runs this while rank 0 checks the script (its
+    main thread sleeps waiting for the verdict), so that its kernels then load in
+    milliseconds. The set-up holds numba's compiler lock, which every compilation and cache
+    load takes too; a run whose kernels are plain functions in modules that import numba
+    needs the import alone (set up all the same, it took 0.15-0.2 s of every holder's CPU
+    while the bench's trivial sweep ran). It only saves time: whatever it meets, the
+    kernel's own import meets again and reports.
     """
     def warm_up() -> None:
         with contextlib.suppress(Exception):  # see the docstring's last line
-            from numba.core.compiler_lock import global_compiler_lock
-            from numba.core.registry import cpu_target
+            import numba  # noqa: F401
 
-            with global_compiler_lock:
-                cpu_target.target_context.refresh()
+            if compiler:
+                from numba.core.compiler_lock import global_compiler_lock
+                from numba.core.registry import cpu_target
+
+                with global_compiler_lock:
+                    cpu_target.target_context.refresh()
 
     thread = threading.Thread(target=warm_up, name="distx-numba-warm-up", daemon=True)
     thread.start()

@@ -13,8 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from distx.lazy import numpy as np
 from distx.results.arrays import ArrayBlock
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from distx.lazy import numpy as np
 
 
 def reduce_values(values: list, how: str, weights: list[float] | None = None) -> Any:

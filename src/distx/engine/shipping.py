@@ -69,6 +69,16 @@ class KernelSources:
                    for relative, source in self.files.items()
                    for name, level, _ in _imports(source, _package_of(relative)))
 
+    def numba_warm_up(self, script: Script) -> bool | None:
+        """What the other ranks load of numba while rank 0 checks `script`
+        (engine/kernels.warm_up_numba): None when no kernel module imports numba, True
+        when a kernel the script names looks compiled by numba (its compiler too), else
+        False (the import alone)."""
+        if not self.imports_numba:
+            return None
+        kernels = [spec.kernel for spec in script.tasks() if "Kernel" in spec.config]
+        return self.compiles_with_numba(None if None in kernels else kernels)
+
     def compiles_with_numba(self, kernels: Iterable[str] | None) -> bool:
         """Whether one of `kernels` ('module.function'; None: not known before the run)
         looks compiled by numba in the syntax trees: defined with a decorator that its

@@ -55,8 +55,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from distx.engine.coordinator import Coordinator
 from distx.engine.core import drop_late
 from distx.engine.data import Partition, materialize, row_blocks
@@ -86,6 +84,7 @@ from distx.engine.reduce import reduce_values
 from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.watchdog import watch_kernel
 from distx.errors import Cancelled, TaskFailed, UserError
+from distx.lazy import numpy as np
 from distx.results.arrays import pack
 from distx.script.grid import Grid
 from distx.script.model import ROWS

@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from distx.engine.core import RankCore
 from distx.engine.data import Partition
 from distx.engine.kernels import KernelLibrary, kernel_arguments
@@ -27,6 +25,7 @@ from distx.engine.protocol import EventKind
 from distx.engine.transport import LocalTransport
 from distx.engine.watchdog import watch_kernel
 from distx.errors import Cancelled, TaskFailed, UserError
+from distx.lazy import numpy as np
 from distx.script.expand import expand
 from distx.script.model import TaskSpec
 from distx.script.roles import default_target

@@ -49,9 +49,8 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from distx.engine.protocol import Kind, PeerLost
+from distx.lazy import numpy as np
 from distx.vocabulary import ExitCode
 
 CHUNK_BYTES = 1 << 30

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from distx.lazy import numpy as np
 
 KINDS = "biuf"
 """The dtype kinds an array output may have (bool, integers, floats)."""

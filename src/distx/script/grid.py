@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-import numpy as np
+from distx.lazy import numpy as np
 
 MAX_EXPERIMENTS = 10_000_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

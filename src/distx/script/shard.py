@@ -13,9 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from distx.errors import UserError
+from distx.lazy import numpy as np
 
 SHARD_TEXT = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 SHARD_FIX = ("write --shard I/N with 0 <= I < N (e.g. --shard 0/4), or --shard auto inside a "
