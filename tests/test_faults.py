@@ -5,10 +5,15 @@ a 60 s subprocess limit proves that nothing waited for those timeouts."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
+
 import h5py
 import numpy as np
 import pytest
-from conftest import SCRIPTS, distx, experiments, milestones, run_script, text
+from conftest import SCRIPTS, TESTS, distx, experiments, milestones, run_script, text
 
 from distx.results.reader import error_texts, read_results
 
@@ -84,6 +89,43 @@ def test_numba_kernel_holding_the_gil_is_ended_by_the_backstop(tmp_path):
     assert "Timeout (0:00:0" in result.stderr  # faulthandler's stacks of the stuck rank
     shown = distx("show", output)
     assert shown.returncode == 0 and "no end recorded" in shown.stdout
+
+
+BLOCKED_DUMP = textwrap.dedent("""\
+    import fcntl, os, sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from faults import spin
+    from distx.engine import watchdog
+
+    spin(np.zeros(1), 1)  # compiled (or loaded) before the watch starts
+    watchdog.BACKSTOP_MARGIN = 0.0
+    # Fill stderr, a pipe nobody reads, so that faulthandler's stack dump blocks.
+    flags = fcntl.fcntl(2, fcntl.F_GETFL)
+    fcntl.fcntl(2, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(2, b"x" * 4096)
+    except BlockingIOError:
+        fcntl.fcntl(2, fcntl.F_SETFL, flags)
+    with watchdog.WATCHDOG.watch(0.2, lambda: None):
+        spin(np.zeros(1), 10 ** 15)  # holds the GIL
+    """)
+
+
+def test_backstop_ends_the_process_when_its_stack_dump_blocks():
+    """faulthandler exits only after its dump is written: with stderr a full pipe the
+    write blocks for ever (a hang seen once in CI), and the second backstop, SIGALRM
+    with its default action, ends the process while the kernel still holds the GIL."""
+    child = subprocess.Popen([sys.executable, "-c", BLOCKED_DUMP, str(TESTS / "kernels")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        returncode = child.wait(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+        child.stderr.close()
+    assert returncode == -signal.SIGALRM
 
 
 def test_kernel_that_crashes_its_rank_then_resume(tmp_path):

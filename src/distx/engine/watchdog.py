@@ -15,12 +15,18 @@ run while it does. For that case faulthandler's own timer (a C thread, no GIL ne
 armed as a backstop: it prints every thread's Python stack and exits the process with code
 1, which makes the launcher end the job. It fires one Timeout (plus a margin) after the
 overdue call's deadline, late enough never to hit a call that is still within its own.
+faulthandler exits only once its dump is written, and that write can block for ever (a
+stderr pipe that is full and not read: a run hung so in CI with the dump begun). So a
+second timer, ALARM_AFTER_DUMP later, sends the process SIGALRM, whose default action ends
+it in the kernel, whatever holds the GIL or blocks in a write. distx installs no SIGALRM
+handler and uses no other interval timer (a kernel that does would disturb this one).
 """
 
 from __future__ import annotations
 
 import faulthandler
 import itertools
+import signal
 import sys
 import threading
 import time
@@ -35,6 +41,8 @@ from distx.vocabulary import ExitCode, RunState
 
 POLL_SECONDS = 0.1
 BACKSTOP_MARGIN = 5.0
+ALARM_AFTER_DUMP = 3.0
+"""Seconds from faulthandler's timer to SIGALRM's (a dump takes milliseconds)."""
 ABORT_WAIT = 30.0  # how long a rank stuck in a kernel waits for rank 0 to abort the job
 
 
@@ -88,18 +96,24 @@ class KernelWatchdog:
                 if self._calls:
                     self._arm_backstop(min(self._calls.values(), key=lambda c: c.deadline))
                 elif self._backstop is not None:
-                    faulthandler.cancel_dump_traceback_later()
-                    self._backstop = None
+                    self._disarm_backstop()
             for call in due:
                 call.expired()
 
     def _arm_backstop(self, call: _Call) -> None:
-        """Set faulthandler's timer one Timeout (plus a margin) after `call`'s deadline."""
+        """Set faulthandler's timer one Timeout (plus a margin) after `call`'s deadline,
+        and SIGALRM's ALARM_AFTER_DUMP after it."""
         if self._backstop == call.deadline:
             return
         self._backstop = call.deadline
-        delay = call.deadline - time.monotonic() + call.timeout + BACKSTOP_MARGIN
-        faulthandler.dump_traceback_later(max(delay, 0.1), exit=True, file=real_stderr())
+        delay = max(call.deadline - time.monotonic() + call.timeout + BACKSTOP_MARGIN, 0.1)
+        faulthandler.dump_traceback_later(delay, exit=True, file=real_stderr())
+        signal.setitimer(signal.ITIMER_REAL, delay + ALARM_AFTER_DUMP)
+
+    def _disarm_backstop(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        self._backstop = None
 
 
 WATCHDOG = KernelWatchdog()
