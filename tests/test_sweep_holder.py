@@ -12,12 +12,14 @@ import functools
 import inspect
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import numba
 import numpy as np
 import pytest
 
 from distx.bench import benchkernels
+from distx.engine import sweep as sweep_module
 from distx.engine.kernels import Kernel, KernelLibrary
 from distx.engine.protocol import BatchResult, SweepPlan
 from distx.engine.sweep import _ActiveSweep, _run_batch
@@ -317,3 +319,27 @@ def test_a_kernel_that_cannot_compile_is_a_compile_error():
     result = both_ways(adds_a_string, keyfields={"a": [1, 2], "b": [1.0]})
     assert not result.ok.any()
     assert all(compile_error for _, compile_error in result.errors.values())
+
+
+@pytest.mark.parametrize("results", [
+    [np.arange(3.0), np.arange(2), np.ones((2, 2), dtype=bool)],
+    [np.zeros(0), np.array([1.5])],
+    [np.arange(3.0), np.array(7.0)],           # a 0-d array is a number
+    [np.arange(3.0), np.array(["text"])],      # an array of text fails its task
+])
+def test_a_batch_of_arrays_is_taken_as_each_result_would_be(monkeypatch, results):
+    """All arrays of numbers (the array sweep) are packed at once, without checking each
+    result alone: the outcome is the same as the check's."""
+    kernel = SimpleNamespace(name="test.arrays", place="test.py:1")
+    fast_errors, slow_errors = {}, {}
+    fast = sweep_module._outputs(list(results), fast_errors, ["result"], kernel)
+    monkeypatch.setattr(sweep_module, "_plain_arrays", lambda results: False)
+    slow = sweep_module._outputs(list(results), slow_errors, ["result"], kernel)
+    assert fast_errors == slow_errors
+    np.testing.assert_array_equal(fast[0]["result"], slow[0]["result"])
+    assert fast[1].keys() == slow[1].keys()
+    for (fast_positions, fast_block), (slow_positions, slow_block) in zip(
+            fast[1].values(), slow[1].values()):
+        assert fast_positions.tolist() == slow_positions.tolist()
+        assert [a.tolist() for a in fast_block.arrays()] == \
+            [a.tolist() for a in slow_block.arrays()]

@@ -85,6 +85,7 @@ from distx.engine.taskrun import Executor, TaskRun
 from distx.engine.watchdog import watch_kernel
 from distx.errors import Cancelled, TaskFailed, UserError
 from distx.lazy import numpy as np
+from distx.results.arrays import KINDS as ARRAY_KINDS
 from distx.results.arrays import pack
 from distx.script.grid import Grid
 from distx.script.model import ROWS
@@ -720,6 +721,9 @@ def _outputs(results: list, errors: dict[int, tuple[str, bool]], names: list[str
     `arrays`. A result that is not a valid output fails its task: added to `errors`."""
     if len(names) == 1 and _plain_numbers(results):
         return {names[0]: np.array(results, dtype=np.float64)}, {}
+    if len(names) == 1 and not errors and _plain_arrays(results):
+        return {names[0]: np.full(len(results), np.nan)}, {
+            names[0]: (np.arange(len(results), dtype=np.int64), pack(results))}
     values = {name: np.full(len(results), np.nan) for name in names}
     arrays: dict[str, tuple[list[int], list[np.ndarray]]] = {name: ([], []) for name in names}
     for position, result in enumerate(results):
@@ -738,6 +742,14 @@ def _outputs(results: list, errors: dict[int, tuple[str, bool]], names: list[str
                 values[name][position] = value
     return values, {name: (np.array(positions, dtype=np.int64), pack(found))
                     for name, (positions, found) in arrays.items() if found}
+
+
+def _plain_arrays(results: list) -> bool:
+    """True if every result is a numpy array of numbers with at least one dimension, as
+    outputs_of would take it (checked per result, it cost a holder 4 us of the ~6 us a
+    50-element array task took)."""
+    return {type(result) for result in results} == {np.ndarray} and all(
+        result.ndim and result.dtype.kind in ARRAY_KINDS for result in results)
 
 
 def _plain_numbers(results: list) -> bool:
