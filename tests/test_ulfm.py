@@ -334,7 +334,8 @@ def test_kill_at_random_moments_campaign(tmp_path, seed):
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.02, 0.03])
 def test_worker_killed_while_rank0_sends_its_partition(tmp_path, delay):
     """The first 16 MB row partitions are in flight: rank 0 once deadlocked inside Open
-    MPI's TCP transport here (transport.ULFM_SETTINGS); now the run goes on."""
+    MPI's TCP transport here, and a worker crashed sending a milestone to the killed one
+    (transport.ULFM_SETTINGS); now the run goes on."""
     output = tmp_path / "out.h5"
     result, _ = run_and_kill("ulfm_rows.yml", output, (2,), delay)
     if not ulfm_available():  # the launcher ends the job (perhaps before any experiment)
@@ -377,8 +378,9 @@ def test_fault_tolerance_skips_the_finalize_fence_only_under_ulfm():
     environment = {"OMPI_MCA_mpi_ft_enable": "1"}
     assert prepare_fault_tolerance(environment)
     assert environment["OMPI_MCA_async_mpi_finalize"] == "1"
+    assert environment["OMPI_MCA_mpi_preconnect_mpi"] == "1"
     chosen = {"OMPI_MCA_mpi_ft_enable": "1", "OMPI_MCA_async_mpi_finalize": "0",
-              "OMPI_MCA_btl_tcp_flags": "send,put"}
+              "OMPI_MCA_btl_tcp_flags": "send,put", "OMPI_MCA_mpi_preconnect_mpi": "0"}
     assert not prepare_fault_tolerance(chosen) and chosen["OMPI_MCA_async_mpi_finalize"] == "0"
     assert chosen["OMPI_MCA_btl_tcp_flags"] == "send,put"
     plain: dict[str, str] = {}
