@@ -12,7 +12,7 @@ import sys
 
 from conftest import mpiexec
 
-from distx.bench.harness import Bench
+from distx.bench.harness import Bench, medians_in_turns
 from distx.bench.simulation import simulate
 from distx.engine.sweep import Sweep
 
@@ -47,6 +47,17 @@ def test_quick_bench_reports_every_case(tmp_path):
     assert any("coordinator cost per recorded experiment" in note for note in figures["notes"])
     assert any("array sweep file" in note for note in figures["notes"])
     assert "ratio" in result.stdout and "target" in result.stdout
+
+
+def test_sides_are_measured_in_turns_and_their_medians_taken():
+    calls = []
+
+    def side(name: str, values: list):
+        return lambda: (calls.append(name), values.pop(0))[1]
+    medians = medians_in_turns(3, side("a", [5.0, 1.0, 3.0]),
+                               side("b", [(1, 9), (2, 8), (3, 7)]))
+    assert calls == ["a", "b"] * 3
+    assert medians == [3.0, (2, 8)]
 
 
 def test_the_coordinator_simulation_records_every_experiment(tmp_path):

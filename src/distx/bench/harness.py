@@ -12,6 +12,7 @@ example kernels (`examples_folder()`), so that the figures are those of the exam
 from __future__ import annotations
 
 import compileall
+import functools
 import json
 import shutil
 import statistics
@@ -20,8 +21,10 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -161,8 +164,12 @@ class Bench:
                         .replace("BENCH_KERNELS", str(BENCH_KERNELS)))
         return path
 
+    def output_of(self, script: Path, ranks: int) -> Path:
+        """Where run_distx writes the results of `script` on `ranks` ranks."""
+        return self.folder / f"{script.stem}-{ranks}.h5"
+
     def run_distx(self, ranks: int, script: Path, *extra: str) -> tuple[Path, float]:
-        output = self.folder / f"{script.stem}-{ranks}.h5"
+        output = self.output_of(script, ranks)
         command = [sys.executable, "-m", "distx", str(script), "-o", str(output),
                    "--overwrite", *extra]
         if ranks == 1:
@@ -229,23 +236,22 @@ class Bench:
         futures = self.folder / "futures_map.py"
         futures.write_text(FUTURES_MAP)
         on_4_ranks = None
+        repeats, chunksizes = (1 if self.quick else 3), (1, 64, 256)
         for ranks in (4,) if self.quick else (4, 8):
-            distx, maps = [], {chunksize: [] for chunksize in (1, 64, 256)}
-            for _ in range(1 if self.quick else 3):
-                distx.append(self.recorded_sweep(ranks, count))
-                for chunksize, rates in maps.items():
-                    rates.append(self.map_rate(ranks, futures, count, chunksize))
-            rate, cpu, set_up = (statistics.median(side) for side in zip(*distx))
+            (rate, cpu, set_up), *map_rates = medians_in_turns(
+                repeats, functools.partial(self.recorded_sweep, ranks, count),
+                *(functools.partial(self.map_rate, ranks, futures, count, chunksize)
+                  for chunksize in chunksizes))
             on_4_ranks = on_4_ranks or (rate, cpu, set_up)
-            for chunksize, rates in maps.items():
+            for chunksize, map_rate in zip(chunksizes, map_rates):
                 target = ">= 10x faster" if chunksize == 1 else ">= 1x"
-                self.add(f"sweep {count} recorded experiments, {ranks} ranks", rate,
-                         statistics.median(rates), "tasks/s",
-                         f"MPIPoolExecutor.map chunksize {chunksize} (records nothing)", target)
+                self.add(f"sweep {count} recorded experiments, {ranks} ranks", rate, map_rate,
+                         "tasks/s", f"MPIPoolExecutor.map chunksize {chunksize} (records "
+                         "nothing)", target)
             self.notes.append(f"sweep on {ranks} ranks: {rate:,.0f} recorded experiments/s; "
                               f"rank 0 CPU per recorded experiment {_us(cpu)} (target <= 2 "
                               f"us), of which set-up {_us(set_up)} (ids, the new table); "
-                              f"medians of {len(distx)} runs")
+                              f"medians of {repeats} runs")
         return on_4_ranks
 
     def map_rate(self, ranks: int, futures: Path, count: int, chunksize: int) -> float:
@@ -292,14 +298,16 @@ class Bench:
         """The same sweep returning a 50-element array per experiment instead of a number
         (issue 17: within 1.5x), and the file's size against the arrays' raw bytes."""
         count = 20000
-        seconds: dict[str, list[float]] = {"trivial": [], "ramp": []}
-        for _ in range(1 if self.quick else 3):   # in turns: medians of sub-second runs
-            for kernel, runs in seconds.items():
-                output, _ = self.run_distx(4, self.sweep_script(count, kernel))
-                runs.append(self.task_seconds(output, "Run.Sweep"))
-        self.add(f"sweep {count} experiments of 50-element arrays, 4 ranks",
-                 statistics.median(seconds["ramp"]), statistics.median(seconds["trivial"]),
-                 "s", "the same sweep returning a number", "<= 1.5x")
+        numbers, arrays = self.sweep_script(count, "trivial"), self.sweep_script(count, "ramp")
+
+        def sweep_seconds(script: Path) -> float:
+            return self.task_seconds(self.run_distx(4, script)[0], "Run.Sweep")
+        number_seconds, array_seconds = medians_in_turns(   # of sub-second runs
+            1 if self.quick else 3, functools.partial(sweep_seconds, numbers),
+            functools.partial(sweep_seconds, arrays))
+        self.add(f"sweep {count} experiments of 50-element arrays, 4 ranks", array_seconds,
+                 number_seconds, "s", "the same sweep returning a number", "<= 1.5x")
+        output = self.output_of(arrays, 4)
         size, raw = output.stat().st_size, _raw_bytes(output)
         self.notes.append(f"array sweep file: {size / 1e6:.1f} MB for {raw / 1e6:.1f} MB of "
                           f"raw bytes in its datasets ({size / raw:.2f}x, target <= 1.3x)")
@@ -331,8 +339,8 @@ class Bench:
 
         self.run_distx(ranks, script)  # fill numba's cache of each (they are not shared)
         hand_written()
-        times = [(self.run_distx(ranks, script)[1], hand_written()) for _ in range(3)]
-        distx, reference = (statistics.median(side) for side in zip(*times))
+        distx, reference = medians_in_turns(3, lambda: self.run_distx(ranks, script)[1],
+                                            hand_written)
         self.add(f"end-to-end pi sweep, {ranks} ranks (wall)", distx, reference, "s",
                  "hand-written mpi4py script", "<= 1.2x")
 
@@ -368,12 +376,10 @@ class Bench:
             Sequence:
               - {Task: Run.Message, Config: {Message: hello}}
             """)
-        # Interleaved pairs: a change in the machine's load hits both sides; the median
-        # of 7 holds when single runs swing by 10-20 %.
-        times = [(self.run_distx(4, script)[1],
-                  self.mpiexec(4, sys.executable, "-c", "from mpi4py import MPI")[1])
-                 for _ in range(3 if self.quick else 7)]
-        distx, reference = (statistics.median(side) for side in zip(*times))
+        # The median of 7 holds when single runs swing by 10-20 %.
+        distx, reference = medians_in_turns(
+            3 if self.quick else 7, lambda: self.run_distx(4, script)[1],
+            lambda: self.mpiexec(4, sys.executable, "-c", "from mpi4py import MPI")[1])
         self.add("start-up, 4 ranks (wall)", distx, reference, "s",
                  "mpiexec python -c 'from mpi4py import MPI'", "<= 3x")
 
@@ -440,19 +446,18 @@ class Bench:
         program = self.folder / "hand_written_stencil.py"
         program.write_text(HAND_WRITTEN_STENCIL)
 
+        def distx(ranks: int) -> float:
+            return self.task_seconds(self.run_distx(ranks, script)[0], "Run.Iterate")
+
         def hand_written(ranks: int) -> float:
             stdout, _ = self.mpiexec(ranks, sys.executable, str(program), str(self.examples),
                                      str(rows), str(HEAT_COLUMNS), str(steps))
             return json.loads(stdout.strip().splitlines()[-1])["seconds"]
         for ranks in (2, 3, 4):
-            distx, reference = [], []
-            for _ in range(repeats):
-                distx.append(self.task_seconds(self.run_distx(ranks, script)[0],
-                                               "Run.Iterate"))
-                reference.append(hand_written(ranks))
+            seconds, reference = medians_in_turns(repeats, functools.partial(distx, ranks),
+                                                  functools.partial(hand_written, ranks))
             self.add(f"Run.Iterate heat step {rows}x{HEAT_COLUMNS}, {ranks} ranks",
-                     statistics.median(distx) / steps * 1e3,
-                     statistics.median(reference) / steps * 1e3, "ms",
+                     seconds / steps * 1e3, reference / steps * 1e3, "ms",
                      "hand-written mpi4py Sendrecv stencil", "<= 1.2x")
 
     def peers(self, rate: float) -> None:
@@ -519,6 +524,15 @@ def _raw_bytes(path: Path) -> int:
 
 def _workers(ranks: int) -> int:
     return max(1, ranks - 1)
+
+
+def medians_in_turns(repeats: int, *measures: Callable[[], Any]) -> list[Any]:
+    """Each of `measures` `repeats` times, one of each in turn, so that a change in the
+    machine's load hits every side; the median of each (field by field, for a measure
+    that returns a tuple)."""
+    runs = [[measure() for measure in measures] for _ in range(repeats)]
+    return [tuple(map(statistics.median, zip(*side))) if isinstance(side[0], tuple)
+            else statistics.median(side) for side in zip(*runs)]
 
 
 def _best(function, repeats: int = 5) -> float:
