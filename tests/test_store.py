@@ -435,6 +435,27 @@ def test_arrays_survive_a_crash_through_the_journal_and_change_layout_without_lo
     assert found[5:] == [None] * 3
 
 
+def test_large_blocks_of_arrays_reach_the_journal_without_a_copy():
+    """Small blocks are joined into one record, a large one goes as it came: joining every
+    block since the last journal write copied all of a sweep's arrays into new memory."""
+    from distx.results.arrays import pack
+    from distx.results.experiments import JOINED_BYTES
+
+    keyfields = grid(7)
+    table = ExperimentTable(experiment_rows(keyfields, keyfields.ids(), ["result"], None), 1)
+    width = JOINED_BYTES // 8 // 2 + 1           # two of these exceed JOINED_BYTES
+    large = pack([np.full(width, 3.0), np.full(width, 4.0)])
+    for row in range(3):
+        record_arrays(table, np.array([row]), [np.full(10, float(row))])
+    finish(table, np.array([3, 4]))
+    table.record_arrays("result", np.array([3, 4]), large)
+    record_arrays(table, np.array([5]), [np.full(10, 5.0)])
+    records = [record for record in table.take_changes() if record.op == "arrays"]
+    assert [record.arrays["rows"].tolist() for record in records] == [[0, 1, 2], [3, 4], [5]]
+    assert records[1].arrays["values"] is large.values
+    assert records[0].arrays["values"][:, 0].tolist() == [0.0, 1.0, 2.0]
+
+
 def test_a_resume_extends_the_arrays_and_keeps_their_layout(tmp_path):
     path = tmp_path / "out.h5"
     results, table = start_sweep(path, count=3)
