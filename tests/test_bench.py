@@ -46,6 +46,7 @@ def test_quick_bench_reports_every_case(tmp_path):
         assert row["distx"] > 0 and row["reference"] > 0 and row["ratio"] > 0, row
     assert any("coordinator cost per recorded experiment" in note for note in figures["notes"])
     assert any("array sweep file" in note for note in figures["notes"])
+    assert any("array sweep against the trivial kernel" in note for note in figures["notes"])
     assert "ratio" in result.stdout and "target" in result.stdout
 
 
