@@ -187,6 +187,10 @@ class Bench:
         rows = rows[rows["task"] == task.encode()]
         return float((rows["end"] - rows["start"]).max())
 
+    def task_time(self, ranks: int, script: Path, task: str) -> float:
+        """Run `script` on `ranks` ranks; how long its `task` took (task_seconds)."""
+        return self.task_seconds(self.run_distx(ranks, script)[0], task)
+
     def add(self, *row: object) -> None:
         self.rows.append(Row(*row))
         print(f"  {self.rows[-1].case}: done", file=sys.stderr, flush=True)
@@ -302,11 +306,8 @@ class Bench:
         count = 20000
         scripts = [self.sweep_script(count, kernel) for kernel in ("ramp_end", "ramp",
                                                                     "trivial")]
-
-        def sweep_seconds(script: Path) -> float:
-            return self.task_seconds(self.run_distx(4, script)[0], "Run.Sweep")
         number_seconds, array_seconds, trivial_seconds = medians_in_turns(  # sub-second runs
-            1 if self.quick else 3, *(functools.partial(sweep_seconds, script)
+            1 if self.quick else 3, *(functools.partial(self.task_time, 4, script, "Run.Sweep")
                                       for script in scripts))
         self.add(f"sweep {count} experiments of 50-element arrays, 4 ranks", array_seconds,
                  number_seconds, "s", "the same sweep returning one number of each array",
@@ -371,8 +372,7 @@ class Bench:
         seeds, samples = (24, 400_000) if self.quick else (64, 8_000_000)
         script = self.pi_script(seeds, samples)
         self.run_distx(3, script)
-        times = {ranks: self.task_seconds(self.run_distx(ranks, script)[0], "Run.Sweep")
-                 for ranks in (3, 8)}
+        times = {ranks: self.task_time(ranks, script, "Run.Sweep") for ranks in (3, 8)}
         self.add("CPU-bound sweep on 8 ranks (2 cores)", times[8], times[3], "s",
                  "the same sweep on 3 ranks", "<= 1.3x")
 
@@ -394,10 +394,11 @@ class Bench:
         seeds, samples = (16, 400_000) if self.quick else (64, 2_000_000)
         counts = (1, 2, 4) if self.quick else (1, 2, 4, 8)
         self.run_distx(2, self.pi_script(seeds, samples))  # compile the kernels once
-        strong = {ranks: self.task_seconds(self.run_distx(ranks, self.pi_script(
-            seeds, samples))[0], "Run.Sweep") for ranks in counts}
-        weak = {ranks: self.task_seconds(self.run_distx(ranks, self.pi_script(
-            seeds // 4 * _workers(ranks), samples))[0], "Run.Sweep") for ranks in counts}
+        strong = {ranks: self.task_time(ranks, self.pi_script(seeds, samples), "Run.Sweep")
+                  for ranks in counts}
+        weak = {ranks: self.task_time(ranks, self.pi_script(seeds // 4 * _workers(ranks),
+                                                            samples), "Run.Sweep")
+                for ranks in counts}
         for ranks in counts:
             workers = _workers(ranks)
             self.notes.append(
@@ -406,8 +407,7 @@ class Bench:
                 f"{weak[ranks]:.2f} s, efficiency {weak[1] / weak[ranks]:.0%}")
         grid = self.heat_script(400 if self.quick else 2000, 100)
         self.run_distx(2, grid)
-        stencil = {ranks: self.task_seconds(self.run_distx(ranks, grid)[0], "Run.Iterate")
-                   for ranks in counts}
+        stencil = {ranks: self.task_time(ranks, grid, "Run.Iterate") for ranks in counts}
         for ranks in counts:
             workers = _workers(ranks)
             self.notes.append(f"heat stencil on {ranks} rank(s): {stencil[ranks]:.2f} s, "
@@ -453,16 +453,14 @@ class Bench:
         program = self.folder / "hand_written_stencil.py"
         program.write_text(HAND_WRITTEN_STENCIL)
 
-        def distx(ranks: int) -> float:
-            return self.task_seconds(self.run_distx(ranks, script)[0], "Run.Iterate")
-
         def hand_written(ranks: int) -> float:
             stdout, _ = self.mpiexec(ranks, sys.executable, str(program), str(self.examples),
                                      str(rows), str(HEAT_COLUMNS), str(steps))
             return json.loads(stdout.strip().splitlines()[-1])["seconds"]
         for ranks in (2, 3, 4):
-            seconds, reference = medians_in_turns(repeats, functools.partial(distx, ranks),
-                                                  functools.partial(hand_written, ranks))
+            seconds, reference = medians_in_turns(
+                repeats, functools.partial(self.task_time, ranks, script, "Run.Iterate"),
+                functools.partial(hand_written, ranks))
             self.add(f"Run.Iterate heat step {rows}x{HEAT_COLUMNS}, {ranks} ranks",
                      seconds / steps * 1e3, reference / steps * 1e3, "ms",
                      "hand-written mpi4py Sendrecv stencil", "<= 1.2x")
