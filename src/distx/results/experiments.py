@@ -284,10 +284,10 @@ def _joinable(blocks: list[tuple[np.ndarray, ArrayBlock]]) -> list[list[tuple]]:
     since the last journal write copied a sweep's every array (80 MB, 0.2 s on a machine
     whose fresh memory costs 2 ms a megabyte) and held them twice meanwhile."""
     groups: list[list[tuple]] = []
-    size = JOINED_BYTES
+    size = 0
     for rows, block in blocks:
         nbytes = block.values.nbytes
-        if size + nbytes > JOINED_BYTES:
+        if not groups or size + nbytes > JOINED_BYTES:
             groups.append([])
             size = 0
         groups[-1].append((rows, block))
