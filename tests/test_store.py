@@ -190,6 +190,26 @@ def test_a_crash_leaves_the_last_checkpoint_and_the_journal_the_rest(tmp_path):
     assert not journal.journal_path(path).exists()
 
 
+def test_the_journal_holds_only_the_columns_a_run_changes_and_recovery_keeps_the_rest(
+        tmp_path):
+    path = tmp_path / "out.h5"
+    results, table = start_sweep(path, count=8)
+    finish(table, np.array([1, 2, 5]))
+    results.flush()
+    finish(table, np.array([3, 4]))          # together they cover rows 1-5, not their ids
+    results.flush()
+    rows_records = [record for record in journal.read(journal.journal_path(path))
+                    if record.op == "rows"]
+    assert [record.arrays["rows"].dtype.names for record in rows_records] == [
+        ("status", "attempts", "rank", "host", "start", "end", "result")] * 2
+    expected = table.rows.copy()
+    results.claim.release()
+    assert admin.recover(path) > 0
+    recovered = on_disk(path)
+    for name in expected.dtype.names:                        # ids, indices, seeds kept
+        np.testing.assert_array_equal(recovered[name], expected[name])
+
+
 def test_a_checkpoint_replaces_the_file_whole_and_close_removes_journal_and_claim(tmp_path):
     path = tmp_path / "out.h5"
     results, table = start_sweep(path)

@@ -149,17 +149,26 @@ def _apply_batch(file: h5py.File, records: list[Record]) -> None:
 
 
 def _apply_rows(file: h5py.File, records: list[Record]) -> None:
-    """Experiment rows by position, as one read-modify-write of the span they cover."""
+    """Experiment rows by position, as one read-modify-write of the span they cover. A
+    checkpoint's records hold whole rows; the journal's the columns a run changes."""
     dataset = file["experiments"]
     low = min(int(record.arrays["positions"][0]) for record in records)
     high = max(int(record.arrays["positions"][-1]) for record in records) + 1
     covered = np.zeros(high - low, dtype=bool)
     for record in records:
         covered[record.arrays["positions"] - low] = True
+    whole_rows = all(record.arrays["rows"].dtype.names == dataset.dtype.names
+                     for record in records)
     # A sweep changes rows in order: when the records cover the whole span, skip reading it.
-    span = np.empty(high - low, dtype=dataset.dtype) if covered.all() else dataset[low:high]
+    span = np.empty(high - low, dtype=dataset.dtype) if covered.all() and whole_rows \
+        else dataset[low:high]
     for record in records:
-        span[record.arrays["positions"] - low] = _as(record.arrays["rows"], dataset.dtype)
+        where, rows = record.arrays["positions"] - low, record.arrays["rows"]
+        if rows.dtype.names == dataset.dtype.names:
+            span[where] = _as(rows, dataset.dtype)
+            continue
+        for name in rows.dtype.names:
+            span[name][where] = rows[name]
     _write_rows(dataset, low, span)
 
 

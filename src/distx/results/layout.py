@@ -91,6 +91,12 @@ EXPERIMENT_COLUMNS = (*(name for name, _ in EXPERIMENT_HEAD + EXPERIMENT_TAIL), 
 keyfield or output may take one of these names."""
 
 
+def experiment_state(dtype: np.dtype) -> list[str]:
+    """The columns of an experiments table that a run changes: status to the last output
+    (id, index and the keyfields are fixed when a row is made)."""
+    return list(dtype.names[dtype.names.index(EXPERIMENT_TAIL[0][0]):])
+
+
 def experiment_dtype(keyfields: dict[str, str], outputs: list[str]) -> np.dtype:
     """The experiments table: id, index, the keyfields (text as fixed_text of its longest
     value; column_type's "S<n>"), status..end, the outputs."""
